@@ -1,0 +1,31 @@
+"""Test configuration: two fake CPU devices, set before JAX initialises.
+
+The sharded-equals-unsharded tests need more than one device; on a CPU-only
+machine XLA can split the host into virtual devices, but only if the flag is set
+before the backend starts, i.e. here, before anything imports jax.
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=2"
+if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+  """Run the test body with 64-bit floats enabled (float64 oracles)."""
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture
+def rng():
+  """A NumPy generator with a fixed seed."""
+  return np.random.default_rng(0)
