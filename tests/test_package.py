@@ -1,0 +1,82 @@
+"""Package-level rules: the dependency rule of the design, and the public surface."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SSLIT = ROOT / "sslit"
+
+MATH_MODULES = ("objectives", "estimators", "cpa", "bound", "_validate")
+# What a math module may import: the standard library, jax, numpy, scipy and the
+# other math modules. Nothing that trains, reads data or knows about Flax/Optax.
+MATH_ALLOWED_THIRD_PARTY = {"jax", "numpy", "scipy"}
+FRAMEWORKS = {"flax", "optax", "orbax", "tensorflow_datasets", "ml_collections",
+              "tensorflow", "torch"}
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+  """Top-level names of every module a file imports (absolute and relative)."""
+  tree = ast.parse(path.read_text(), filename=str(path))
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:  # relative: from . import x / from .x import y
+        base = node.module or ""
+        names.update(f"sslit.{base or alias.name}".rstrip(".") for alias in node.names)
+      elif node.module:
+        names.add(node.module)
+  return names
+
+
+def _module_files():
+  return sorted(p for p in SSLIT.glob("*.py"))
+
+
+@pytest.mark.parametrize("name", MATH_MODULES)
+def test_math_modules_import_only_jax_numpy_scipy_and_each_other(name):
+  path = SSLIT / f"{name}.py"
+  if not path.exists():
+    pytest.skip(f"{path.name} not present")
+  stdlib = set(sys.stdlib_module_names)
+  for module in _imports(path):
+    top = module.split(".")[0]
+    if top == "sslit":
+      sub = module.split(".")[1] if "." in module else ""
+      assert sub in MATH_MODULES, f"{name}.py imports {module}: not a math module"
+    else:
+      assert top in stdlib or top in MATH_ALLOWED_THIRD_PARTY, (
+          f"{name}.py imports {module}; math modules may only import jax, numpy, "
+          f"scipy and each other")
+
+
+def test_only_models_imports_flax():
+  offenders = [p.name for p in _module_files()
+               if p.stem != "models" and any(m.split(".")[0] == "flax"
+                                             for m in _imports(p))]
+  assert offenders == [], f"only sslit/models.py may import flax: {offenders}"
+
+
+def test_library_never_imports_experiments():
+  offenders = [p.name for p in _module_files()
+               if any(m.split(".")[0] == "experiments" for m in _imports(p))]
+  assert offenders == [], f"sslit must not import experiments/: {offenders}"
+
+
+def test_math_modules_do_not_pull_frameworks_at_import():
+  """Importing the math modules in a fresh interpreter loads no framework."""
+  import subprocess
+  present = [m for m in MATH_MODULES if (SSLIT / f"{m}.py").exists()]
+  code = ("import sys\n"
+          + "".join(f"import sslit.{m}\n" for m in present)
+          + f"bad = sorted(m for m in {sorted(FRAMEWORKS)!r} if m in sys.modules)\n"
+          + "print(','.join(bad))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, check=True)
+  assert out.stdout.strip() == "", f"frameworks loaded: {out.stdout.strip()}"
