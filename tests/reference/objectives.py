@@ -1,0 +1,177 @@
+"""Float64 NumPy oracles for ``sslit.objectives`` (slow and obvious on purpose).
+
+Written from the formulas (SPEC.md section 4 and the reference implementations of
+VICReg, SimCLR, Barlow Twins and BYOL) with explicit loops where a loop is the
+clearest statement, and without importing sslit: a reference must not share code
+with what it checks. Every function returns a dict of float64 scalars: ``loss`` and
+one entry per term, named as in the ``aux`` dicts of ``sslit.objectives``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _cov(z):
+  """Unbiased covariance, by the definition, one entry at a time."""
+  z = np.asarray(z, np.float64)
+  n, k = z.shape
+  mu = z.sum(0) / n
+  c = np.zeros((k, k))
+  for i in range(k):
+    for j in range(k):
+      c[i, j] = np.sum((z[:, i] - mu[i]) * (z[:, j] - mu[j])) / (n - 1)
+  return c
+
+
+def _offdiag_sq_sum(c):
+  k = c.shape[0]
+  return sum(c[i, j] ** 2 for i in range(k) for j in range(k) if i != j)
+
+
+def _hinge(c, gamma, eps):
+  std = np.sqrt(np.diag(c) + eps)
+  return np.mean(np.maximum(0.0, gamma - std))
+
+
+def vicreg(z_a, z_b, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0, gamma=1.0,
+           eps=1e-4):
+  """VICReg, official-code conventions (Bardes et al. 2022, facebookresearch/vicreg)."""
+  z_a = np.asarray(z_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  k = z_a.shape[1]
+  inv = np.mean((z_a - z_b) ** 2)
+  c_a, c_b = _cov(z_a), _cov(z_b)
+  var = _hinge(c_a, gamma, eps) / 2 + _hinge(c_b, gamma, eps) / 2
+  cov = _offdiag_sq_sum(c_a) / k + _offdiag_sq_sum(c_b) / k
+  loss = sim_coeff * inv + std_coeff * var + cov_coeff * cov
+  return dict(loss=loss, invariance=inv, variance=var, covariance=cov)
+
+
+def vicreg_paper(z_a, z_b, *, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
+                 gamma=1.0, eps=1e-4):
+  """VICReg written with the covariance of the stacked batch [Z; Z'] (2n rows)."""
+  z_a = np.asarray(z_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  k = z_a.shape[1]
+  inv = np.mean((z_a - z_b) ** 2)
+  c = _cov(np.concatenate([z_a, z_b], axis=0))
+  var = _hinge(c, gamma, eps)
+  cov = _offdiag_sq_sum(c) / k
+  loss = sim_coeff * inv + std_coeff * var + cov_coeff * cov
+  return dict(loss=loss, invariance=inv, variance=var, covariance=cov)
+
+
+def infonce(z_a, z_b, *, temperature=0.1):
+  """SimCLR NT-Xent: 2n anchors, one positive, 2n - 2 negatives each, cosine."""
+  z = np.concatenate([np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)])
+  m = z.shape[0]
+  n = m // 2
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  pos_terms, lse_terms = [], []
+  for i in range(m):
+    p = (i + n) % m
+    s = [float(u[i] @ u[j]) / temperature for j in range(m) if j != i]
+    top = max(s)
+    lse = top + np.log(sum(np.exp(v - top) for v in s))
+    pos_terms.append(-float(u[i] @ u[p]) / temperature)
+    lse_terms.append(lse)
+  inv, lse = np.mean(pos_terms), np.mean(lse_terms)
+  return dict(loss=inv + lse, invariance=inv, log_sum_exp=lse)
+
+
+def barlow_twins(z_a, z_b, *, lambda_offdiag=0.0051, eps=1e-5):
+  """Barlow Twins: batch-standardised views (biased variance, BatchNorm style)."""
+  z_a = np.asarray(z_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  n, k = z_a.shape
+
+  def standardise(z):
+    mu = z.mean(0)
+    var = ((z - mu) ** 2).mean(0)
+    return (z - mu) / np.sqrt(var + eps)
+
+  a, b = standardise(z_a), standardise(z_b)
+  c = np.zeros((k, k))
+  for i in range(k):
+    for j in range(k):
+      c[i, j] = np.sum(a[:, i] * b[:, j]) / n
+  on = sum((1 - c[i, i]) ** 2 for i in range(k))
+  off = _offdiag_sq_sum(c)
+  return dict(loss=on + lambda_offdiag * off, on_diagonal=on, off_diagonal=off)
+
+
+def byol(p_a, z_b):
+  """BYOL regression loss 2 - 2 cos, batch mean."""
+  p_a = np.asarray(p_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  cos = [p @ z / (np.linalg.norm(p) * np.linalg.norm(z)) for p, z in zip(p_a, z_b)]
+  loss = np.mean([2 - 2 * c for c in cos])
+  return dict(loss=loss, invariance=loss)
+
+
+def logdet_entropy(z, *, beta=1.0):
+  """LogDet entropy 1/2 log det(I + beta C), C the unbiased covariance."""
+  c = _cov(z)
+  sign, val = np.linalg.slogdet(np.eye(c.shape[0]) + beta * c)
+  assert sign > 0
+  return 0.5 * val
+
+
+def pairwise_entropy_isotropic(means, var, *, distance="kl"):
+  """Kolchinsky-Tracey estimate for an equal-weight mixture N(means[i], var I).
+
+  H = H(component) - (1/n) sum_i log (1/n) sum_j exp(-D_ij), self-pairs included;
+  D_KL = |mu_i - mu_j|^2 / (2 var), D_Bhattacharyya = |mu_i - mu_j|^2 / (8 var).
+  """
+  mu = np.asarray(means, np.float64)
+  n, k = mu.shape
+  h_comp = 0.5 * k * np.log(2 * np.pi * np.e * var)
+  denom = {"kl": 2.0, "bhattacharyya": 8.0}[distance]
+  total = 0.0
+  for i in range(n):
+    s = sum(np.exp(-np.sum((mu[i] - mu[j]) ** 2) / (denom * var)) for j in range(n))
+    total += np.log(s / n)
+  return h_comp - total / n
+
+
+def information(z_a, z_b, *, entropy="logdet", sim_coeff, entropy_coeff,
+                keep_variance_covariance=False, std_coeff=25.0, cov_coeff=1.0,
+                gamma=1.0, eps=1e-4, invariance="mse", beta=1.0,
+                pairwise_variance=None, normalize=False):
+  """The information-theoretic family: sim * invariance - ent * (H_a + H_b) / 2."""
+  z_a = np.asarray(z_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  n, k = z_a.shape
+  if invariance == "mse":
+    inv = np.mean((z_a - z_b) ** 2)
+  else:  # squared_distance
+    inv = np.mean(np.sum((z_a - z_b) ** 2, axis=1))
+  if normalize:
+    e_a = z_a / np.linalg.norm(z_a, axis=1, keepdims=True) * np.sqrt(k)
+    e_b = z_b / np.linalg.norm(z_b, axis=1, keepdims=True) * np.sqrt(k)
+  else:
+    e_a, e_b = z_a, z_b
+  if entropy == "logdet":
+    h_a, h_b = logdet_entropy(e_a, beta=beta), logdet_entropy(e_b, beta=beta)
+  else:
+    dist = entropy[len("pairwise_"):]
+    var = float(k) if pairwise_variance is None else pairwise_variance
+    h_a = pairwise_entropy_isotropic(e_a, var, distance=dist)
+    h_b = pairwise_entropy_isotropic(e_b, var, distance=dist)
+  ent = (h_a + h_b) / 2
+  out = dict(invariance=inv, entropy=ent, entropy_a=h_a, entropy_b=h_b)
+  loss = sim_coeff * inv - entropy_coeff * ent
+  if keep_variance_covariance:
+    v = vicreg(z_a, z_b, gamma=gamma, eps=eps)
+    loss += std_coeff * v["variance"] + cov_coeff * v["covariance"]
+    out.update(variance=v["variance"], covariance=v["covariance"])
+  out["loss"] = loss
+  return out
+
+
+def spec_views():
+  """The SPEC section 4 example: 8 x 4 views."""
+  i = np.arange(8)[:, None]
+  j = np.arange(4)[None, :]
+  return np.sin(0.7 * i + 1.3 * j) + 0.1 * j, np.cos(0.5 * i - 0.9 * j)
