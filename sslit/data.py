@@ -1,0 +1,933 @@
+"""Image datasets as NumPy batches, read through tensorflow-datasets without TensorFlow.
+
+Every data set is a :class:`Dataset`: a random-access collection of
+``(image uint8 [H, W, C], label int32)`` pairs with ``get(indices)`` returning a
+whole batch at once. :func:`load` builds one by name; :func:`batch_iterator` turns
+it into a deterministic, resumable, per-host-sharded stream of batches.
+
+Sources:
+
+* ``"fashion_mnist"`` (the default data set): built offline, once, into a tfds
+  ``array_record`` data set named ``sslit_fashion_mnist`` in the tfds data dir from
+  the IDX files that Debian's package ``dataset-fashion-mnist`` installs under
+  ``/usr/share/datasets/fashion-mnist/``; then read through tfds's random-access
+  ``data_source``.
+* ``"digits"``: scikit-learn's bundled 8x8 digits (values 0..16 scaled to uint8
+  0..255), split deterministically 1497 train / 300 test, built the same way into
+  ``sslit_digits``.
+* ``"cifar10"``, ``"cifar100"``, ``"imagenet2012"``: tfds data sets already
+  prepared in ``array_record`` format in the tfds data dir (``tfds build <name>
+  --file_format=array_record`` on a machine with network, then copy the directory).
+* ``"tiny_imagenet"`` and ``"folder:<path>"``: local image folders decoded with PIL
+  to a fixed image size.
+
+Nothing here ever downloads: a data set that is not present raises
+:class:`DatasetNotFoundError` naming the package or command that provides it.
+Small splits (at most ``MEMORY_LIMIT_BYTES`` of pixels; Fashion-MNIST's 47 MB,
+CIFAR's 150 MB) are read once into an in-memory NumPy array on first use, so a
+batch is one NumPy gather; larger ones are read with one ``data_source`` call per
+batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pathlib
+import struct
+import zlib
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Dataset", "DatasetNotFoundError", "load", "batch_iterator",
+    "steps_per_epoch", "epoch_permutation", "read_idx", "build_fashion_mnist",
+    "build_digits", "default_data_dir", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
+    "NAMES",
+]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+    "Sneaker", "Bag", "Ankle boot")
+NAMES = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagenet2012",
+         "tiny_imagenet", "folder:<path>")
+# Splits whose pixels fit in this many bytes are cached in memory on first use.
+MEMORY_LIMIT_BYTES = 1 << 30
+# Mean/std of data sets that are not cached in memory use this many train images.
+STATS_MAX_EXAMPLES = 10_000
+# The conventional ImageNet statistics (torchvision), in [0, 1] units.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_DIGITS_NUM_TEST = 300
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_APT_HINT = "sudo apt-get install dataset-fashion-mnist"
+
+
+class DatasetNotFoundError(ValueError):
+  """A data set is not present locally; the message names what provides it."""
+
+
+# ----------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------
+
+
+class Dataset:
+  """A random-access split of an image classification data set.
+
+  Attributes:
+    name: the name given to :func:`load` (``"fashion_mnist"``, ``"folder:/x"``...).
+    split: the split name (tfds slicing such as ``"train[:90%]"`` allowed for tfds
+      sources).
+    num_classes: number of classes; labels are in ``[0, num_classes)``.
+    image_shape: ``(H, W, C)`` of every image.
+    class_names: the class names, index = label.
+    files: the files the split is read from (named in error messages).
+  """
+
+  def __init__(self, *, name: str, split: str, num_classes: int,
+               image_shape: tuple[int, int, int], size: int,
+               read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+               files: Sequence[str], class_names: Sequence[str] | None = None,
+               in_memory: bool | None = None,
+               stats: Callable[[Dataset], tuple[np.ndarray, np.ndarray]] | None = None):
+    self.name = name
+    self.split = split
+    self.num_classes = int(num_classes)
+    self.image_shape = tuple(int(d) for d in image_shape)
+    self.class_names = tuple(class_names) if class_names is not None else tuple(
+        str(i) for i in range(self.num_classes))
+    self.files = tuple(str(f) for f in files)
+    self._size = int(size)
+    self._read = read
+    self._stats = stats
+    self._mean_std: tuple[np.ndarray, np.ndarray] | None = None
+    self._images: np.ndarray | None = None
+    self._labels: np.ndarray | None = None
+    if self._size == 0:
+      raise ValueError(f"{name!r} split {split!r} is empty (0 examples) in "
+                       f"{self._where()}.")
+    nbytes = self._size * math.prod(self.image_shape)
+    self.in_memory = (nbytes <= MEMORY_LIMIT_BYTES if in_memory is None
+                      else bool(in_memory))
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __repr__(self) -> str:
+    return (f"Dataset(name={self.name!r}, split={self.split!r}, n={self._size}, "
+            f"image_shape={self.image_shape}, num_classes={self.num_classes}, "
+            f"in_memory={self.in_memory})")
+
+  def _where(self) -> str:
+    if not self.files:
+      return "memory"
+    if len(self.files) <= 3:
+      return ", ".join(self.files)
+    return f"{self.files[0]} ... ({len(self.files)} files)"
+
+  def get(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather a batch of examples.
+
+    Args:
+      indices: integer indices ``[b]`` in ``[0, len(self))``; any order, repeats
+        allowed.
+
+    Returns:
+      ``(images uint8 [b, H, W, C], labels int32 [b])`` in the order of
+      ``indices``.
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+      raise ValueError(f"indices must be rank 1 [b], got shape {idx.shape}.")
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+      raise TypeError(f"indices must be integers, got dtype {idx.dtype}.")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= self._size):
+      bad = idx[(idx < 0) | (idx >= self._size)][0]
+      raise IndexError(f"index {bad} is out of range for {self.name!r} split "
+                       f"{self.split!r} of {self._size} examples.")
+    if idx.size == 0:
+      return (np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32))
+    if self.in_memory:
+      self.cache()
+      return self._images[idx], self._labels[idx]
+    return self._read_checked(idx)
+
+  def _read_checked(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = self._read(idx)
+    if images.shape != (len(idx), *self.image_shape) or images.dtype != np.uint8:
+      raise ValueError(
+          f"{self._where()}: expected uint8 images of shape {self.image_shape}, "
+          f"got {images.dtype} {images.shape[1:]}.")
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= self.num_classes)
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise ValueError(
+          f"{self._where()}: label {int(labels[i])} of example {int(idx[i])} is "
+          f"out of range [0, {self.num_classes}).")
+    return images, labels.astype(np.int32)
+
+  def cache(self) -> Dataset:
+    """Read the whole split into memory (once); later ``get`` calls are gathers."""
+    if self._images is None:
+      images = np.empty((self._size, *self.image_shape), np.uint8)
+      labels = np.empty((self._size,), np.int32)
+      chunk = 4096
+      for lo in range(0, self._size, chunk):
+        idx = np.arange(lo, min(lo + chunk, self._size))
+        images[lo:lo + len(idx)], labels[lo:lo + len(idx)] = self._read_checked(idx)
+      self._images, self._labels = images, labels
+      self.in_memory = True
+    return self
+
+  def _channel_stats(self, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel mean/std (ddof 0, [0, 1] units) over the split or a sample."""
+    n = self._size
+    if self.in_memory or max_examples is None or n <= max_examples:
+      idx = np.arange(n)
+    else:
+      idx = np.sort(np.random.default_rng(0).choice(n, max_examples, replace=False))
+    c = self.image_shape[-1]
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    for lo in range(0, len(idx), 4096):
+      x = self.get(idx[lo:lo + 4096])[0].reshape(-1, c).astype(np.float64)
+      s1 += x.sum(0)
+      s2 += (x * x).sum(0)
+    count = len(idx) * math.prod(self.image_shape[:2])
+    mean = s1 / count
+    var = np.maximum(s2 / count - mean * mean, 0.0)
+    return (mean / 255.0).astype(np.float32), (np.sqrt(var) / 255.0).astype(np.float32)
+
+  def _ensure_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    if self._mean_std is None:
+      if self._stats is not None:
+        self._mean_std = self._stats(self)
+      else:
+        self._mean_std = self._channel_stats(STATS_MAX_EXAMPLES)
+    return self._mean_std
+
+  @property
+  def mean(self) -> np.ndarray:
+    """Per-channel pixel mean ``[C]`` of the train split, in [0, 1] units."""
+    return self._ensure_stats()[0]
+
+  @property
+  def std(self) -> np.ndarray:
+    """Per-channel pixel standard deviation ``[C]`` (ddof 0) of the train split."""
+    return self._ensure_stats()[1]
+
+
+def _array_dataset(name: str, split: str, images: np.ndarray, labels: np.ndarray, *,
+                   num_classes: int, files: Sequence[str] = (),
+                   class_names: Sequence[str] | None = None) -> Dataset:
+  """A :class:`Dataset` over in-memory arrays (checked once)."""
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if images.ndim != 4 or images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} "
+                     f"{images.shape}.")
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"labels must have shape {images.shape[:1]}, got {labels.shape}.")
+  ds = Dataset(name=name, split=split, num_classes=num_classes,
+               image_shape=images.shape[1:], size=len(images),
+               read=lambda idx: (images[idx], labels[idx]), files=files,
+               class_names=class_names, in_memory=True)
+  return ds.cache()
+
+
+# ----------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------
+
+
+def _check_batching(n: int, batch_size: int, drop_remainder: bool,
+                    process_count: int) -> None:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  if not isinstance(process_count, (int, np.integer)) or process_count < 1:
+    raise ValueError(f"process_count must be a positive integer, got {process_count!r}.")
+  if batch_size % process_count:
+    raise ValueError(
+        f"batch_size={batch_size} (the global batch) must be divisible by "
+        f"process_count={process_count}: each host reads batch_size // "
+        f"process_count examples of every global batch.")
+  if drop_remainder and n < batch_size:
+    raise ValueError(
+        f"batch_size={batch_size} is larger than the data set ({n} examples): with "
+        f"drop_remainder=True an epoch has no batch; use a smaller batch_size or "
+        f"drop_remainder=False.")
+
+
+def steps_per_epoch(dataset: Dataset | int, batch_size: int, drop_remainder: bool = True,
+                    process_count: int = 1) -> int:
+  """Number of global batches in one epoch.
+
+  ``N // batch_size`` with ``drop_remainder`` (the last partial batch is skipped),
+  else ``ceil(N / batch_size)`` (the last batch is padded and masked).
+
+  Args:
+    dataset: a :class:`Dataset` or its length ``N``.
+    batch_size: the global batch size (summed over hosts).
+    drop_remainder: whether the last partial batch is dropped.
+    process_count: number of hosts; only checked (``batch_size`` must divide).
+
+  Returns:
+    The number of steps per epoch, the same on every host.
+  """
+  n = dataset if isinstance(dataset, (int, np.integer)) else len(dataset)
+  _check_batching(n, batch_size, drop_remainder, process_count)
+  return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def epoch_permutation(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+  """The order in which epoch ``epoch`` visits the ``n`` examples.
+
+  A pure function of ``(seed, epoch)``: ``np.random.default_rng([seed, epoch])``
+  (PCG64 seeded by both numbers) permutes ``arange(n)``; without ``shuffle`` the
+  order is ``arange(n)``. Every host computes the same order.
+  """
+  if not shuffle:
+    return np.arange(n, dtype=np.int64)
+  return np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
+
+
+def batch_iterator(dataset: Dataset, batch_size: int, *, seed: int = 0,
+                   shuffle: bool = True, drop_remainder: bool = True,
+                   process_index: int = 0, process_count: int = 1,
+                   start_step: int = 0,
+                   num_epochs: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic, resumable, per-host batches of a :class:`Dataset`.
+
+  Global step ``s`` is batch ``i = s % S`` of epoch ``e = s // S`` (``S`` =
+  :func:`steps_per_epoch`): the examples ``perm_e[i*B:(i+1)*B]`` with ``perm_e =
+  epoch_permutation(N, seed=seed, epoch=e)``. Host ``p`` of ``P`` receives rows
+  ``[p*B/P, (p+1)*B/P)`` of that global batch, so hosts read disjoint slices that
+  together are the global batch. Starting at ``start_step`` yields exactly what an
+  uninterrupted iterator yields from that step on.
+
+  With ``drop_remainder=False`` the last batch of an epoch is padded with zero
+  images and label 0, and ``mask`` is False on the padding.
+
+  Args:
+    dataset: the data set.
+    batch_size: the global batch size ``B`` (all hosts together).
+    seed: the shuffling seed (non-negative int).
+    shuffle: whether epochs are shuffled.
+    drop_remainder: drop (True) or pad and mask (False) the last partial batch.
+    process_index: this host's index ``p`` (``jax.process_index()``).
+    process_count: number of hosts ``P`` (``jax.process_count()``).
+    start_step: the global step to start from (resumption).
+    num_epochs: stop after this many epochs (counted from step 0); ``None``
+      iterates forever.
+
+  Yields:
+    ``{"image": uint8 [B/P, H, W, C], "label": int32 [B/P], "mask": bool [B/P]}``.
+  """
+  n = len(dataset)
+  num_steps = steps_per_epoch(n, batch_size, drop_remainder, process_count)
+  if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got "
+                     f"{process_index!r}.")
+  if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+    raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+  if num_epochs is not None and (not isinstance(num_epochs, (int, np.integer))
+                                 or num_epochs < 0):
+    raise ValueError(f"num_epochs must be None or a non-negative integer, got "
+                     f"{num_epochs!r}.")
+  local = batch_size // process_count
+  lo, hi = process_index * local, (process_index + 1) * local
+  end = None if num_epochs is None else num_epochs * num_steps
+
+  def generate():
+    step = int(start_step)
+    cached_epoch, order = -1, None
+    while end is None or step < end:
+      epoch, i = divmod(step, num_steps)
+      if epoch != cached_epoch:
+        order, cached_epoch = epoch_permutation(n, seed=seed, epoch=epoch,
+                                                shuffle=shuffle), epoch
+      idx = order[i * batch_size:(i + 1) * batch_size][lo:hi]
+      images, labels = dataset.get(idx)
+      mask = np.zeros((local,), bool)
+      mask[:len(idx)] = True
+      if len(idx) < local:
+        pad = local - len(idx)
+        images = np.concatenate(
+            [images, np.zeros((pad, *dataset.image_shape), np.uint8)])
+        labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
+      yield {"image": images, "label": labels, "mask": mask}
+      step += 1
+
+  return generate()
+
+
+# ----------------------------------------------------------------------------
+# IDX files (Fashion-MNIST)
+# ----------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
+  """Read an IDX file of unsigned bytes (``.gz`` compressed or not).
+
+  Format (LeCun's MNIST): bytes ``00 00 08 d``, then ``d`` big-endian uint32
+  dimensions, then the row-major uint8 data.
+
+  Args:
+    path: the file.
+    ndim: the required number of dimensions (3 for images, 1 for labels).
+
+  Returns:
+    A read-only uint8 array with the file's dimensions.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a truncated, corrupt or mis-shaped file (the message names it).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file.")
+  try:
+    if path.suffix == ".gz":
+      with gzip.open(path, "rb") as f:
+        raw = f.read()
+    else:
+      raw = path.read_bytes()
+  except (OSError, EOFError, zlib.error) as e:
+    raise ValueError(f"{path}: cannot be decompressed ({e}); the file is truncated "
+                     f"or corrupt.") from e
+  if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+    raise ValueError(f"{path}: not an IDX file of unsigned bytes (first bytes "
+                     f"{raw[:4].hex() or 'empty'}, expected 000008..).")
+  d = raw[3]
+  if ndim is not None and d != ndim:
+    raise ValueError(f"{path}: IDX file has {d} dimensions, expected {ndim}.")
+  header = 4 + 4 * d
+  if len(raw) < header:
+    raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes).")
+  dims = struct.unpack(f">{d}I", raw[4:header])
+  size = math.prod(dims)
+  if len(raw) - header != size:
+    what = "truncated" if len(raw) - header < size else "has trailing bytes"
+    raise ValueError(f"{path}: IDX file {what}: header says shape {dims} "
+                     f"({size} bytes of data), found {len(raw) - header}.")
+  return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
+
+
+def _idx_path(source_dir: pathlib.Path, name: str) -> pathlib.Path:
+  path = source_dir / name
+  if not path.exists() and (source_dir / name[:-3]).exists():
+    return source_dir / name[:-3]  # uncompressed copy
+  return path
+
+
+def read_fashion_mnist(source_dir: str | os.PathLike = FASHION_MNIST_DIR,
+                       split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+  """Read and check one Fashion-MNIST split from its IDX files.
+
+  Returns:
+    ``(images uint8 [N, 28, 28, 1], labels uint8 [N])``.
+
+  Raises:
+    DatasetNotFoundError: a file is missing (names ``apt-get install
+      dataset-fashion-mnist``).
+    ValueError: truncated/corrupt files, images not 28x28, an empty split, image
+      and label counts that differ, labels outside [0, 10); the message names the
+      file.
+  """
+  source_dir = pathlib.Path(source_dir)
+  if split not in FASHION_MNIST_FILES:
+    raise ValueError(f"unknown Fashion-MNIST split {split!r}; one of "
+                     f"{sorted(FASHION_MNIST_FILES)}.")
+  image_path, label_path = (_idx_path(source_dir, f) for f in FASHION_MNIST_FILES[split])
+  missing = [str(p) for p in (image_path, label_path) if not p.is_file()]
+  if missing:
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST file(s) not found: {', '.join(missing)}. Install them with "
+        f"`{_APT_HINT}` (Debian/Ubuntu; files under {FASHION_MNIST_DIR}), or pass "
+        f"source_dir= a directory holding the four IDX .gz files. sslit never "
+        f"downloads.")
+  images = read_idx(image_path, ndim=3)
+  labels = read_idx(label_path, ndim=1)
+  if images.shape[1:] != (28, 28):
+    raise ValueError(f"{image_path}: images have shape {images.shape[1:]}, "
+                     f"Fashion-MNIST images are 28x28.")
+  if len(images) == 0:
+    raise ValueError(f"{image_path}: the {split} split is empty (0 images).")
+  if len(images) != len(labels):
+    raise ValueError(f"{image_path} has {len(images)} images but {label_path} has "
+                     f"{len(labels)} labels.")
+  if labels.max() >= 10:
+    i = int(np.argmax(labels >= 10))
+    raise ValueError(f"{label_path}: label {int(labels[i])} at index {i} is out of "
+                     f"range [0, 10).")
+  return images[..., None], labels
+
+
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """scikit-learn's digits as uint8 [N, 8, 8, 1], split 1497 train / 300 test."""
+  from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+  bunch = load_digits()
+  images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = bunch.target.astype(np.int64)
+  perm = np.random.default_rng(0).permutation(len(images))
+  test = np.sort(perm[:_DIGITS_NUM_TEST])
+  train = np.sort(perm[_DIGITS_NUM_TEST:])
+  return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+
+
+# ----------------------------------------------------------------------------
+# tfds builders (array_record, no TensorFlow)
+# ----------------------------------------------------------------------------
+
+
+def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
+  if data_dir is not None:
+    return pathlib.Path(data_dir).expanduser()
+  env = os.environ.get("TFDS_DATA_DIR")
+  return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / "tensorflow_datasets"
+
+
+_BUILDER_CLASSES: dict[str, type] = {}
+
+
+def _builder_classes() -> dict[str, type]:
+  """The tfds builder classes (defined on first use: importing tfds costs 0.2 s)."""
+  if _BUILDER_CLASSES:
+    return _BUILDER_CLASSES
+  import tensorflow_datasets as tfds
+
+  class _ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Writes in-memory uint8 arrays as raw tensors, in file order."""
+
+    IMAGE_SHAPE: tuple[int, int, int] = (0, 0, 0)
+    CLASS_NAMES: tuple[str, ...] = ()
+    DESCRIPTION = ""
+
+    def __init__(self, *, arrays_fn, **kwargs):
+      self._arrays_fn = arrays_fn
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, description=self.DESCRIPTION,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
+              "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+          }),
+          supervised_keys=("image", "label"), disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # never used: nothing is downloaded
+      arrays = self._arrays_fn()  # read and checked before anything is written
+      return {split: self._generate_examples(*arrays[split]) for split in arrays}
+
+    def _generate_examples(self, images, labels):
+      for i in range(len(images)):
+        yield i, {"image": images[i], "label": int(labels[i])}
+
+  class SslitFashionMnist(_ArrayBuilder, skip_registration=True):
+    name = "sslit_fashion_mnist"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Fashion-MNIST from Debian's IDX files, raw uint8."}
+    IMAGE_SHAPE = (28, 28, 1)
+    CLASS_NAMES = FASHION_MNIST_CLASSES
+    DESCRIPTION = ("Fashion-MNIST (Xiao, Rasul and Vollgraf 2017), 60,000 train and "
+                   "10,000 test 28x28 grey images of 10 clothing classes, built "
+                   "offline from the IDX files of Debian's dataset-fashion-mnist.")
+
+  class SslitDigits(_ArrayBuilder, skip_registration=True):
+    name = "sslit_digits"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "scikit-learn digits, 1497/300 split by seed 0."}
+    IMAGE_SHAPE = (8, 8, 1)
+    CLASS_NAMES = tuple(str(i) for i in range(10))
+    DESCRIPTION = ("scikit-learn's bundled optical digits (UCI), 1797 8x8 images "
+                   "scaled from 0..16 to 0..255; test = 300 examples chosen by "
+                   "np.random.default_rng(0).permutation, train = the rest.")
+
+  _BUILDER_CLASSES.update(fashion_mnist=SslitFashionMnist, digits=SslitDigits)
+  return _BUILDER_CLASSES
+
+
+def _build(kind: str, arrays_fn, data_dir: str | os.PathLike | None):
+  """Return the prepared builder, building it (once, offline) if needed."""
+  cls = _builder_classes()[kind]
+  builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(default_data_dir(data_dir)),
+                file_format="array_record")
+  if not builder.is_prepared():
+    import tensorflow_datasets as tfds
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
+def build_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
+                        source_dir: str | os.PathLike = FASHION_MNIST_DIR):
+  """Build (once) Fashion-MNIST into ``<data_dir>/sslit_fashion_mnist/1.0.0``.
+
+  Reads the IDX files under ``source_dir`` (Debian's ``dataset-fashion-mnist``),
+  checks them, and writes both splits as array_record files through tfds; a data
+  dir that already holds the prepared data set is reused as is (delete
+  ``<data_dir>/sslit_fashion_mnist`` to rebuild). Never downloads.
+
+  Returns:
+    The prepared tfds builder.
+  """
+  source_dir = pathlib.Path(source_dir)
+
+  def arrays():
+    return {s: read_fashion_mnist(source_dir, s) for s in ("train", "test")}
+
+  return _build("fashion_mnist", arrays, data_dir)
+
+
+def build_digits(data_dir: str | os.PathLike | None = None):
+  """Build (once) scikit-learn's digits into ``<data_dir>/sslit_digits/1.0.0``."""
+  return _build("digits", _digits_arrays, data_dir)
+
+
+def _split_files(builder, split: str) -> list[str]:
+  base = split.split("[")[0]
+  try:
+    return [os.fspath(p) for p in builder.info.splits[base].filepaths]
+  except (KeyError, ValueError):
+    return [os.fspath(builder.data_dir)]
+
+
+def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
+                  in_memory: bool | None, stats=None) -> Dataset:
+  """A :class:`Dataset` over a prepared tfds builder's array_record data source."""
+  info = builder.info
+  available = sorted(info.splits.keys())
+  if split.split("[")[0] not in available:
+    raise ValueError(f"{name!r} has no split {split!r}; available: {available}.")
+  files = _split_files(builder, split)
+  if info.file_format is not None and str(getattr(info.file_format, "value",
+                                                  info.file_format)) != "array_record":
+    raise DatasetNotFoundError(
+        f"{name!r} in {builder.data_dir} is stored as {info.file_format}, which needs "
+        f"TensorFlow to read; rebuild it on a machine with network with `tfds build "
+        f"{name} --file_format=array_record` and copy the directory.")
+  try:
+    source = builder.as_data_source(split=split)
+    size = len(source)
+  except Exception as e:  # array_record raises several types on broken files
+    raise ValueError(f"{', '.join(files)}: cannot open the {split!r} split of {name!r} "
+                     f"({type(e).__name__}: {e}); delete {builder.data_dir} and "
+                     f"prepare it again.") from e
+  features = info.features
+  label_feature = features["label"]
+  num_classes = label_feature.num_classes
+  shape = tuple(features["image"].shape)
+  if image_size is not None:
+    shape = (image_size, image_size, shape[-1] or 3)
+  if any(d is None for d in shape):
+    raise ValueError(f"{name!r} images have no fixed size ({shape}); pass image_size=.")
+
+  def read(idx: np.ndarray):
+    try:
+      records = source.__getitems__(idx.tolist())
+    except Exception as e:
+      raise ValueError(f"{', '.join(files)}: cannot read records of {name!r} "
+                       f"({type(e).__name__}: {e}); the files are truncated or "
+                       f"corrupt: delete {builder.data_dir} and prepare it again.") from e
+    images = []
+    for j, r in zip(idx, records):
+      image = np.asarray(r["image"])
+      if image.ndim == 2:
+        image = image[..., None]
+      if image.shape != shape:
+        if image_size is None:
+          raise ValueError(f"{', '.join(files)}: example {int(j)} has image shape "
+                           f"{image.shape}, expected {shape}.")
+        image = _resize_center_crop(image, shape)
+      images.append(image)
+    labels = np.asarray([r["label"] for r in records], np.int64)
+    return np.stack(images).astype(np.uint8, copy=False), labels
+
+  return Dataset(name=name, split=split, num_classes=num_classes, image_shape=shape,
+                 size=size, read=read, files=files, class_names=label_feature.names,
+                 in_memory=in_memory, stats=stats)
+
+
+def _prepared_builder(name: str, data_dir: str | os.PathLike | None):
+  """The newest prepared version of tfds data set ``name`` in the data dir."""
+  import tensorflow_datasets as tfds
+  root = default_data_dir(data_dir)
+  base = root / name
+  versions = []
+  if base.is_dir():
+    for d in base.iterdir():
+      parts = d.name.split(".")
+      if (d / "dataset_info.json").is_file() and len(parts) == 3 and all(
+          p.isdigit() for p in parts):
+        versions.append((tuple(int(p) for p in parts), d))
+  if not versions:
+    extra = ""
+    if name == "imagenet2012":
+      extra = (" ImageNet needs the manual files ILSVRC2012_img_train.tar and "
+               "ILSVRC2012_img_val.tar in the tfds manual dir "
+               "(<data_dir>/downloads/manual) first.")
+    raise DatasetNotFoundError(
+        f"tfds data set {name!r} is not prepared in {root} (no {base}/<version>/"
+        f"dataset_info.json). sslit never downloads: on a machine with network run "
+        f"`tfds build {name} --file_format=array_record --data_dir=<dir>` (pip "
+        f"install tensorflow-datasets), then copy <dir>/{name} to {base}, or pass "
+        f"data_dir= (or set TFDS_DATA_DIR) where it is.{extra}")
+  path = max(versions)[1]
+  return tfds.builder_from_directory(os.fspath(path))
+
+
+# ----------------------------------------------------------------------------
+# Image folders (PIL)
+# ----------------------------------------------------------------------------
+
+
+def _resize_center_crop(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+  """Resize the shorter side to fit ``shape`` (bilinear) and crop the centre."""
+  from PIL import Image
+  h, w = shape[:2]
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  scale = max(h / pil.height, w / pil.width)
+  size = (max(w, round(pil.width * scale)), max(h, round(pil.height * scale)))
+  pil = pil.resize(size, Image.BILINEAR)
+  left, top = (size[0] - w) // 2, (size[1] - h) // 2
+  out = np.asarray(pil.crop((left, top, left + w, top + h)))
+  return out.reshape(shape) if out.ndim == 2 else out
+
+
+def _decode_image(path: str, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as pil:
+      pil = pil.convert("L" if shape[-1] == 1 else "RGB")
+      image = np.asarray(pil)
+  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    raise ValueError(f"{path}: cannot decode image ({e}); the file is truncated or "
+                     f"not an image.") from e
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape != shape:
+    if not resize:
+      raise ValueError(f"{path}: image has shape {image.shape}, expected {shape} "
+                       f"(the first image's); pass image_size= to resize every image.")
+    image = _resize_center_crop(image, shape)
+  return image
+
+
+def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in directory.iterdir()
+                if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
+
+
+def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarray,
+                   class_names: Sequence[str], *, image_size: int | None,
+                   in_memory: bool | None, where: pathlib.Path,
+                   stats=None) -> Dataset:
+  if not paths:
+    raise ValueError(f"{where}: the {split!r} split of {name!r} has no images "
+                     f"({', '.join(_IMAGE_EXTENSIONS)}).")
+  from PIL import Image
+  first = paths[0]
+  if image_size is None:
+    try:
+      with Image.open(first) as pil:
+        w, h, mode = pil.width, pil.height, pil.mode
+    except Exception as e:
+      raise ValueError(f"{first}: cannot decode image ({e}).") from e
+  else:
+    with Image.open(first) as pil:
+      mode = pil.mode
+    h = w = int(image_size)
+  channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+  shape = (h, w, channels)
+  resize = image_size is not None
+  paths = list(paths)
+
+  def read(idx: np.ndarray):
+    images = np.stack([_decode_image(paths[i], shape, resize) for i in idx])
+    return images, labels[idx]
+
+  return Dataset(name=name, split=split, num_classes=len(class_names),
+                 image_shape=shape, size=len(paths), read=read,
+                 files=[os.fspath(where)], class_names=class_names,
+                 in_memory=in_memory, stats=stats)
+
+
+def _folder_split(root: pathlib.Path, split: str):
+  """``root/<split>/<class>/*.png|jpg`` → (paths, labels, class names)."""
+  if not root.is_dir():
+    raise DatasetNotFoundError(f"image folder {root} does not exist.")
+  split_dir = root / split
+  if not split_dir.is_dir():
+    have = sorted(d.name for d in root.iterdir() if d.is_dir())
+    raise DatasetNotFoundError(f"image folder {root} has no split directory "
+                               f"{split_dir} (found: {have}).")
+  ref = root / "train" if (root / "train").is_dir() else split_dir
+  classes = sorted(d.name for d in ref.iterdir() if d.is_dir())
+  if not classes:
+    raise ValueError(f"{ref}: no class subdirectories (expected {ref}/<class>/*.png).")
+  index = {c: i for i, c in enumerate(classes)}
+  paths, labels = [], []
+  for d in sorted(x for x in split_dir.iterdir() if x.is_dir()):
+    if d.name not in index:
+      raise ValueError(f"{d}: class {d.name!r} is not one of the {len(classes)} "
+                       f"classes of {ref}.")
+    files = _list_images(d)
+    paths += [os.fspath(p) for p in files]
+    labels += [index[d.name]] * len(files)
+  return paths, np.asarray(labels, np.int64), classes
+
+
+def _tiny_imagenet_split(root: pathlib.Path, split: str):
+  """Tiny-ImageNet's own layout: wnids.txt, train/<wnid>/images, val annotations."""
+  wnids_file = root / "wnids.txt"
+  if not wnids_file.is_file():
+    raise DatasetNotFoundError(
+        f"Tiny-ImageNet not found at {root} (no {wnids_file}). sslit never downloads: "
+        f"fetch http://cs231n.stanford.edu/tiny-imagenet-200.zip on a machine with "
+        f"network and unzip it into the tfds data dir (giving <data_dir>/"
+        f"tiny-imagenet-200), or pass source_dir=.")
+  classes = sorted(w.strip() for w in wnids_file.read_text().split() if w.strip())
+  index = {c: i for i, c in enumerate(classes)}
+  paths, labels = [], []
+  if split == "train":
+    for wnid in classes:
+      d = root / "train" / wnid / "images"
+      if not d.is_dir():
+        raise ValueError(f"{d}: missing Tiny-ImageNet train directory of {wnid}.")
+      files = _list_images(d)
+      paths += [os.fspath(p) for p in files]
+      labels += [index[wnid]] * len(files)
+  elif split in ("val", "validation"):
+    ann = root / "val" / "val_annotations.txt"
+    if not ann.is_file():
+      raise ValueError(f"{ann}: missing Tiny-ImageNet validation annotations.")
+    for lineno, line in enumerate(ann.read_text().splitlines(), 1):
+      if not line.strip():
+        continue
+      fields = line.split("\t")
+      if len(fields) < 2 or fields[1] not in index:
+        raise ValueError(f"{ann}:{lineno}: bad annotation line {line!r} (unknown "
+                         f"class or missing field).")
+      paths.append(os.fspath(root / "val" / "images" / fields[0]))
+      labels.append(index[fields[1]])
+  else:
+    raise ValueError(f"Tiny-ImageNet split must be 'train' or 'val' (its test split "
+                     f"has no labels), got {split!r}.")
+  return paths, np.asarray(labels, np.int64), classes
+
+
+# ----------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------
+
+_STATS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _train_stats(key: tuple, make_train: Callable[[], Dataset]):
+  """Per-channel mean/std of the train split, computed once per process."""
+  def stats(ds: Dataset):
+    if key not in _STATS_CACHE:
+      train = ds if ds.split == "train" else make_train()
+      _STATS_CACHE[key] = train._channel_stats(STATS_MAX_EXAMPLES)
+    return _STATS_CACHE[key]
+  return stats
+
+
+def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+         source_dir: str | os.PathLike | None = None, image_size: int | None = None,
+         in_memory: bool | None = None) -> Dataset:
+  """Load a split of a data set as a :class:`Dataset` (never downloads).
+
+  Args:
+    name: ``"fashion_mnist"``, ``"digits"``, ``"cifar10"``, ``"cifar100"``,
+      ``"imagenet2012"``, ``"tiny_imagenet"`` or ``"folder:<path>"`` (``<path>/
+      <split>/<class>/*.png|jpg``; classes are the sorted subdirectories of
+      ``<path>/train``).
+    split: ``"train"``, ``"test"`` (``"validation"`` for imagenet2012,
+      ``"val"`` for tiny_imagenet, any directory name for folders); tfds
+      sources accept tfds slicing such as ``"train[:90%]"``.
+    data_dir: the tfds data dir (default ``$TFDS_DATA_DIR`` or
+      ``~/tensorflow_datasets``): where fashion_mnist/digits are built and the
+      tfds data sets are prepared; tiny_imagenet is looked up as
+      ``<data_dir>/tiny-imagenet-200``.
+    source_dir: fashion_mnist: the directory of the IDX files (default
+      ``/usr/share/datasets/fashion-mnist``); tiny_imagenet: its root.
+    image_size: resize (shorter side, bilinear) and centre-crop every image to
+      ``image_size x image_size``; default: native size (224 for imagenet2012,
+      whose images vary in size; for folders, the first image's size, and another
+      size is an error).
+    in_memory: cache the whole split in memory on first use; default: if its
+      pixels take at most ``MEMORY_LIMIT_BYTES`` (1 GiB).
+
+  Returns:
+    The :class:`Dataset`. ``mean``/``std`` are per-channel statistics of the
+    *train* split in [0, 1] units (exact over the split, or over 10,000 train
+    images when the split is not cached; imagenet2012: the conventional
+    (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225)).
+
+  Raises:
+    DatasetNotFoundError: the data set is not present; the message names the
+      package or the command that provides it.
+    ValueError: unknown name or split, or bad data (the message names the file).
+  """
+  if not isinstance(name, str) or not isinstance(split, str):
+    raise TypeError(f"name and split must be strings, got {name!r}, {split!r}.")
+  if image_size is not None and (not isinstance(image_size, (int, np.integer))
+                                 or image_size < 1):
+    raise ValueError(f"image_size must be None or a positive int, got {image_size!r}.")
+  root = default_data_dir(data_dir)
+  again = lambda s: load(name, s, data_dir=data_dir, source_dir=source_dir,  # noqa: E731
+                         image_size=image_size, in_memory=in_memory)
+  key = (name, os.fspath(root), os.fspath(source_dir or ""), image_size)
+
+  if name in ("fashion_mnist", "digits"):
+    if name == "fashion_mnist":
+      builder = build_fashion_mnist(root, source_dir=source_dir or FASHION_MNIST_DIR)
+    else:
+      builder = build_digits(root)
+    return _tfds_dataset(name, builder, split, image_size=image_size,
+                         in_memory=in_memory, stats=_train_stats(key, lambda: (
+                             again("train"))))
+  if name in ("cifar10", "cifar100", "imagenet2012"):
+    builder = _prepared_builder(name, root)
+    stats = None
+    if name == "imagenet2012":
+      image_size = image_size or 224
+      mean_std = (np.asarray(_IMAGENET_MEAN, np.float32),
+                  np.asarray(_IMAGENET_STD, np.float32))
+      stats = lambda ds: mean_std  # noqa: E731
+    else:
+      stats = _train_stats(key, lambda: again("train"))
+    return _tfds_dataset(name, builder, split, image_size=image_size,
+                         in_memory=in_memory, stats=stats)
+  if name == "tiny_imagenet":
+    base = pathlib.Path(source_dir) if source_dir else root / "tiny-imagenet-200"
+    paths, labels, classes = _tiny_imagenet_split(base, split)
+    return _files_dataset(name, split, paths, labels, classes, image_size=image_size,
+                          in_memory=in_memory, where=base,
+                          stats=_train_stats(key, lambda: again("train")))
+  if name.startswith("folder:"):
+    base = pathlib.Path(name[len("folder:"):]).expanduser()
+    paths, labels, classes = _folder_split(base, split)
+    stats = None
+    if (base / "train").is_dir():
+      stats = _train_stats(key, lambda: again("train"))
+    return _files_dataset(name, split, paths, labels, classes, image_size=image_size,
+                          in_memory=in_memory, where=base / split, stats=stats)
+  raise ValueError(f"unknown data set {name!r}; one of {', '.join(NAMES)}.")
