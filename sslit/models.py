@@ -1,0 +1,618 @@
+"""Flax backbones and SSL heads, and the pure functions that apply them.
+
+Backbones (``BACKBONES``): ``"mlp"`` (:class:`MLP`), ``"convnet"`` (:class:`ConvNet`,
+the fast small CNN for 28x28 grayscale images), ``"resnet18"`` and ``"resnet50"``
+(:class:`ResNet18`, :class:`ResNet50`, CIFAR or ImageNet stem). Heads: the
+VICReg/Barlow projector, the SimCLR projector, the BYOL projector and predictor, all
+:class:`ProjectionHead`. :func:`build_model` assembles an :class:`SSLModel` whose
+``__call__(x, *, train)`` returns ``{"rep", "proj", "pred"}``.
+
+Every piecewise-linear non-linearity records its input with
+``self.sow("preactivations", name, h)`` (ReLU, leaky-ReLU, abs), and every max-pool
+records the int32 argmax of each window, so that ``sslit.cpa`` reads exact activation
+regions (:func:`preactivation_fn`). Recording costs nothing unless the collection is
+mutable: Flax drops a ``sow`` into an immutable collection, and the argmax is only
+computed when the collection is mutable.
+
+Precision: parameters are always float32; ``dtype`` sets the compute dtype (e.g.
+``jnp.bfloat16``), and every output of :class:`SSLModel` is cast back to float32.
+
+This is the only sslit module that imports Flax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslit import _validate
+
+__all__ = [
+    "ACTIVATIONS", "BACKBONES", "PROJECTORS", "MLP", "ConvNet", "ResNet",
+    "ResNet18", "ResNet50", "ProjectionHead", "SSLModel", "build_model",
+    "init_variables", "make_apply_fn", "single_input_fn", "preactivation_fn",
+    "param_count",
+]
+
+PREACTIVATIONS = "preactivations"
+ACTIVATIONS = ("relu", "leaky_relu", "abs", "gelu")
+_PIECEWISE = ("relu", "leaky_relu", "abs")
+OUTPUTS = ("rep", "proj", "pred")
+
+# torchvision's ResNet init: Kaiming normal, fan-out, for every convolution.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _activate(module: nn.Module, h: jax.Array, name: str, activation: str = "relu",
+              negative_slope: float = 0.01) -> jax.Array:
+  """Apply ``activation`` to ``h``, recording ``h`` first if it is piecewise linear."""
+  if activation in _PIECEWISE:
+    module.sow(PREACTIVATIONS, name, h)
+  if activation == "relu":
+    return nn.relu(h)
+  if activation == "leaky_relu":
+    return jnp.where(h >= 0, h, negative_slope * h)
+  if activation == "abs":
+    return jnp.abs(h)
+  if activation == "gelu":
+    return nn.gelu(h)
+  raise ValueError(f"unknown activation {activation!r}; choose one of "
+                   f"{list(ACTIVATIONS)}.")
+
+
+def _window_argmax(module: nn.Module, x: jax.Array, name: str, window: int,
+                   stride: int, pad: int) -> None:
+  """Record the int32 argmax (row-major index inside the window) of a max-pool."""
+  if not module.is_mutable_collection(PREACTIVATIONS):
+    return
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+               constant_values=-jnp.inf)
+  oh = (h + 2 * pad - window) // stride + 1
+  ow = (w + 2 * pad - window) // stride + 1
+  patches = [xp[:, di:di + stride * (oh - 1) + 1:stride,
+                dj:dj + stride * (ow - 1) + 1:stride, :]
+             for di in range(window) for dj in range(window)]
+  idx = jnp.argmax(jnp.stack(patches, axis=-1), axis=-1).astype(jnp.int32)
+  module.sow(PREACTIVATIONS, name, idx)
+
+
+def _pool2x2(module: nn.Module, x: jax.Array, kind: str, name: str) -> jax.Array:
+  """2x2 stride-2 pooling by reshape (odd trailing rows/columns are dropped)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  if kind == "max":
+    _window_argmax(module, x, name, window=2, stride=2, pad=0)
+  x = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  if kind == "max":
+    return jnp.max(x, axis=(2, 4))
+  return jnp.mean(x, axis=(2, 4))
+
+
+def _adaptive_avg_matrix(size: int, out: int) -> np.ndarray:
+  """``[out, size]`` averaging matrix of PyTorch's ``adaptive_avg_pool`` bins."""
+  m = np.zeros((out, size), np.float32)
+  for i in range(out):
+    start = (i * size) // out
+    end = -((-(i + 1) * size) // out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def _adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
+  """Average-pool ``[n, h, w, c]`` to ``[n, out, out, c]`` (PyTorch's bins)."""
+  ph = jnp.asarray(_adaptive_avg_matrix(x.shape[1], out), x.dtype)
+  pw = jnp.asarray(_adaptive_avg_matrix(x.shape[2], out), x.dtype)
+  return jnp.einsum("ph,nhwc,qw->npqc", ph, x, pw)
+
+
+def _check_image(x: Any, name: str = "x") -> None:
+  _validate.check_rank(x, 4, name, layout="[n, H, W, C] (NHWC images)")
+  _validate.check_float(x, name)
+
+
+def _batch_norm(train: bool, dtype: Any, name: str, **kw) -> nn.BatchNorm:
+  # momentum 0.9 here is PyTorch's momentum 0.1; epsilon as in PyTorch.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, param_dtype=jnp.float32, name=name, **kw)
+
+
+# ---------------------------------------------------------------- backbones
+
+
+class MLP(nn.Module):
+  """Multi-layer perceptron on flattened inputs.
+
+  ``widths[:-1]`` are hidden layers ``Dense [-> BatchNorm] -> activation``; the last
+  layer ``Dense(widths[-1])`` is linear unless ``activate_output`` (then it gets the
+  same ``[BatchNorm ->] activation``). Pre-activations are recorded as ``relu{i}``
+  (whatever the piecewise activation; none for GELU).
+
+  Attributes:
+    widths: layer widths; the representation has ``widths[-1]`` features.
+    activation: "relu", "leaky_relu", "abs" or "gelu".
+    negative_slope: leaky-ReLU slope for negative inputs.
+    batch_norm: BatchNorm after every hidden Dense.
+    activate_output: apply the activation (and BN) to the last layer too.
+    dtype: compute dtype (params stay float32).
+  """
+  widths: Sequence[int] = (512, 512, 512)
+  activation: str = "relu"
+  negative_slope: float = 0.01
+  batch_norm: bool = False
+  activate_output: bool = False
+  dtype: Any = jnp.float32
+
+  def validate(self) -> None:
+    _validate.check_choice(self.activation, ACTIVATIONS, "activation")
+    if len(self.widths) == 0 or any(int(w) <= 0 for w in self.widths):
+      raise ValueError(f"widths must be a non-empty sequence of positive ints, got "
+                       f"{tuple(self.widths)}.")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    self.validate()
+    if x.ndim < 2:
+      raise ValueError(f"x must be [n, ...] (a batch), got shape {x.shape}.")
+    _validate.check_float(x, "x")
+    h = x.reshape(x.shape[0], -1)
+    last = len(self.widths) - 1
+    for i, width in enumerate(self.widths):
+      h = nn.Dense(int(width), dtype=self.dtype, param_dtype=jnp.float32,
+                   name=f"dense{i}")(h)
+      if i < last or self.activate_output:
+        if self.batch_norm:
+          h = _batch_norm(train, self.dtype, f"bn{i}")(h)
+        h = _activate(self, h, f"relu{i}", self.activation, self.negative_slope)
+    return h
+
+
+class ConvNet(nn.Module):
+  """Small fast CNN: stages of 3x3 conv (no bias) + BatchNorm + ReLU.
+
+  2x2 stride-2 pooling between stages (average by default: XLA:CPU's max-pool
+  backward is costly), then the final pooling: ``"2x2"`` average-pools the last map
+  to 2x2 bins (PyTorch's adaptive bins) and flattens it (representation
+  ``4 * channels[-1]``), ``"gap"`` is the global average (``channels[-1]``),
+  ``"none"`` flattens the whole last map. For 28x28 inputs and the default
+  channels, the 2x2 representation has 512 features.
+
+  Recorded: ``relu{i}`` per stage, and ``maxpool{i}`` (int32 window argmax, index
+  ``2*row + col``) when ``pool="max"``.
+
+  Attributes:
+    channels: output channels per stage.
+    pool: "avg" or "max", the pooling between stages.
+    final_pool: "2x2", "gap" or "none".
+    dtype: compute dtype.
+  """
+  channels: Sequence[int] = (32, 64, 128)
+  pool: str = "avg"
+  final_pool: str = "2x2"
+  dtype: Any = jnp.float32
+
+  def validate(self) -> None:
+    _validate.check_choice(self.pool, ("avg", "max"), "pool")
+    _validate.check_choice(self.final_pool, ("2x2", "gap", "none"), "final_pool")
+    if len(self.channels) == 0 or any(int(c) <= 0 for c in self.channels):
+      raise ValueError(f"channels must be a non-empty sequence of positive ints, "
+                       f"got {tuple(self.channels)}.")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    self.validate()
+    _check_image(x)
+    h = x
+    for i, ch in enumerate(self.channels):
+      if i > 0:
+        h = _pool2x2(self, h, self.pool, f"maxpool{i - 1}")
+      h = nn.Conv(int(ch), (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_conv_init,
+                  name=f"conv{i}")(h)
+      h = _batch_norm(train, self.dtype, f"bn{i}")(h)
+      h = _activate(self, h, f"relu{i}")
+    if self.final_pool == "gap":
+      return jnp.mean(h, axis=(1, 2))
+    if self.final_pool == "2x2":
+      h = _adaptive_avg_pool(h, 2)
+    return h.reshape(h.shape[0], -1)
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block (two 3x3 convs), torchvision layout."""
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=_conv_init)
+    y = conv(self.features, (3, 3), (self.strides,) * 2, padding=((1, 1), (1, 1)),
+             name="conv1")(x)
+    y = _batch_norm(train, self.dtype, "bn1")(y)
+    y = _activate(self, y, "relu1")
+    y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = _batch_norm(train, self.dtype, "bn2")(y)
+    r = x
+    if x.shape[-1] != self.features or self.strides != 1:
+      r = conv(self.features, (1, 1), (self.strides,) * 2, padding="VALID",
+               name="downsample_conv")(x)
+      r = _batch_norm(train, self.dtype, "downsample_bn")(r)
+    return _activate(self, r + y, "relu_out")
+
+
+class Bottleneck(nn.Module):
+  """ResNet bottleneck block (1x1, 3x3 with the stride, 1x1 x4), torchvision v1.5."""
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+  expansion: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=_conv_init)
+    out = self.features * self.expansion
+    y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+    y = _activate(self, _batch_norm(train, self.dtype, "bn1")(y), "relu1")
+    y = conv(self.features, (3, 3), (self.strides,) * 2, padding=((1, 1), (1, 1)),
+             name="conv2")(y)
+    y = _activate(self, _batch_norm(train, self.dtype, "bn2")(y), "relu2")
+    y = conv(out, (1, 1), padding="VALID", name="conv3")(y)
+    y = _batch_norm(train, self.dtype, "bn3")(y)
+    r = x
+    if x.shape[-1] != out or self.strides != 1:
+      r = conv(out, (1, 1), (self.strides,) * 2, padding="VALID",
+               name="downsample_conv")(x)
+      r = _batch_norm(train, self.dtype, "downsample_bn")(r)
+    return _activate(self, r + y, "relu_out")
+
+
+class ResNet(nn.Module):
+  """ResNet backbone (no classifier); the representation is the global average pool.
+
+  ``cifar_stem=True``: 3x3 stride-1 convolution, no max-pool (for 32x32 inputs).
+  ``cifar_stem=False``: the ImageNet stem, 7x7 stride-2 convolution and 3x3 stride-2
+  max-pool (its int32 argmax recorded as ``stem_maxpool``, index ``3*row + col``).
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    block: "basic" or "bottleneck".
+    cifar_stem: which stem.
+    width: channels of the first stage (doubled at each stage).
+    dtype: compute dtype.
+  """
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: str = "basic"
+  cifar_stem: bool = True
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  def validate(self) -> None:
+    _validate.check_choice(self.block, ("basic", "bottleneck"), "block")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    self.validate()
+    _check_image(x)
+    if self.cifar_stem:
+      h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_conv_init,
+                  name="stem_conv")(x)
+    else:
+      h = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+                  use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=_conv_init, name="stem_conv")(x)
+    h = _batch_norm(train, self.dtype, "stem_bn")(h)
+    h = _activate(self, h, "stem_relu")
+    if not self.cifar_stem:
+      _window_argmax(self, h, "stem_maxpool", window=3, stride=2, pad=1)
+      h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block_cls = BasicBlock if self.block == "basic" else Bottleneck
+    for i, n_blocks in enumerate(self.stage_sizes):
+      for j in range(n_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        h = block_cls(self.width * 2 ** i, strides=strides, dtype=self.dtype,
+                      name=f"layer{i + 1}_{j}")(h, train=train)
+    return jnp.mean(h, axis=(1, 2))
+
+
+class ResNet18(ResNet):
+  """ResNet-18 (basic blocks 2-2-2-2); CIFAR stem by default. Representation 512-d."""
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: str = "basic"
+  cifar_stem: bool = True
+
+
+class ResNet50(ResNet):
+  """ResNet-50 (bottlenecks 3-4-6-3); ImageNet stem by default. Representation 2048-d."""
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  block: str = "bottleneck"
+  cifar_stem: bool = False
+
+
+BACKBONES: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "convnet": ConvNet,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+}
+
+
+# -------------------------------------------------------------------- heads
+
+
+class ProjectionHead(nn.Module):
+  """``(Dense -> BatchNorm -> ReLU) x (len(widths) - 1) -> Dense(widths[-1])``.
+
+  Recorded: ``relu{i}`` for the hidden layers.
+
+  Attributes:
+    widths: output width of every Dense.
+    last_bias: bias on the last Dense (VICReg's reference code has none).
+    dtype: compute dtype.
+  """
+  widths: Sequence[int] = (2048, 2048, 2048)
+  last_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    last = len(self.widths) - 1
+    h = x
+    for i, width in enumerate(self.widths):
+      h = nn.Dense(int(width), use_bias=(i < last or self.last_bias),
+                   dtype=self.dtype, param_dtype=jnp.float32, name=f"dense{i}")(h)
+      if i < last:
+        h = _batch_norm(train, self.dtype, f"bn{i}")(h)
+        h = _activate(self, h, f"relu{i}")
+    return h
+
+
+# name -> (widths, last_bias)
+PROJECTORS: dict[str, tuple[tuple[int, ...], bool]] = {
+    "vicreg": ((2048, 2048, 2048), False),
+    "barlow": ((2048, 2048, 2048), False),
+    "simclr": ((2048, 128), True),
+    "byol": ((4096, 256), True),
+}
+BYOL_PREDICTOR_HIDDEN = 4096
+
+
+class SSLModel(nn.Module):
+  """Backbone + optional projector + optional predictor.
+
+  ``__call__(x, *, train, upto=None)`` returns a dict with ``"rep"`` ``[n, r]``,
+  ``"proj"`` ``[n, p]`` (if a projector) and ``"pred"`` ``[n, p]`` (if a predictor),
+  all float32. ``upto`` ("rep", "proj" or "pred") stops after that output, so
+  analysis code does not pay for the heads.
+
+  Attributes:
+    backbone: a backbone module (see ``BACKBONES``).
+    projector: a :class:`ProjectionHead` or None.
+    predictor: a :class:`ProjectionHead` or None (BYOL's online predictor).
+  """
+  backbone: nn.Module
+  projector: nn.Module | None = None
+  predictor: nn.Module | None = None
+
+  def outputs(self) -> tuple[str, ...]:
+    """The output names this model produces."""
+    out = ["rep"]
+    if self.projector is not None:
+      out.append("proj")
+      if self.predictor is not None:
+        out.append("pred")
+    return tuple(out)
+
+  def __call__(self, x: jax.Array, *, train: bool,
+               upto: str | None = None) -> dict[str, jax.Array]:
+    if upto is not None:
+      _validate.check_choice(upto, self.outputs(), "output")
+    out = {}
+    h = self.backbone(x, train=train)
+    out["rep"] = h.astype(jnp.float32)
+    if upto == "rep" or self.projector is None:
+      return out
+    h = self.projector(h, train=train)
+    out["proj"] = h.astype(jnp.float32)
+    if upto == "proj" or self.predictor is None:
+      return out
+    out["pred"] = self.predictor(h, train=train).astype(jnp.float32)
+    return out
+
+
+def _widths(value: Any, name: str) -> tuple[int, ...]:
+  try:
+    widths = tuple(int(w) for w in value)
+  except TypeError:
+    raise ValueError(f"{name} must be a sequence of ints, got {value!r}.") from None
+  if not widths or any(w <= 0 for w in widths):
+    raise ValueError(f"{name} must be a non-empty sequence of positive ints, got "
+                     f"{value!r}.")
+  return widths
+
+
+def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = None,
+                projector: str | Sequence[int] | None = "vicreg",
+                predictor: bool | Sequence[int] = False,
+                dtype: Any = jnp.float32) -> SSLModel:
+  """Build an :class:`SSLModel` from names.
+
+  Args:
+    backbone: "mlp", "convnet", "resnet18" or "resnet50".
+    backbone_kwargs: attributes of the backbone class (e.g. ``{"widths": (64, 32)}``
+      for the MLP, ``{"cifar_stem": False}`` for a ResNet).
+    projector: "vicreg"/"barlow" (2048-2048-2048, Linear-BN-ReLU x2 + Linear without
+      bias), "simclr" (2048-128), "byol" (4096-256), a sequence of widths (VICReg
+      layout, last Dense with bias), or None (no projector).
+    predictor: False, True (BYOL's 4096-BN-ReLU-p predictor, p the projector's
+      output width) or a sequence of widths ending with the projector's width.
+    dtype: compute dtype (float32 or bfloat16); parameters are always float32.
+
+  Returns:
+    The (unbound) model.
+
+  Raises:
+    ValueError: unknown backbone/projector name or backbone option, bad widths, a
+      predictor without a projector, or a predictor whose output width is not the
+      projector's.
+  """
+  _validate.check_choice(backbone, tuple(BACKBONES), "backbone")
+  cls = BACKBONES[backbone]
+  kwargs = dict(backbone_kwargs or {})
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "dtype"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f"unknown option(s) {unknown} for backbone {backbone!r}; valid "
+                     f"options are {sorted(fields)}.")
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
+                              jnp.dtype(jnp.float16), jnp.dtype(jnp.float64)):
+    raise ValueError(f"dtype must be a floating dtype (float32 or bfloat16), got "
+                     f"{dtype}.")
+  net = cls(**kwargs, dtype=dtype)
+  net.validate()
+
+  head = None
+  if projector is not None:
+    if isinstance(projector, str):
+      _validate.check_choice(projector, tuple(PROJECTORS), "projector")
+      widths, last_bias = PROJECTORS[projector]
+    else:
+      widths, last_bias = _widths(projector, "projector"), True
+    head = ProjectionHead(widths=widths, last_bias=last_bias, dtype=dtype)
+
+  pred = None
+  if predictor is not False and predictor is not None:
+    if head is None:
+      raise ValueError("predictor needs a projector (got projector=None).")
+    if predictor is True:
+      pwidths = (BYOL_PREDICTOR_HIDDEN, head.widths[-1])
+    else:
+      pwidths = _widths(predictor, "predictor")
+      if pwidths[-1] != head.widths[-1]:
+        raise ValueError(f"predictor's output width {pwidths[-1]} must equal the "
+                         f"projector's output width {head.widths[-1]}.")
+    pred = ProjectionHead(widths=pwidths, last_bias=True, dtype=dtype)
+  return SSLModel(backbone=net, projector=head, predictor=pred)
+
+
+# ------------------------------------------------------- pure applications
+
+
+def init_variables(model: SSLModel, key: jax.Array, x: jax.Array) -> dict[str, Any]:
+  """Initialise ``{"params", "batch_stats"}`` from an example batch ``x``.
+
+  Only ``x``'s shape (minus the batch size) and dtype matter; BatchNorm running
+  statistics start at mean 0, variance 1. Jitted, so large nets initialise fast;
+  ``jax.eval_shape(lambda k: init_variables(model, k, x), key)`` gives the shapes for
+  free.
+
+  Args:
+    model: an :class:`SSLModel` (or any module taking ``(x, *, train)``).
+    key: a PRNG key.
+    x: ``[n, ...]`` float example input.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` is ``{}`` without BN).
+  """
+  _validate.check_float(x, "x")
+  if np.ndim(x) < 2:
+    raise ValueError(f"x must be a batch [n, ...], got shape {np.shape(x)}.")
+  x = x[:1]
+
+  @jax.jit
+  def init(key, x):
+    return model.init(key, x, train=False, mutable=["params", "batch_stats"])
+
+  variables = init(key, x)
+  return {"params": variables["params"],
+          "batch_stats": variables.get("batch_stats", {})}
+
+
+def _check_output(model: SSLModel, output: str) -> None:
+  _validate.check_choice(output, model.outputs() if isinstance(model, SSLModel)
+                         else OUTPUTS, "output")
+
+
+def make_apply_fn(model: SSLModel, output: str = "rep"
+                  ) -> Callable[[Any, jax.Array], jax.Array]:
+  """Pure eval-mode ``apply_fn(variables, x) -> [n, k]`` for one output.
+
+  BatchNorm uses its running statistics; nothing is mutated. Not jitted (compose it
+  under your own ``jit``/``vmap``/``jacfwd``).
+
+  Args:
+    model: an :class:`SSLModel`.
+    output: "rep", "proj" or "pred".
+  """
+  _check_output(model, output)
+
+  def apply_fn(variables, x):
+    return model.apply(variables, x, train=False, upto=output)[output]
+  return apply_fn
+
+
+def single_input_fn(model: SSLModel, variables: Any, output: str = "rep"
+                    ) -> Callable[[jax.Array], jax.Array]:
+  """``fn(x_one) -> [k]`` on one unbatched input (e.g. ``[H, W, C]``), eval mode.
+
+  The form ``sslit.cpa`` differentiates: ``jax.jacfwd(fn)(x_one)`` is the slope.
+  """
+  apply_fn = make_apply_fn(model, output)
+
+  def fn(x_one):
+    return apply_fn(variables, x_one[None])[0]
+  return fn
+
+
+def _flatten_sown(tree: Any, prefix: str = "") -> dict[str, jax.Array]:
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, tuple):  # sow appends one entry per call
+      if len(value) == 1:
+        flat[path] = value[0]
+      else:
+        for i, v in enumerate(value):
+          flat[f"{path}/{i}"] = v
+    elif isinstance(value, Mapping):
+      flat.update(_flatten_sown(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def preactivation_fn(model: SSLModel, variables: Any, output: str = "rep"
+                     ) -> Callable[[jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+  """``fn(x_one) -> (z [k], pre)`` with every recorded pre-activation of one input.
+
+  ``pre`` maps a flat path (e.g. ``"backbone/layer1_0/relu1"``) to the unbatched
+  array recorded there: float arrays are inputs of ReLU/leaky-ReLU/abs (their sign
+  pattern is the activation region), int32 arrays are max-pool window argmaxes.
+  Only the layers that ``output`` depends on are included. Eval mode.
+  """
+  _check_output(model, output)
+
+  def fn(x_one):
+    out, state = model.apply(variables, x_one[None], train=False, upto=output,
+                             mutable=[PREACTIVATIONS])
+    pre = _flatten_sown(state.get(PREACTIVATIONS, {}))
+    return out[output][0], {k: v[0] for k, v in pre.items()}
+  return fn
+
+
+def param_count(tree: Any) -> int:
+  """Total number of scalars in a pytree of arrays (or ``ShapeDtypeStruct``)."""
+  return int(sum(int(np.prod(getattr(leaf, "shape", np.shape(leaf))))
+                 for leaf in jax.tree_util.tree_leaves(tree)))
