@@ -148,15 +148,35 @@ class CheckpointManager:
       CheckpointError: checkpoints exist but none could be restored.
     """
     target = _abstract_keys_to_data(abstract_state)
+    restore_one = lambda s: self._restore_step(s, abstract_state, target)
     if step is not None:
-      return self._restore_step(int(step), abstract_state, target)
+      return restore_one(int(step))
+    return self._newest_good(restore_one)
+
+  def restore_raw(self, *, step: int | None = None
+                  ) -> tuple[Any, dict[str, Any], int] | None:
+    """Restore without a target: nested dicts of NumPy arrays as saved (keys as data).
+
+    For reading a run's parameters without rebuilding its optimiser (``sslit
+    eval``). Same fallback as :meth:`restore`.
+    """
+    def restore_one(s):
+      restored = self._manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                     meta=ocp.args.JsonRestore()))
+      return restored["state"], dict(restored["meta"]), s
+    if step is not None:
+      return restore_one(int(step))
+    return self._newest_good(restore_one)
+
+  def _newest_good(self, restore_one):
     steps = self.all_steps()
     if not steps:
       return None
     errors = []
     for s in reversed(steps):
       try:
-        result = self._restore_step(s, abstract_state, target)
+        result = restore_one(s)
       except Exception as e:  # corrupt or incompatible: try the previous one
         errors.append((s, e))
         continue
@@ -167,7 +187,7 @@ class CheckpointManager:
         warnings.warn(
             f"checkpoint at step {bad} in {self.directory} could not be restored "
             f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and resumed "
-            f"from step {s} instead.", RuntimeWarning, stacklevel=2)
+            f"from step {s} instead.", RuntimeWarning, stacklevel=3)
       return result
     raise CheckpointError(
         f"none of the checkpoints in {self.directory} could be restored "

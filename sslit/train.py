@@ -477,6 +477,7 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
         log_every: int = 50, checkpoint_every: int = 0, keep_checkpoints: int = 3,
         resume: bool = True, evaluators: Sequence[Callable] = (), eval_every: int = 0,
         progress: bool = True, max_train_seconds: float | None = None,
+        normalize: bool = True,
         data_iterator_fn: Callable | None = None) -> FitResult:
   """Pretrain ``model`` with a self-supervised ``objective`` on ``dataset``.
 
@@ -514,6 +515,9 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
     progress: show a tqdm progress bar (process 0 only).
     max_train_seconds: stop early (with a checkpoint) after this much training
       time; the schedule is still the one of ``num_steps``.
+    normalize: standardise each view with the data set's per-channel training
+      statistics, ``x = (view - dataset.mean) / dataset.std``, the convention of
+      ``sslit.evaluate.preprocess`` (evaluation applies the same to clean images).
     data_iterator_fn: ``(start_step) -> iterator of host batches`` replacing
       ``sslit.data.batch_iterator`` (each batch is this process's part).
 
@@ -540,6 +544,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
   obj = (objectives_lib.get_objective(objective, **dict(objective_kwargs or {}))
          if isinstance(objective, str) else objective)
   augment_fn = _make_augment_fn(augment, dataset)
+  if normalize:
+    augment_fn = _normalized(augment_fn, dataset)
 
   schedule = make_schedule(learning_rate=learning_rate, batch_size=batch_size,
                            num_steps=num_steps, warmup_steps=warmup_steps,
@@ -625,7 +631,7 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
   if data_iterator_fn is None:
     from sslit import data as data_lib  # pylint: disable=g-import-not-at-top
     batches = data_lib.batch_iterator(
-        dataset, local_batch, seed=seed, shuffle=True, drop_remainder=True,
+        dataset, batch_size, seed=seed, shuffle=True, drop_remainder=True,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_step=start)
   else:
@@ -743,6 +749,22 @@ def _make_augment_fn(augment: Any, dataset: Any) -> Callable | None:
   else:
     cfg_a, cfg_b = augment
   return lambda key, images: augment_lib.two_views(key, images, cfg_a, cfg_b)
+
+
+def _normalized(augment_fn: Callable | None, dataset: Any) -> Callable:
+  mean = np.asarray(getattr(dataset, "mean", 0.0), np.float32)
+  std = np.asarray(getattr(dataset, "std", 1.0), np.float32)
+  if np.any(std <= 0):
+    raise ValueError(f"dataset.std must be > 0, got {std}.")
+
+  def views(key, images):
+    if augment_fn is None:
+      x = images_to_float(images)
+      x_a, x_b = x, x
+    else:
+      x_a, x_b = augment_fn(key, images)
+    return (x_a - mean) / std, (x_b - mean) / std
+  return views
 
 
 def _ensure_writable(workdir: str) -> None:

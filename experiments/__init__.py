@@ -1,0 +1,19 @@
+"""Experiments: configs (``experiments/configs/*.py``) and one script per table/figure.
+
+``REGISTRY`` maps an experiment name to the module that reproduces it, run by
+``sslit reproduce <name> [args...]``. Each module provides
+``main(argv: list[str]) -> int`` accepting at least ``--scale {smoke,cpu,full}`` and
+``--workdir DIR``. An entry whose value is None is announced but not yet
+implemented; the command says so instead of failing obscurely.
+"""
+
+from __future__ import annotations
+
+# name -> importable module path with main(argv) (None: not implemented yet).
+REGISTRY: dict[str, str | None] = {
+    "assumptions": None,    # SPEC 7.1: noise-model assumption validation vs sigma
+    "separation": None,     # SPEC 7.2: separation ratio and entropy bounds per epoch
+    "table1": None,         # SPEC 7.3: linear-probe top-1, base methods vs variants
+    "bound": None,          # SPEC 7.4: generalization bound terms per checkpoint
+    "vicreg_logdet": None,  # SPEC 7.5: VICReg terms vs log det and the estimators
+}
