@@ -1,0 +1,418 @@
+"""Tests for sslit.cpa: slopes, regions, noise model, information quantities.
+
+Oracles: the masked-weight product in float64 NumPy (tests/reference/cpa.py),
+central finite differences, fwd = rev = auto, chunked = unchunked, jit = eager,
+sharded (2 fake CPU devices) = single device, and SPEC §2's identities by Monte Carlo.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sslit import cpa
+from tests.reference import cpa as ref
+
+_ACTS = {
+    "relu": jax.nn.relu,
+    "leaky_relu": lambda h: jnp.where(h > 0, h, 0.01 * h),
+    "abs": jnp.abs,
+    "gelu": jax.nn.gelu,
+}
+
+
+def make_mlp(rng, sizes, kind="relu", dtype=jnp.float64):
+  """A He-initialised MLP: (layers, fn, pre_fn) with pre_fn -> (z, {name: pre})."""
+  layers = [(jnp.asarray(rng.normal(size=(a, b)) * np.sqrt(2 / a), dtype),
+             jnp.asarray(rng.normal(size=b) * 0.1, dtype))
+            for a, b in zip(sizes[:-1], sizes[1:])]
+  act = _ACTS[kind]
+
+  def pre_fn(v):
+    h = v.reshape(-1)
+    pres = {}
+    for i, (w, b) in enumerate(layers):
+      z = h @ w + b
+      if i < len(layers) - 1:
+        pres[f"layer{i}"] = z
+        h = act(z)
+    return z, pres
+
+  return layers, (lambda v: pre_fn(v)[0]), pre_fn
+
+
+def make_convnet(rng, dtype=jnp.float64):
+  """conv3x3(1->4) -> ReLU -> 2x2 max-pool (argmax recorded) -> dense(64->5)."""
+  kern = jnp.asarray(rng.normal(size=(3, 3, 1, 4)) * np.sqrt(2 / 9), dtype)
+  bias = jnp.asarray(rng.normal(size=4) * 0.1, dtype)
+  dense = jnp.asarray(rng.normal(size=(64, 5)) * np.sqrt(2 / 64), dtype)
+
+  def pre_fn(v):  # v [8, 8, 1]
+    h = jax.lax.conv_general_dilated(
+        v[None], kern, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + bias
+    a = jax.nn.relu(h)
+    win = a.reshape(4, 2, 4, 2, 4).transpose(0, 2, 4, 1, 3).reshape(4, 4, 4, 4)
+    idx = jnp.argmax(win, axis=-1).astype(jnp.int32)
+    pooled = jnp.max(win, axis=-1)
+    return pooled.reshape(-1) @ dense, {"conv": h, "pool": idx}
+
+  return (lambda v: pre_fn(v)[0]), pre_fn
+
+
+def np_layers(layers):
+  return [(np.asarray(w), np.asarray(b)) for w, b in layers]
+
+
+# ----------------------------------------------------------------------------
+# Slopes.
+
+
+@pytest.mark.parametrize("kind,sizes", [
+    ("relu", [5, 7, 3]),
+    ("relu", [6, 16, 16, 16, 4]),
+    ("leaky_relu", [5, 12, 9, 8]),
+    ("abs", [4, 10, 10, 6]),
+])
+def test_slopes_equal_masked_weight_product(x64, rng, kind, sizes):
+  layers, fn, _ = make_mlp(rng, sizes, kind)
+  x = jnp.asarray(rng.normal(size=(6, sizes[0])))
+  want = np.stack([ref.mlp_slope(np_layers(layers), xi, kind) for xi in np.asarray(x)])
+  for mode in ("fwd", "rev", "auto"):
+    np.testing.assert_allclose(cpa.jacobian(fn, x, mode=mode), want, atol=1e-12)
+  fast = cpa.mlp_jacobian(layers, x, activation=kind)
+  np.testing.assert_allclose(fast, want, atol=1e-12)
+
+
+def test_mlp_jacobian_chunked_float32_and_image_input(rng):
+  layers, fn, _ = make_mlp(rng, [12, 20, 30, 9], "relu", jnp.float32)
+  x = jnp.asarray(rng.normal(size=(7, 3, 4)), jnp.float32)  # flattened to d = 12
+  want = np.stack([ref.mlp_slope(np_layers(layers), xi.ravel(), "relu")
+                   for xi in np.asarray(x)])
+  np.testing.assert_allclose(cpa.mlp_jacobian(layers, x, chunk_size=3), want,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cpa.jacobian(fn, x, mode="rev", chunk_size=3), want,
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_equals_unchunked_and_jit_equals_eager(rng):
+  fn, _ = make_convnet(rng, jnp.float32)
+  x = jnp.asarray(rng.normal(size=(7, 8, 8, 1)), jnp.float32)
+  full = cpa.jacobian(fn, x)
+  assert full.shape == (7, 5, 64)
+  for chunk in (1, 3, 7, 100):  # 3 leaves a remainder
+    np.testing.assert_allclose(cpa.jacobian(fn, x, chunk_size=chunk), full, atol=1e-6)
+  jitted = jax.jit(lambda x: cpa.jacobian(fn, x, mode="rev", chunk_size=2))(x)
+  np.testing.assert_allclose(jitted, full, atol=1e-5)
+
+
+def test_conv_maxpool_slopes_equal_central_differences(x64, rng):
+  fn, _ = make_convnet(rng)
+  x = jnp.asarray(rng.normal(size=(3, 8, 8, 1)))
+  a = cpa.jacobian(fn, x, mode="auto")
+  h = 1e-6
+  eye = np.eye(64).reshape(64, 8, 8, 1)
+  for i in range(3):
+    plus = jax.vmap(fn)(x[i][None] + h * eye)
+    minus = jax.vmap(fn)(x[i][None] - h * eye)
+    fd = np.asarray((plus - minus) / (2 * h)).T  # [k, d]
+    np.testing.assert_allclose(a[i], fd, atol=1e-7)
+
+
+def test_smooth_activation_gives_first_order_slope(x64, rng):
+  layers, fn, _ = make_mlp(rng, [5, 8, 3], "gelu")
+  x = jnp.asarray(rng.normal(size=(4, 5)))
+  a, b = cpa.local_affine(fn, x)
+  h = 1e-6
+  eye = np.eye(5)
+  fd = np.stack([np.asarray((jax.vmap(fn)(xi + h * eye) - jax.vmap(fn)(xi - h * eye))
+                            / (2 * h)).T for xi in x])
+  np.testing.assert_allclose(a, fd, atol=1e-8)
+  # The tangent plane is wrong at second order: residual(2δ) ≈ 4 residual(δ).
+  u = jnp.asarray(rng.normal(size=(4, 5)))
+  def resid(s):
+    xp = x + s * u
+    return np.linalg.norm(jax.vmap(fn)(xp) - jnp.einsum("nkd,nd->nk", a, xp) - b,
+                          axis=1)
+  ratio = resid(2e-3) / resid(1e-3)
+  np.testing.assert_allclose(ratio, 4.0, rtol=0.02)
+
+
+def test_sharded_equals_single_device(rng):
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  layers, fn, pre_fn = make_mlp(rng, [6, 16, 16, 4], "relu", jnp.float32)
+  x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+  assert len(xs.sharding.device_set) == 2
+  want = cpa.jacobian(fn, x)
+  got = jax.jit(lambda x: cpa.jacobian(fn, x, chunk_size=2))(xs)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_allclose(cpa.jacobian(fn, xs, mode="rev"), want, atol=1e-6)
+  np.testing.assert_allclose(cpa.mlp_jacobian(layers, xs), want, atol=1e-6)
+  np.testing.assert_array_equal(cpa.region_ids(pre_fn, xs), cpa.region_ids(pre_fn, x))
+  info = cpa.representation_information(fn, x, sigma=0.1)
+  info_s = jax.jit(lambda x: cpa.representation_information(fn, x, sigma=0.1))(xs)
+  for key in info:
+    np.testing.assert_allclose(info_s[key], info[key], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Offsets and regions.
+
+
+def test_local_affine_exact_inside_region_and_slope_changes_outside(x64, rng):
+  layers, fn, pre_fn = make_mlp(rng, [5, 12, 12, 3], "relu")
+  nl = np_layers(layers)
+  x = jnp.asarray(rng.normal(size=(6, 5)))
+  a, b = cpa.local_affine(fn, x)
+  np.testing.assert_allclose(jax.vmap(fn)(x), jnp.einsum("nkd,nd->nk", a, x) + b,
+                             atol=1e-12)
+  delta = jnp.asarray(rng.normal(size=(6, 5))) * 1e-5
+  for i in range(6):
+    assert (ref.mlp_pattern(nl, x[i] + delta[i], "relu")
+            == ref.mlp_pattern(nl, x[i], "relu")).all()
+  xp = x + delta
+  np.testing.assert_allclose(jax.vmap(fn)(xp), jnp.einsum("nkd,nd->nk", a, xp) + b,
+                             atol=1e-12)
+  # A large step changes the pattern, and then the slope.
+  far = x + 3.0 * jnp.asarray(rng.normal(size=(6, 5)))
+  changed = [not (ref.mlp_pattern(nl, far[i], "relu")
+                  == ref.mlp_pattern(nl, x[i], "relu")).all() for i in range(6)]
+  assert any(changed)
+  np.testing.assert_array_equal(~np.asarray(cpa.same_region(pre_fn, x, far)), changed)
+  a_far = cpa.jacobian(fn, far)
+  for i in np.flatnonzero(changed):
+    want = ref.mlp_slope(nl, far[i], "relu")
+    np.testing.assert_allclose(a_far[i], want, atol=1e-12)
+    assert not np.allclose(a_far[i], a[i])
+
+
+def test_region_codes_pack_sign_bits_and_argmax():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 40)), jnp.float32)
+  pre = lambda v: {"s": v, "i": jnp.arange(3, dtype=jnp.int32) + (v[0] > 0)}
+  codes = np.asarray(cpa.region_ids(pre, x))
+  assert codes.dtype == np.uint32 and codes.shape == (5, 2 + 3)
+  for row, v in zip(codes, np.asarray(x)):
+    # Leaves in key order: "i" (ints) and "s" (signs); bits come first in the code.
+    bits = np.packbits(np.pad(v > 0, (0, 24)), bitorder="little").view(np.uint32)
+    np.testing.assert_array_equal(row[:2], bits)
+    np.testing.assert_array_equal(row[2:], np.arange(3) + (v[0] > 0))
+
+
+def test_count_regions_matches_reference_patterns(rng):
+  layers, _, pre_fn = make_mlp(rng, [3, 8, 8, 2], "relu", jnp.float32)
+  base = rng.normal(size=(40, 3))
+  x = np.concatenate([base, base[:10], base[:5] + 1e-7]).astype(np.float32)
+  want = ref.count_unique([ref.mlp_pattern(np_layers(layers), v, "relu") for v in x])
+  assert 1 < want < len(x)
+  assert int(cpa.count_regions(pre_fn, jnp.asarray(x))) == want
+  perm = rng.permutation(len(x))
+  assert int(cpa.count_regions(pre_fn, jnp.asarray(x[perm]), chunk_size=7)) == want
+  # A plain pytree (no (z, pre) pair) is accepted too.
+  plain = lambda v: list(pre_fn(v)[1].values())
+  assert int(cpa.count_regions(plain, jnp.asarray(x))) == want
+
+
+def test_count_codes_equals_numpy_unique(rng):
+  for w in (1, 3, 50):
+    codes = rng.integers(0, 2, size=(300, w)).astype(np.uint32)
+    want = len(np.unique(codes, axis=0))
+    assert int(cpa.count_codes(jnp.asarray(codes))) == want
+    assert int(jax.jit(cpa.count_codes)(jnp.asarray(codes))) == want
+
+
+def test_conv_regions_see_maxpool_argmax(rng):
+  _, pre_fn = make_convnet(rng, jnp.float32)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+  codes = cpa.region_ids(pre_fn, x)
+  assert codes.shape == (4, 8 * 8 * 4 // 32 + 4 * 4 * 4)
+  np.testing.assert_array_equal(codes[:, -64:],
+                                np.asarray(jax.vmap(pre_fn)(x)[1]["pool"]).reshape(4, -1))
+  assert np.asarray(cpa.same_region(pre_fn, x, x)).all()
+
+
+def test_boundary_distance_is_exact_for_mlps(x64, rng):
+  layers, _, pre_fn = make_mlp(rng, [4, 10, 10, 10, 3], "leaky_relu")
+  nl = np_layers(layers)
+  x = jnp.asarray(rng.normal(size=(6, 4)))
+  u = jnp.asarray(rng.normal(size=(6, 4)))
+  dist, per = cpa.boundary_distance(pre_fn, x, u, per_neuron=True)
+  np.testing.assert_allclose(dist, np.min(np.concatenate(
+      [np.asarray(t) for t in per], axis=1), axis=1))
+  unit = np.asarray(u) / np.linalg.norm(u, axis=1, keepdims=True)
+  for i in range(6):
+    p0 = ref.mlp_pattern(nl, x[i], "leaky_relu")
+    inside = ref.mlp_pattern(nl, x[i] + (1 - 1e-7) * dist[i] * unit[i], "leaky_relu")
+    outside = ref.mlp_pattern(nl, x[i] + (1 + 1e-7) * dist[i] * unit[i], "leaky_relu")
+    assert (inside == p0).all()
+    assert not (outside == p0).all()
+  shared = cpa.boundary_distance(pre_fn, x, u[0])
+  np.testing.assert_allclose(shared[0], dist[0])
+
+
+# ----------------------------------------------------------------------------
+# The Gaussian-mixture picture.
+
+
+def test_output_covariance_forms(x64, rng):
+  a = rng.normal(size=(3, 4, 6))
+  diag = rng.uniform(0.5, 2.0, size=6)
+  m = rng.normal(size=(6, 6))
+  full = m @ m.T
+  for noise, cov_x in ((0.3, 0.3 * np.eye(6)), (diag, np.diag(diag)), (full, full)):
+    got = cpa.output_covariance(jnp.asarray(a), jnp.asarray(noise))
+    want = np.stack([ref.output_covariance(ai, cov_x) for ai in a])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+  per = jnp.asarray([0.1, 0.2, 0.3])
+  want = np.stack([ref.output_covariance(ai, s * np.eye(6)) for ai, s in zip(a, per)])
+  np.testing.assert_allclose(cpa.output_covariance(jnp.asarray(a), per), want,
+                             rtol=1e-12)
+
+
+def test_conditional_entropy_full_and_rank_deficient(x64, rng):
+  sigma = 0.05
+  full = rng.normal(size=(5, 3, 7))              # k < d
+  tall = rng.normal(size=(5, 6, 4))              # k > d: rank 4
+  dup = rng.normal(size=(5, 4, 7))
+  dup[:, 3] = dup[:, 0] - 2 * dup[:, 1]          # rank 3 < k = 4 < d
+  for a, rank in ((full, 3), (tall, 4), (dup, 3)):
+    got = cpa.conditional_entropy(jnp.asarray(a), sigma)
+    for i in range(5):
+      h, r = ref.conditional_entropy(a[i], sigma)
+      assert r == rank
+      np.testing.assert_allclose(got.entropy[i], h, rtol=1e-9)
+    np.testing.assert_array_equal(got.rank, rank)
+    np.testing.assert_array_equal(got.full_rank, rank == a.shape[1])
+  # σ scaling law: H(σ') − H(σ) = r log(σ'/σ).
+  h1 = cpa.conditional_entropy(jnp.asarray(tall), 0.1).entropy
+  h2 = cpa.conditional_entropy(jnp.asarray(tall), 0.2).entropy
+  np.testing.assert_allclose(h2 - h1, 4 * np.log(2.0), rtol=1e-10)
+
+
+def test_separation_ratio_matches_reference(x64, rng):
+  means = rng.normal(size=(9, 3))
+  covs = np.stack([m @ m.T for m in rng.normal(size=(9, 3, 3))])
+  for c in (0.25, rng.uniform(0.1, 1.0, size=9), covs):
+    np.testing.assert_allclose(cpa.separation_ratio(jnp.asarray(means), jnp.asarray(c)),
+                               ref.separation_ratio(means, c), rtol=1e-10)
+
+
+def test_invariance_is_a_jacobian_norm_monte_carlo(x64, rng):
+  # SPEC §2: E‖f(x) − f(x′)‖² = 2σ² ‖A_n‖_F² for two noisy views of one input.
+  _, fn, _ = make_mlp(rng, [6, 32, 32, 4], "relu")
+  x = jnp.asarray(rng.normal(size=(3, 6)))
+  a = cpa.jacobian(fn, x)
+  sigma, m = 1e-4, 4000
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  xa = x[:, None] + sigma * jax.random.normal(key_a, (3, m, 6), jnp.float64)
+  xb = x[:, None] + sigma * jax.random.normal(key_b, (3, m, 6), jnp.float64)
+  diff = jax.vmap(jax.vmap(fn))(xa) - jax.vmap(jax.vmap(fn))(xb)
+  lhs = np.mean(np.sum(np.asarray(diff)**2, axis=-1), axis=1)
+  rhs = 2 * sigma**2 * np.sum(np.asarray(a)**2, axis=(1, 2))
+  np.testing.assert_allclose(lhs, rhs, rtol=0.08)
+
+
+def test_noise_model_check_gaussian_law_and_stay_fraction(x64, rng):
+  _, fn, pre_fn = make_mlp(rng, [8, 32, 32, 4], "relu")
+  x = jnp.asarray(rng.normal(size=(6, 8)))
+  res = cpa.noise_model_check(jax.random.key(1), fn, x, sigmas=[1e-5, 1e-2, 0.5],
+                              num_samples=400, pre_fn=pre_fn, chunk_size=4)
+  assert res["stay"].shape == (3, 6) and res["pvalues"].shape == (3, 6, 4)
+  stay = res["stay_mean"]
+  assert stay[0] > 0.995 and stay[0] >= stay[1] >= stay[2] and stay[2] < 0.5
+  # Under A1 the output law is N(f(x), σ² A Aᵀ): Monte-Carlo-sized errors only.
+  assert res["cov_error_median"][0] < 0.25
+  assert res["mean_error_median"][0] < 4 / math.sqrt(400)
+  assert res["normal_reject_rate"][0] < 0.2
+  # Far outside A1 (σ = 0.5) the affine-Gaussian model is visibly wrong.
+  assert res["cov_error_median"][2] > res["cov_error_median"][0]
+  no_pre = cpa.noise_model_check(jax.random.key(1), fn, x[:2], sigmas=[1e-3],
+                                 num_samples=20)
+  assert np.isnan(no_pre["stay"]).all()
+
+
+def test_representation_information(x64, rng):
+  layers, fn, _ = make_mlp(rng, [5, 16, 16, 3], "relu")
+  nl = np_layers(layers)
+  x = jnp.asarray(rng.normal(size=(12, 5)))
+  sigma = 0.05
+  info = cpa.representation_information(fn, x, sigma=sigma)
+  a = [ref.mlp_slope(nl, xi, "relu") for xi in np.asarray(x)]
+  means = np.stack([ref.mlp_forward(nl, xi, "relu")[0] for xi in np.asarray(x)])
+  covs = np.stack([sigma**2 * ai @ ai.T for ai in a])
+  np.testing.assert_allclose(
+      info["h_cond"], np.mean([ref.conditional_entropy(ai, sigma)[0] for ai in a]),
+      rtol=1e-9)
+  mu = means - means.mean(0)
+  cov_z = mu.T @ mu / 12 + covs.mean(0)
+  np.testing.assert_allclose(info["gaussian_surrogate"],
+                             0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov_z)[1],
+                             rtol=1e-9)
+  np.testing.assert_allclose(info["separation_ratio"],
+                             ref.separation_ratio(means, covs), rtol=1e-9)
+  assert -1e-9 <= info["mi_lower"] <= info["mi_upper"] <= np.log(12) + 1e-9
+  assert info["h_lower"] <= info["gaussian_surrogate"]
+  assert bool(info["full_rank"]) and int(info["min_rank"]) == 3
+  chunked = cpa.representation_information(fn, x, sigma=sigma, chunk_size=5,
+                                           mode="rev")
+  for key in info:
+    np.testing.assert_allclose(chunked[key], info[key], rtol=1e-9)
+  # Tiny noise: components separate, I -> log n. One region, large noise: I -> 0.
+  tiny = cpa.representation_information(fn, x, sigma=1e-6)
+  np.testing.assert_allclose(tiny["mi_lower"], np.log(12), rtol=1e-6)
+  same = x[0] + 1e-7 * jnp.asarray(rng.normal(size=(6, 5)))
+  blur = cpa.representation_information(fn, same, sigma=1.0)
+  assert blur["mi_upper"] < 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+
+
+def test_bad_input_errors(rng):
+  _, fn, pre_fn = make_mlp(rng, [4, 6, 3], "relu", jnp.float32)
+  x = jnp.ones((5, 4), jnp.float32)
+  with pytest.raises(ValueError, match="1-D output"):
+    cpa.jacobian(lambda v: fn(v)[:, None], x)
+  with pytest.raises(ValueError, match="1-D array"):
+    cpa.jacobian(lambda v: (fn(v), fn(v)), x)
+  with pytest.raises(ValueError, match=r"x must be a batch \[n, \.\.\.\] of rank >= 2"):
+    cpa.jacobian(fn, jnp.ones(4))
+  with pytest.raises(TypeError, match="x must have a floating dtype"):
+    cpa.jacobian(fn, jnp.ones((5, 4), jnp.int32))
+  for bad in (0, -2, 1.5):
+    with pytest.raises(ValueError, match="chunk_size"):
+      cpa.jacobian(fn, x, chunk_size=bad)
+  with pytest.raises(ValueError, match="mode"):
+    cpa.jacobian(fn, x, mode="central")
+  for bad in (0.0, -1.0, float("nan")):
+    with pytest.raises(ValueError, match="sigma"):
+      cpa.conditional_entropy(jnp.ones((2, 3)), bad)
+    with pytest.raises(ValueError, match="sigma"):
+      cpa.representation_information(fn, x, sigma=bad)
+    with pytest.raises(ValueError, match="sigmas"):
+      cpa.noise_model_check(jax.random.key(0), fn, x, sigmas=[1e-3, bad])
+  with pytest.raises(ValueError, match="num_samples"):
+    cpa.noise_model_check(jax.random.key(0), fn, x, sigmas=[1e-3], num_samples=5)
+  with pytest.raises(ValueError, match="noise"):
+    cpa.output_covariance(jnp.ones((2, 3, 4)), jnp.ones(5))
+  with pytest.raises(ValueError, match="noise"):
+    cpa.output_covariance(jnp.ones((2, 3, 4)), -1.0)
+  with pytest.raises(ValueError, match=r"layers\[1\]"):
+    cpa.mlp_jacobian([(jnp.ones((4, 6)), jnp.ones(6)), (jnp.ones((5, 3)), jnp.ones(3))],
+                     x)
+  with pytest.raises(ValueError, match="activation"):
+    cpa.mlp_jacobian([(jnp.ones((4, 6)), jnp.ones(6))], x, activation="tanh")
+  with pytest.raises(ValueError, match="direction"):
+    cpa.boundary_distance(pre_fn, x, jnp.ones(3))
+  with pytest.raises(ValueError, match="x_other"):
+    cpa.same_region(pre_fn, x, jnp.ones((4, 4)))
+  with pytest.raises(ValueError, match="covs"):
+    cpa.separation_ratio(jnp.ones((4, 2)), jnp.ones(3))
+  with pytest.raises(ValueError, match="codes"):
+    cpa.count_codes(jnp.ones(4, jnp.uint32))
