@@ -647,7 +647,7 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
   pending: list = []  # (step, loss) not yet checked for finiteness
   last_saved = manager.latest_step() if manager is not None else None
   t_train0 = time.perf_counter()
-  t_mark, steps_mark = None, 0
+  t_mark, steps_mark, compile_s = None, 0, None
   step = start
   try:
     while step < num_steps:
@@ -690,8 +690,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
         record.update(_to_python(parallel.to_host(metrics)))
         if step > steps_mark:
           record["images_per_s"] = (step - steps_mark) * batch_size / (now - t_mark)
-        if step == steps_mark:
-          record["compile_s"] = compile_s
+        if compile_s is not None:
+          record["compile_s"], compile_s = compile_s, None
         record["elapsed_s"] = now - t_train0
         t_mark, steps_mark = now, step
         writer.write(record)

@@ -1,0 +1,116 @@
+"""Helpers for the training tests, and a worker run as a separate process.
+
+``DigitsDataset`` is a small in-memory stand-in with the ``sslit.data.Dataset``
+interface (scikit-learn's bundled 8x8 digits), so training tests do not depend on
+prepared tfds files. Run as a script, this file trains a tiny MLP with
+``sslit.train.fit`` in one of two modes:
+
+- ``resume``: single process; ``--kill_at N`` sends SIGKILL to itself when the
+  data pipeline produces batch ``N`` (a crash in the middle of training); the
+  final parameters are written to ``--out`` (``.npz``).
+- ``multihost``: one of ``--num_processes`` processes started with
+  ``jax.distributed.initialize`` on localhost (CPU collectives over gloo), each
+  reading its own shard of every global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+
+
+class DigitsDataset:
+  """The 8x8 digits as uint8 ``[n, 8, 8, 1]`` images (a ``sslit.data.Dataset`` stand-in)."""
+
+  name = "digits"
+  num_classes = 10
+  image_shape = (8, 8, 1)
+
+  def __init__(self, split: str = "train", n: int | None = None):
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    d = load_digits()
+    images = np.round(d.images / 16.0 * 255.0).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int32)
+    cut = 1500
+    sl = slice(0, cut) if split == "train" else slice(cut, None)
+    self.split = split
+    self.images, self.labels = images[sl][:n], labels[sl][:n]
+    train = images[:cut].astype(np.float64) / 255.0
+    self.mean = np.array([train.mean()], np.float32)
+    self.std = np.array([train.std()], np.float32)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices):
+    indices = np.asarray(indices)
+    return self.images[indices], self.labels[indices]
+
+
+def tiny_model(objective: str = "vicreg", *, widths=(32, 16), projector=(32, 32)):
+  """A tiny MLP with a projector (and a predictor for BYOL objectives)."""
+  from sslit import models  # pylint: disable=g-import-not-at-top
+  predictor = (16, projector[-1]) if objective.startswith("byol") else False
+  return models.build_model("mlp", backbone_kwargs={"widths": tuple(widths)},
+                            projector=tuple(projector), predictor=predictor)
+
+
+FIT_KWARGS = dict(objective="vicreg", batch_size=32, num_steps=16, optimizer="adamw",
+                  learning_rate=1e-3, warmup_steps=2, log_every=4, progress=False,
+                  seed=3)
+
+
+def _killing(iterator, kill_at: int):
+  for i, batch in enumerate(iterator):
+    if i == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+    yield batch
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser()
+  p.add_argument("mode", choices=("resume", "multihost"))
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--out", required=True)
+  p.add_argument("--kill_at", type=int, default=-1)
+  p.add_argument("--process_id", type=int, default=0)
+  p.add_argument("--num_processes", type=int, default=1)
+  p.add_argument("--port", type=int, default=0)
+  args = p.parse_args(argv)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from sslit import parallel, train  # pylint: disable=g-import-not-at-top
+  from sslit import data  # pylint: disable=g-import-not-at-top
+
+  if args.mode == "multihost":
+    parallel.initialize(coordinator_address=f"localhost:{args.port}",
+                        num_processes=args.num_processes, process_id=args.process_id)
+    assert jax.process_count() == args.num_processes
+  ds = DigitsDataset()
+  mesh = parallel.make_mesh()
+  iterator_fn = None
+  if args.kill_at >= 0:
+    def iterator_fn(start):
+      it = data.batch_iterator(ds, FIT_KWARGS["batch_size"], seed=FIT_KWARGS["seed"],
+                               start_step=start)
+      return _killing(it, args.kill_at - start)
+  kwargs = dict(FIT_KWARGS)
+  if args.mode == "resume":
+    kwargs["checkpoint_every"] = 4
+  result = train.fit(model=tiny_model(), dataset=ds, workdir=args.workdir, mesh=mesh,
+                     data_iterator_fn=iterator_fn, **kwargs)
+  params = parallel.to_host(result.state.params)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  if jax.process_index() == 0:
+    np.savez(args.out, step=result.step, resumed=-1 if result.resumed_from is None
+             else result.resumed_from, **flat)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

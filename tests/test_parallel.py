@@ -1,0 +1,92 @@
+"""sslit.parallel: mesh, batch sharding and replication on 2 fake CPU devices."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, PartitionSpec
+
+from sslit import parallel
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return parallel.make_mesh()
+
+
+def test_mesh_spans_all_devices_with_auto_axis(mesh):
+  assert mesh.devices.size == len(jax.devices()) == 2
+  assert mesh.axis_names == (parallel.DATA_AXIS,)
+  assert mesh.axis_types == (AxisType.Auto,)
+
+
+def test_covariance_of_sharded_batch_equals_unsharded(mesh, rng):
+  # The Explicit-axis trap: z.T @ z of a batch-sharded z must compile and be exact.
+  z = rng.standard_normal((8, 3)).astype(np.float32)
+  zs = parallel.shard_batch(z, mesh)
+  assert zs.sharding.spec == PartitionSpec(parallel.DATA_AXIS)
+  cov = jax.jit(lambda z: (z - z.mean(0)).T @ (z - z.mean(0)) / (z.shape[0] - 1))(zs)
+  np.testing.assert_allclose(np.asarray(cov), np.cov(z.T.astype(np.float64)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_shard_batch_keeps_values_and_splits_rows(mesh, rng):
+  batch = {"image": rng.integers(0, 255, (4, 2, 2, 1)).astype(np.uint8),
+           "label": np.arange(4, dtype=np.int32)}
+  out = parallel.shard_batch(batch, mesh)
+  np.testing.assert_array_equal(np.asarray(out["image"]), batch["image"])
+  shards = sorted(out["label"].addressable_shards, key=lambda s: s.index[0].start or 0)
+  assert [np.asarray(s.data).tolist() for s in shards] == [[0, 1], [2, 3]]
+
+
+def test_shard_batch_rejects_indivisible_batch(mesh):
+  with pytest.raises(ValueError, match="not divisible by the number of devices"):
+    parallel.shard_batch({"image": np.zeros((3, 2), np.float32)}, mesh)
+  with pytest.raises(ValueError, match="leading batch dimension"):
+    parallel.shard_batch({"a": np.zeros((2, 1)), "b": np.zeros((4, 1))}, mesh)
+
+
+def test_check_batch_size_names_the_fix(mesh):
+  with pytest.raises(ValueError, match=r"batch_size=7 .*multiple of 2"):
+    parallel.check_batch_size(7, mesh)
+  assert parallel.process_local_batch_size(8, mesh) == 8
+
+
+def test_replicate_and_to_host_round_trip(mesh):
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "key": jax.random.key(4)}
+  rep = parallel.replicate(tree, mesh)
+  assert rep["w"].sharding.is_fully_replicated
+  assert len(rep["w"].addressable_shards) == 2
+  host = parallel.to_host(rep)
+  np.testing.assert_array_equal(host["w"], tree["w"])
+  np.testing.assert_array_equal(host["key"], np.asarray(jax.random.key_data(tree["key"])))
+
+
+def test_sharded_jit_equals_single_device(mesh, rng):
+  # A tiny SGD step on a batch-sharded batch gives the single-device result.
+  w = rng.standard_normal((3, 2)).astype(np.float32)
+  x = rng.standard_normal((8, 3)).astype(np.float32)
+
+  def step(w, x):
+    g = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w) ** 2))(w)
+    return w - 0.1 * g
+
+  single = parallel.make_mesh(jax.devices()[:1])
+  a = jax.jit(step)(parallel.replicate(w, mesh), parallel.shard_batch(x, mesh))
+  b = jax.jit(step)(parallel.replicate(w, single), parallel.shard_batch(x, single))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_initialize_is_a_no_op_for_one_process():
+  parallel.initialize()
+  parallel.initialize(num_processes=1)
+  assert parallel.process_count() == 1 and parallel.process_index() == 0
+
+
+def test_set_cpu_device_count_after_start_reports_false():
+  jax.devices()
+  assert parallel.set_cpu_device_count(2) is False
+  with pytest.raises(ValueError, match=">= 1"):
+    parallel.set_cpu_device_count(0)
