@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -89,20 +90,35 @@ def _is_tracing(tree: Any) -> bool:
   return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tree))
 
 
-def _jit_call(body: Callable, *args: Any) -> Any:
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict[str, Callable]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _jit_call(body: Callable, *args: Any, owner: Any = None) -> Any:
   """``body(*args)`` compiled as one program, with closed-over arrays as arguments.
 
   Inside a trace (the caller's ``jit``) it is inlined. Otherwise the body is traced
-  once to a jaxpr and that jaxpr is jitted with its constants (e.g. the parameters
-  ``fn`` closes over) passed as arguments, so compile time does not grow with the
-  parameter count, and no eager op materialises a copy of a large result.
+  to a jaxpr and that jaxpr is jitted with its constants (e.g. the parameters ``fn``
+  closes over) passed as arguments, so compile time does not grow with the parameter
+  count and no eager op copies a large result. Compiled programs are reused while
+  ``owner`` (the user's ``fn``) is alive and traces to the same jaxpr.
   """
   if _is_tracing(args):
     return body(*args)
   closed, out_shape = jax.make_jaxpr(body, return_shape=True)(*args)
-  flat_args = jax.tree.leaves(args)
-  run = jax.jit(functools.partial(jax.core.eval_jaxpr, closed.jaxpr))
-  flat_out = run(closed.consts, *flat_args)
+  try:
+    per_owner = _COMPILED.setdefault(owner, {}) if owner is not None else None
+  except TypeError:  # not weak-referenceable: no reuse
+    per_owner = None
+  text = str(closed.jaxpr) if per_owner is not None else ""
+  run = per_owner.get(text) if per_owner is not None else None
+  if run is None:
+    run = jax.jit(functools.partial(jax.core.eval_jaxpr, closed.jaxpr))
+    if per_owner is not None:
+      if len(per_owner) >= 16:
+        per_owner.clear()
+      per_owner[text] = run
+  flat_out = run(closed.consts, *jax.tree.leaves(args))
   return jax.tree.unflatten(jax.tree.structure(out_shape), flat_out)
 
 
@@ -187,7 +203,7 @@ def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
   def body(x):
     return _map(jac, x.reshape(n, d), chunk_size)
 
-  return _jit_call(body, x)
+  return _jit_call(body, x, owner=fn)
 
 
 def local_affine(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
@@ -218,7 +234,7 @@ def local_affine(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
     z = _map(fn, x, chunk_size)
     return z - jnp.einsum("nkd,nd->nk", a, x.reshape(n, d).astype(a.dtype))
 
-  return a, _jit_call(body, x, a)
+  return a, _jit_call(body, x, a, owner=fn)
 
 
 def _chain_order(dims: Sequence[int]) -> dict[tuple[int, int], int]:
@@ -375,7 +391,8 @@ def region_ids(pre_fn: Callable[[Array], Any], x: Array, *,
   _check_chunk_size(chunk_size)
   _check_pre_fn(pre_fn, x)
   return _jit_call(
-      lambda x: _map(functools.partial(_code_one, pre_fn), x, chunk_size), x)
+      lambda x: _map(functools.partial(_code_one, pre_fn), x, chunk_size), x,
+      owner=pre_fn)
 
 
 def _mix(h: Array) -> Array:
@@ -401,7 +418,12 @@ def count_codes(codes: Array) -> Array:
     int32 scalar.
   """
   _validate.check_rank(codes, 2, "codes", layout="[n, w]")
-  c = jnp.asarray(codes).astype(jnp.uint32)
+  return _count_codes(jnp.asarray(codes))
+
+
+@jax.jit
+def _count_codes(codes: Array) -> Array:
+  c = codes.astype(jnp.uint32)
   n, w = c.shape
   pos = jnp.arange(w, dtype=jnp.uint32)
   h1 = jnp.sum(_mix(c * jnp.uint32(2654435761) + pos * _GOLDEN), axis=1,
@@ -496,13 +518,14 @@ def boundary_distance(pre_fn: Callable[[Array], Any], x: Array, direction: Array
     f = lambda v: _pre_leaves(pre_fn, v)[0]
     h, g = jax.jvp(f, (v,), (u.astype(v.dtype),))
     ts = [jnp.where((-hh / gg) > 0, -hh / gg, jnp.inf) for hh, gg in zip(h, g)]
-    best = jnp.min(jnp.stack([jnp.min(t) for t in ts])) if ts else jnp.inf
+    best = (jnp.min(jnp.stack([jnp.min(t) for t in ts])) if ts
+            else jnp.asarray(jnp.inf, v.dtype))
     return best, ts
 
   def body(x, direction):
     return _map(one, (x, direction.astype(x.dtype)), chunk_size)
 
-  dist, ts = _jit_call(body, x, direction)
+  dist, ts = _jit_call(body, x, direction, owner=pre_fn)
   return (dist, ts) if per_neuron else dist
 
 
@@ -587,14 +610,20 @@ def conditional_entropy(A: Array, sigma: Any, *,
     raise ValueError(f"A must be slopes [..., k, d], got shape {sa}.")
   if _validate.shape_of(sigma) == ():
     _validate.check_positive(sigma, "sigma")
-  k, d = sa[-2:]
+  return _conditional_entropy(A, jnp.asarray(sigma), rtol)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _conditional_entropy(A: Array, sigma: Array, rtol: float | None
+                         ) -> ConditionalEntropy:
+  k, d = A.shape[-2:]
   s = jnp.linalg.svd(A, compute_uv=False)
   eps = jnp.finfo(s.dtype).eps
   tol = (max(k, d) * eps if rtol is None else rtol) * s[..., :1]
   keep = s > tol
   rank = jnp.sum(keep, axis=-1, dtype=jnp.int32)
   log_s = jnp.sum(jnp.where(keep, jnp.log(jnp.where(keep, s, 1.0)), 0.0), axis=-1)
-  sigma = jnp.asarray(sigma, s.dtype)
+  sigma = sigma.astype(s.dtype)
   h = 0.5 * rank * jnp.log(2 * jnp.pi * jnp.e * sigma**2) + log_s
   return ConditionalEntropy(h, rank, rank == k)
 
@@ -621,16 +650,27 @@ def separation_ratio(means: Array, covs: Any) -> Array:
   elif sc == (n,):
     var_max = jnp.max(jnp.asarray(covs, means.dtype))
   elif sc == (n, k, k):
-    var_max = jnp.max(jnp.linalg.eigvalsh(covs)[..., -1])
+    var_max = _max_eigenvalue(jnp.asarray(covs))
   else:
     raise ValueError(
         f"covs must be a scalar, [n]={(n,)} or [n, k, k]={(n, k, k)} for means of "
         f"shape {(n, k)}, got {sc}.")
+  return _separation_ratio(jnp.asarray(means), var_max)
+
+
+@jax.jit
+def _separation_ratio(means: Array, var_max: Array) -> Array:
+  n = means.shape[0]
   sq = jnp.sum(means**2, axis=1)
   d2 = sq[:, None] + sq[None, :] - 2 * means @ means.T
   iu = np.triu_indices(n, 1)
   dist = jnp.sqrt(jnp.maximum(d2[iu], 0.0))
   return jnp.median(dist) / jnp.sqrt(var_max)
+
+
+@jax.jit
+def _max_eigenvalue(covs: Array) -> Array:
+  return jnp.max(jnp.linalg.eigvalsh(covs)[..., -1])
 
 
 def _check_sigma(sigma: Any, name: str = "sigma") -> None:
@@ -717,11 +757,10 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
     keys = jax.random.split(key, n)
     return _map(one, (keys, x, a), chunk_size)
 
-  run = jax.jit(mc)
   keys = jax.random.split(key, sig.size)
   out = {"stay": [], "cov_error": [], "mean_error": [], "pvalues": []}
   for kk, s in zip(keys, sig):
-    stay, ce, me, dz = run(kk, jnp.asarray(s, x.dtype), x, a)
+    stay, ce, me, dz = _jit_call(mc, kk, jnp.asarray(s, x.dtype), x, a, owner=fn)
     out["stay"].append(np.asarray(stay, np.float64))
     out["cov_error"].append(np.asarray(ce, np.float64))
     out["mean_error"].append(np.asarray(me, np.float64))
@@ -788,12 +827,12 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   g = _flat_fn(fn, tuple(x.shape[1:]))
   jac = jax.jacfwd(g) if mode == "fwd" else jax.jacrev(g)
 
-  def per_sample(v):
-    a = jac(v)
-    ce = conditional_entropy(a, sigma)
-    return g(v), sigma**2 * (a @ a.T), ce.entropy, ce.rank
+  def body(x, sigma):
+    def per_sample(v):
+      a = jac(v)
+      ce = conditional_entropy(a, sigma)
+      return g(v), sigma**2 * (a @ a.T), ce.entropy, ce.rank
 
-  def body(x):
     means, covs, h, rank = _map(per_sample, x.reshape(n, d), chunk_size)
     h_lo = estimators.pairwise_entropy(means, covs, distance="bhattacharyya")
     h_up = estimators.pairwise_entropy(means, covs, distance="kl")
@@ -810,7 +849,7 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
         "separation_ratio": separation_ratio(means, covs),
         "min_rank": jnp.min(rank),
         "full_rank": jnp.all(rank == k),
-        "sigma": jnp.asarray(sigma, means.dtype),
+        "sigma": sigma,
     }
 
-  return _jit_call(body, x)
+  return _jit_call(body, x, jnp.asarray(sigma, x.dtype), owner=fn)

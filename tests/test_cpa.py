@@ -319,10 +319,10 @@ def test_invariance_is_a_jacobian_norm_monte_carlo(x64, rng):
 
 def test_noise_model_check_gaussian_law_and_stay_fraction(x64, rng):
   _, fn, pre_fn = make_mlp(rng, [8, 32, 32, 4], "relu")
-  x = jnp.asarray(rng.normal(size=(6, 8)))
+  x = jnp.asarray(rng.normal(size=(8, 8)))
   res = cpa.noise_model_check(jax.random.key(1), fn, x, sigmas=[1e-5, 1e-2, 0.5],
                               num_samples=400, pre_fn=pre_fn, chunk_size=4)
-  assert res["stay"].shape == (3, 6) and res["pvalues"].shape == (3, 6, 4)
+  assert res["stay"].shape == (3, 8) and res["pvalues"].shape == (3, 8, 4)
   stay = res["stay_mean"]
   assert stay[0] > 0.995 and stay[0] >= stay[1] >= stay[2] and stay[2] < 0.5
   # Under A1 the output law is N(f(x), σ² A Aᵀ): Monte-Carlo-sized errors only.
