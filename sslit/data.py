@@ -667,12 +667,15 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
   if split.split("[")[0] not in available:
     raise ValueError(f"{name!r} has no split {split!r}; available: {available}.")
   files = _split_files(builder, split)
-  if info.file_format is not None and str(getattr(info.file_format, "value",
-                                                  info.file_format)) != "array_record":
+  file_format = str(getattr(info.file_format, "value", info.file_format))
+  if info.file_format is not None and file_format != "array_record":
     raise DatasetNotFoundError(
-        f"{name!r} in {builder.data_dir} is stored as {info.file_format}, which needs "
-        f"TensorFlow to read; rebuild it on a machine with network with `tfds build "
-        f"{name} --file_format=array_record` and copy the directory.")
+        f"{name!r} in {builder.data_dir} is stored as {file_format}, which only "
+        f"TensorFlow reads; sslit reads array_record: convert it with `tfds "
+        f"convert_format --dataset_version_dir={builder.data_dir} "
+        f"--out_file_format=array_record` (needs TensorFlow) or rebuild it on a "
+        f"machine with network with `tfds build {name} --file_format=array_record` "
+        f"and copy the directory.")
   try:
     if raw_tensor:
       from tensorflow_datasets.core import decode

@@ -487,6 +487,20 @@ def test_prepared_imagenet_is_resized(tmp_path):
   np.testing.assert_allclose(ds.mean, [0.485, 0.456, 0.406])
 
 
+def test_tfrecord_prepared_set_names_array_record(tmp_path):
+  rng = np.random.default_rng(3)
+  _fake_tfds(tmp_path, "cifar100", "3.0.2",
+             {"train": rng.integers(0, 256, (2, 32, 32, 3), np.uint8)}, {"train": [0, 1]},
+             100)
+  info = tmp_path / "cifar100" / "3.0.2" / "dataset_info.json"
+  text = info.read_text()
+  assert '"array_record"' in text
+  info.write_text(text.replace('"array_record"', '"tfrecord"'))
+  with pytest.raises(data.DatasetNotFoundError,
+                     match="stored as tfrecord.*--file_format=array_record"):
+    data.load("cifar100", "train", data_dir=tmp_path)
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet2012"])
 def test_unprepared_tfds_set_names_tfds_build(tmp_path, name):
   with pytest.raises(data.DatasetNotFoundError, match=f"tfds build {name} "):
