@@ -31,6 +31,7 @@ batch.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -578,16 +579,38 @@ def _builder_classes() -> dict[str, type]:
   return _BUILDER_CLASSES
 
 
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+  """An exclusive advisory lock (POSIX ``flock``), so that processes sharing a data
+  dir (several hosts' processes on one machine, parallel test runs) build once."""
+  try:
+    import fcntl
+  except ImportError:  # not POSIX: no lock
+    yield
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _build(kind: str, arrays_fn, data_dir: str | os.PathLike | None):
   """Return the prepared builder, building it (once, offline) if needed."""
   cls = _builder_classes()[kind]
-  builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(default_data_dir(data_dir)),
-                file_format="array_record")
+  root = default_data_dir(data_dir)
+  builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(root), file_format="array_record")
   if not builder.is_prepared():
     import tensorflow_datasets as tfds
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with _file_lock(root / f".{cls.name}.lock"):
+      builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(root),
+                    file_format="array_record")
+      if not builder.is_prepared():  # another process may have built it meanwhile
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 

@@ -31,7 +31,10 @@ REAL_DIR = pathlib.Path(data.FASHION_MNIST_DIR)
 def no_network(monkeypatch):
   import tensorflow_datasets as tfds
 
+  calls = []
+
   def refuse(*args, **kwargs):
+    calls.append(args)
     raise AssertionError("network access attempted")
 
   monkeypatch.setattr(socket.socket, "connect", refuse)
@@ -40,6 +43,8 @@ def no_network(monkeypatch):
     if hasattr(tfds.download.DownloadManager, fn):
       monkeypatch.setattr(tfds.download.DownloadManager, fn, refuse)
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  yield
+  assert not calls, f"network access attempted: {calls}"
 
 
 # ----------------------------------------------------------------------------
@@ -590,3 +595,22 @@ def test_tiny_imagenet_layout(tmp_path):
   np.testing.assert_array_equal(val.get([0])[1], [1])
   with pytest.raises(data.DatasetNotFoundError, match="tiny-imagenet-200.zip"):
     data.load("tiny_imagenet", "train", data_dir=tmp_path / "none")
+
+
+def test_concurrent_builds_share_one_data_dir(tmp_path):
+  import subprocess
+  import sys
+  src = tmp_path / "src"
+  arrays = write_fashion(src, n_train=300)
+  code = ("import sys; from sslit import data; "
+          "ds = data.load('fashion_mnist', 'train', data_dir=sys.argv[1], "
+          "source_dir=sys.argv[2]); print(int(ds.get([299])[1][0]))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "tfds"), str(src)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert int(out.split()[-1]) == arrays["train-labels-idx1-ubyte.gz"][299]
+  assert [d.name for d in (tmp_path / "tfds" / "sslit_fashion_mnist").iterdir()] == ["1.0.0"]
