@@ -7,7 +7,8 @@ Measures, in one run on one machine:
 3. host batches/s of ``sslit.data.batch_iterator`` (in-memory gather, and streaming
    with one ``data_source`` read per batch);
 4. the whole input: host batch -> ``jax.device_put`` -> jitted
-   ``sslit.augment.two_views`` (preset "fashion_mnist", 28x28), blocked per step;
+   ``sslit.augment.two_views`` (preset "fashion_mnist", 28x28), blocked per step,
+   and ``two_views`` alone on a device-resident batch (to attribute the cost);
 5. the peers: jitted VICReg training steps (25/25/1) of MLPs (784-1024-1024 with a
    1024-1024 projector, and a small 784-256-256-256), SGD update, batch 256 x 2
    views, on the same device; their images/s is what training consumes.
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
   from sslit import data
 
   steps = 20 if args.quick else 100
-  repeats = 2 if args.quick else 5
+  repeats = 2 if args.quick else 3
   b = args.batch_size
   print(f"jax {jax.__version__}, devices {jax.devices()}, batch {b}, "
         f"{os.cpu_count()} CPUs visible")
@@ -161,6 +162,16 @@ def main(argv=None) -> int:
       return out
 
     r_aug = _rate(full_loop, steps * b, repeats)
+    x_dev = jax.device_put(train.get(np.arange(b))[0])
+
+    def views_only():
+      out = None
+      for s in range(steps):
+        out = views(jax.random.fold_in(root, s), x_dev)
+        out[1].block_until_ready()
+
+    r_views = _rate(views_only, steps * b, repeats)
+    print(f"two_views alone, batch on device:      {r_views:14,.0f} images/s")
     print(f"data -> device -> two_views (jitted):  {r_aug:14,.0f} images/s")
 
   r_in = r_aug if r_aug is not None else r_mem
