@@ -389,8 +389,8 @@ def standardize_stats(x: Array, *, eps: float = 1e-6) -> tuple[jax.Array, jax.Ar
   return mean, jnp.where(std < eps, 1.0, std)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "memory_size"))
-def _fit_logreg(x, y, l2, tol, *, num_classes, steps, memory_size):
+@functools.partial(jax.jit, static_argnames=("num_classes", "memory_size"))
+def _fit_logreg(x, y, l2, tol, steps, *, num_classes, memory_size):
   """Full-batch L-BFGS on mean cross-entropy + (l2/2)·‖W‖²."""
   n, d = x.shape
   onehot = jax.nn.one_hot(y, num_classes, dtype=x.dtype)
@@ -424,7 +424,7 @@ def _fit_logreg(x, y, l2, tol, *, num_classes, steps, memory_size):
     state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
     return params, state, i + 1, optax.tree.norm(grad), ok
 
-  carry = (params, state, jnp.asarray(0), jnp.asarray(jnp.inf, x.dtype),
+  carry = (params, state, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype),
            jnp.asarray(True))
   params, _, iters, _, _ = jax.lax.while_loop(cond, body, carry)
   loss, grad = jax.value_and_grad(loss_fn)(params)
@@ -476,7 +476,8 @@ def fit_logistic_regression(x: Array, y: Array, *, num_classes: int,
   x = jnp.asarray(x, dtype)
   params, loss, iters, gnorm = _fit_logreg(
       x, jnp.asarray(y, jnp.int32), jnp.asarray(l2, dtype), jnp.asarray(tol, dtype),
-      num_classes=int(num_classes), steps=int(steps), memory_size=int(memory_size))
+      jnp.asarray(int(steps), jnp.int32), num_classes=int(num_classes),
+      memory_size=int(memory_size))
   return params, {"loss": float(loss), "steps": int(iters),
                   "grad_norm": float(gnorm)}
 
@@ -1051,9 +1052,12 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     ``entropy_pairwise_bhattacharyya`` (lower bound), ``entropy_conditional``
     (``H(Z|n)``) and ``pairwise_var`` (``σ²``);
   * ``vicreg/...``: ``objectives.vicreg_loss`` and its aux terms on the two views;
+  * ``logdet_corr``: ``estimators.correlation_logdet`` (log det of the correlation
+    matrix, whose second-order expansion VICReg's covariance term is);
   * ``bound/...``: every entry of ``bound.generalization_bound(z_u_a, z_u_b, z_s,
-    y_s, z_t, y_t)`` with the views of S as unlabeled pairs, clean S as the labeled
-    set and clean T as held-out data;
+    y_s, z_t, y_t, y_u=...)`` with the views of S as the unlabeled pairs (their
+    source labels as ``y_u``), clean S as the labeled set and clean T as held-out
+    data;
   * ``cpa/...`` (if ``cpa_fn``): scalar entries of
     ``cpa.representation_information`` on the first ``cpa_examples`` inputs of S.
 
@@ -1116,8 +1120,6 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
       variables, _PREPROCESS(imgs, mean_j, std_j)))
   bound_kwargs = dict(bound_kwargs or {})
   vicreg_kwargs = dict(vicreg_kwargs or {})
-  y_s = jax.nn.one_hot(s_lab, num_classes)
-  y_t = jax.nn.one_hot(t_lab, num_classes)
 
   def embed_all(variables, imgs):
     dummy = np.zeros(len(imgs), np.int32)
@@ -1128,7 +1130,7 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
 
   @jax.jit
   def stats(z):
-    n, k = z.shape
+    k = z.shape[1]
     var = jnp.var(z, axis=0, ddof=1)
     sigma2 = bandwidth ** 2 * jnp.mean(var)
     return {
@@ -1141,7 +1143,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
             z, sigma2, distance="bhattacharyya"),
         "entropy_conditional": estimators.mixture_conditional_entropy(sigma2, k=k),
         "pairwise_var": sigma2,
-    } if n else {}
+        "logdet_corr": estimators.correlation_logdet(z),
+    }
 
   def monitor(step: int, variables: Variables) -> dict:
     del step
@@ -1165,8 +1168,9 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
         result[p + "vicreg/loss"] = float(loss)
         result.update(_scalar_items(aux, p + "vicreg/"))
         if bound_mod is not None:
-          terms = bound_mod.generalization_bound(z_a, z_b, z[:half], y_s, z[half:],
-                                                 y_t, delta=delta, **bound_kwargs)
+          terms = bound_mod.generalization_bound(
+              z_a, z_b, z[:half], s_lab, z[half:], t_lab, y_u=s_lab, delta=delta,
+              num_classes=num_classes, **bound_kwargs)
           result.update(_scalar_items(terms, p + "bound/"))
     if cpa_mod is not None:
       fn = cpa_fn(variables)
