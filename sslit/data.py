@@ -37,6 +37,7 @@ import math
 import os
 import pathlib
 import struct
+import threading
 import zlib
 from typing import Callable, Iterator, Sequence
 
@@ -112,6 +113,7 @@ class Dataset:
     self._mean_std: tuple[np.ndarray, np.ndarray] | None = None
     self._images: np.ndarray | None = None
     self._labels: np.ndarray | None = None
+    self._lock = threading.Lock()  # a prefetch thread may fill the cache
     if self._size == 0:
       raise ValueError(f"{name!r} split {split!r} is empty (0 examples) in "
                        f"{self._where()}.")
@@ -158,7 +160,8 @@ class Dataset:
     if idx.size == 0:
       return (np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32))
     if self.in_memory:
-      self.cache()
+      if self._images is None:
+        self.cache()
       return self._images[idx], self._labels[idx]
     return self._read_checked(idx)
 
@@ -179,16 +182,20 @@ class Dataset:
 
   def cache(self) -> Dataset:
     """Read the whole split into memory (once); later ``get`` calls are gathers."""
-    if self._images is None:
-      images = np.empty((self._size, *self.image_shape), np.uint8)
-      labels = np.empty((self._size,), np.int32)
-      chunk = 4096
-      for lo in range(0, self._size, chunk):
-        idx = np.arange(lo, min(lo + chunk, self._size))
-        images[lo:lo + len(idx)], labels[lo:lo + len(idx)] = self._read_checked(idx)
-      self._images, self._labels = images, labels
-      self.in_memory = True
+    with self._lock:
+      if self._images is None:
+        self._fill()
     return self
+
+  def _fill(self) -> None:
+    images = np.empty((self._size, *self.image_shape), np.uint8)
+    labels = np.empty((self._size,), np.int32)
+    chunk = 4096
+    for lo in range(0, self._size, chunk):
+      idx = np.arange(lo, min(lo + chunk, self._size))
+      images[lo:lo + len(idx)], labels[lo:lo + len(idx)] = self._read_checked(idx)
+    self._images, self._labels = images, labels
+    self.in_memory = True
 
   def _channel_stats(self, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact per-channel mean/std (ddof 0, [0, 1] units) over the split or a sample."""
@@ -509,8 +516,8 @@ def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``."""
-  if data_dir is not None:
+  """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` ("" = unset)."""
+  if data_dir is not None and os.fspath(data_dir) != "":
     return pathlib.Path(data_dir).expanduser()
   env = os.environ.get("TFDS_DATA_DIR")
   return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / "tensorflow_datasets"
