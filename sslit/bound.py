@@ -113,8 +113,9 @@ def _lstsq(z: Array, y: Array, *, bias: bool, rcond: float) -> tuple[Array, Arra
   else:
     mu_z = jnp.zeros(z.shape[1], z.dtype)
     mu_y = jnp.zeros(y.shape[1], z.dtype)
-  zc = z - mu_z
-  yc = y - mu_y
+  # Without a bias, skip the (zero) centring: it would copy z.
+  zc = z - mu_z if bias else z
+  yc = y - mu_y if bias else y
   gram = zc.T @ zc
   evals, evecs = jnp.linalg.eigh(gram)
   keep = evals > (rcond**2) * jnp.max(evals)
@@ -397,11 +398,12 @@ def _bound_core(z_u_a, z_u_b, z_s, y_s, z_t, y_t, y_u, delta, *, bias, rcond_s,
   # Loss range from the data: ‖Wᵀz + b − y‖ ≤ ‖W‖₂‖z − μ‖ + ‖ȳ‖ + ‖y‖ (μ, ȳ the
   # centring of the fit; zero without a bias), over the features seen (labeled set
   # and both views); the ‖W‖-scaled invariance ‖W‖₂‖d_j‖ is covered too.
-  mu = jnp.mean(z_s, axis=0) if bias else jnp.zeros(z_s.shape[1], dtype)
-  radius = jnp.maximum(
-      jnp.max(jnp.linalg.norm(z_s - mu, axis=-1)),
-      jnp.maximum(jnp.max(jnp.linalg.norm(z_u_a - mu, axis=-1)),
-                  jnp.max(jnp.linalg.norm(z_u_b - mu, axis=-1))))
+  mu = jnp.mean(z_s, axis=0) if bias else None
+  def max_radius(z):
+    return jnp.max(jnp.linalg.norm(z - mu if bias else z, axis=-1))
+
+  radius = jnp.maximum(max_radius(z_s),
+                       jnp.maximum(max_radius(z_u_a), max_radius(z_u_b)))
   offset = jnp.linalg.norm(jnp.mean(y_s, axis=0)) if bias else 0.0
   max_diff = jnp.max(jnp.linalg.norm(z_u_a - z_u_b, axis=-1))
   loss_range = jnp.maximum(spectral * radius + offset + 1.0, spectral * max_diff)
