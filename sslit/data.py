@@ -828,7 +828,7 @@ def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
 def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarray,
                    class_names: Sequence[str], *, image_size: int | None,
                    in_memory: bool | None, where: pathlib.Path,
-                   stats=None) -> Dataset:
+                   stats=None, channels: int | None = None) -> Dataset:
   if not paths:
     raise ValueError(f"{where}: the {split!r} split of {name!r} has no images "
                      f"({', '.join(_IMAGE_EXTENSIONS)}).")
@@ -844,7 +844,8 @@ def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarr
     with Image.open(first) as pil:
       mode = pil.mode
     h = w = int(image_size)
-  channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+  if channels is None:
+    channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3
   shape = (h, w, channels)
   resize = image_size is not None
   paths = list(paths)
@@ -1010,8 +1011,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
   if name == "tiny_imagenet":
     base = pathlib.Path(source_dir) if source_dir else root / "tiny-imagenet-200"
     paths, labels, classes = _tiny_imagenet_split(base, split)
+    # A few Tiny-ImageNet JPEGs are grey-scale: always decode to RGB.
     return _files_dataset(name, split, paths, labels, classes, image_size=image_size,
-                          in_memory=in_memory, where=base,
+                          in_memory=in_memory, where=base, channels=3,
                           stats=_train_stats(key, lambda: again("train")))
   if name.startswith("folder:"):
     base = pathlib.Path(name[len("folder:"):]).expanduser()

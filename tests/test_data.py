@@ -584,12 +584,15 @@ def test_tiny_imagenet_layout(tmp_path):
   for w in wnids:
     for i in range(2):
       _write_png(root / "train" / w / "images" / f"{w}_{i}.png",
-                 rng.integers(0, 256, (8, 8, 3), np.uint8))
+                 rng.integers(0, 256, (8, 8) if w == "n01" else (8, 8, 3), np.uint8))
   _write_png(root / "val" / "images" / "val_0.png", rng.integers(0, 256, (8, 8, 3),
                                                                  np.uint8))
   (root / "val" / "val_annotations.txt").write_text("val_0.png\tn02\t0\t0\t8\t8\n")
   train = data.load("tiny_imagenet", "train", data_dir=tmp_path)
   assert len(train) == 4 and train.class_names == ("n01", "n02")
+  assert train.image_shape == (8, 8, 3)  # grey-scale files are decoded to RGB
+  grey = train.get([0])[0][0]
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
   np.testing.assert_array_equal(train.get(np.arange(4))[1], [0, 0, 1, 1])
   val = data.load("tiny_imagenet", "val", data_dir=tmp_path)
   np.testing.assert_array_equal(val.get([0])[1], [1])
