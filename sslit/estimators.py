@@ -422,14 +422,21 @@ def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
   elif distance == "bhattacharyya":
     alpha = 0.5
   dtype = _result_dtype(means, covs)
-  means = jnp.asarray(means, dtype)
+  return _pairwise_core(jnp.asarray(means, dtype), jnp.asarray(covs, dtype), alpha,
+                        distance=distance, form=form)
+
+
+@jax.jit(static_argnames=("distance", "form"))
+def _pairwise_core(means, covs, alpha, *, distance, form):
+  # Compiled once per shape and option, so that eager calls (analysis code,
+  # numerical gradient checks) do not re-trace the row-wise scans each time.
+  n, k = means.shape
   if form == "full":
-    covs = jnp.asarray(covs, dtype)
     _, half_logdet = _chol_half_logdet(covs)
     mean_h = 0.5 * k * _LOG_2PI_E + jnp.mean(half_logdet)
     div = _full_divergences(means, covs, distance, alpha)
   else:
-    var = _variances(covs, n, dtype)
+    var = _variances(covs, n, means.dtype)
     mean_h = 0.5 * k * _LOG_2PI_E + 0.5 * k * jnp.mean(jnp.log(var))
     div = _isotropic_divergences(means, var, distance, alpha)
   return mean_h - jnp.mean(jax.nn.logsumexp(-div, axis=1)) + math.log(n)
@@ -514,11 +521,15 @@ def mixture_entropy_mc(key: Any, means: Any, covs: Any, *, num_samples: int,
   elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
   dtype = _result_dtype(means, covs)
-  means = jnp.asarray(means, dtype)
-  eps = jax.random.normal(key, (n, int(num_samples), k), dtype)
+  return _mc_core(key, jnp.asarray(means, dtype), jnp.asarray(covs, dtype),
+                  num_samples=int(num_samples), chunk_size=int(chunk_size), form=form)
 
+
+@jax.jit(static_argnames=("num_samples", "chunk_size", "form"))
+def _mc_core(key, means, covs, *, num_samples, chunk_size, form):
+  n, k = means.shape
+  eps = jax.random.normal(key, (n, num_samples, k), means.dtype)
   if form == "full":
-    covs = jnp.asarray(covs, dtype)
     chol, half_logdet = _chol_half_logdet(covs)
     samples = means[:, None, :] + jnp.einsum("iab,imb->ima", chol, eps)
 
@@ -527,7 +538,7 @@ def mixture_entropy_mc(key: Any, means: Any, covs: Any, *, num_samples: int,
       log_n = -0.5 * (k * _LOG_2PI + jnp.sum(jnp.square(y), axis=-1)) - half_logdet
       return jax.nn.logsumexp(log_n) - math.log(n)
   else:
-    var = _variances(covs, n, dtype)
+    var = _variances(covs, n, means.dtype)
     samples = means[:, None, :] + jnp.sqrt(var)[:, None, None] * eps
 
     def log_density(z):
@@ -535,6 +546,6 @@ def mixture_entropy_mc(key: Any, means: Any, covs: Any, *, num_samples: int,
       log_n = -0.5 * (k * (_LOG_2PI + jnp.log(var)) + quad)
       return jax.nn.logsumexp(log_n) - math.log(n)
 
-  log_p = jax.lax.map(log_density, samples.reshape(total, k),
-                      batch_size=int(chunk_size))
+  log_p = jax.lax.map(log_density, samples.reshape(n * num_samples, k),
+                      batch_size=chunk_size)
   return -jnp.mean(log_p)
