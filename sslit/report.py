@@ -117,14 +117,21 @@ def _fmt(value: Any) -> str:
 
 
 def classify(name: str) -> str:
-  """The plot a metric goes to: "accuracy", "bound", "information", "system" or
-  "training" (loss terms and everything else the training step logs)."""
+  """The plot a metric goes to.
+
+  "bound" (``.../bound/...``), "accuracy" (last name part has top1/top5/acc),
+  "information" (``monitor/...``), "final" (other ``eval/...`` numbers of the offline
+  evaluation: tables only, not plotted), "system" (learning rate, gradient norm,
+  throughput, time) or "training" (loss terms and everything else).
+  """
   if "bound/" in name or name.startswith("bound"):
     return "bound"
   if _ACCURACY.search(name.rsplit("/", 1)[-1]):
     return "accuracy"
   if name.startswith("monitor/"):
     return "information"
+  if name.startswith("eval/"):
+    return "final"
   if _SYSTEM.search(name):
     return "system"
   return "training"
