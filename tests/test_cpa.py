@@ -87,6 +87,14 @@ def test_slopes_equal_masked_weight_product(x64, rng, kind, sizes):
     np.testing.assert_allclose(cpa.jacobian(fn, x, mode=mode), want, atol=1e-12)
   fast = cpa.mlp_jacobian(layers, x, activation=kind)
   np.testing.assert_allclose(fast, want, atol=1e-12)
+  # Compacted path (capacity fits the active units) and its dense fallback.
+  active = max(max(int(np.sum(p != 0)) for p in ref.mlp_forward(np_layers(layers), xi,
+                                                                kind)[1])
+               for xi in np.asarray(x))
+  for cap in (1.0, min(1.0, (active + 1) / min(sizes[1:-1])), 0.2):
+    np.testing.assert_allclose(
+        cpa.mlp_jacobian(layers, x, activation=kind, capacity=cap, chunk_size=4),
+        want, atol=1e-12)
 
 
 def test_mlp_jacobian_chunked_float32_and_image_input(rng):
@@ -370,6 +378,24 @@ def test_representation_information(x64, rng):
   assert blur["mi_upper"] < 1e-6
 
 
+def test_with_sslit_models_preactivations(rng):
+  models = pytest.importorskip("sslit.models")
+  model = models.build_model("mlp", backbone_kwargs={"widths": (12, 10, 4)},
+                             projector=None)
+  x = jnp.asarray(rng.normal(size=(6, 3, 3, 1)), jnp.float32)
+  variables = models.init_variables(model, jax.random.key(0), x)
+  fn = models.single_input_fn(model, variables)
+  pre_fn = models.preactivation_fn(model, variables)
+  params = variables["params"]["backbone"]
+  layers = [(params[f"dense{i}"]["kernel"], params[f"dense{i}"]["bias"])
+            for i in range(3)]
+  np.testing.assert_allclose(cpa.jacobian(fn, x), cpa.mlp_jacobian(layers, x),
+                             atol=1e-5)
+  want = ref.count_unique([ref.mlp_pattern(np_layers(layers), v.ravel(), "relu")
+                           for v in np.asarray(x)])
+  assert int(cpa.count_regions(pre_fn, x)) == want
+
+
 # ----------------------------------------------------------------------------
 # Bad input.
 
@@ -406,6 +432,8 @@ def test_bad_input_errors(rng):
   with pytest.raises(ValueError, match=r"layers\[1\]"):
     cpa.mlp_jacobian([(jnp.ones((4, 6)), jnp.ones(6)), (jnp.ones((5, 3)), jnp.ones(3))],
                      x)
+  with pytest.raises(ValueError, match="capacity"):
+    cpa.mlp_jacobian([(jnp.ones((4, 6)), jnp.ones(6))], x, capacity=1.5)
   with pytest.raises(ValueError, match="activation"):
     cpa.mlp_jacobian([(jnp.ones((4, 6)), jnp.ones(6))], x, activation="tanh")
   with pytest.raises(ValueError, match="direction"):
