@@ -37,6 +37,7 @@ import math
 import os
 import pathlib
 import struct
+import sys
 import threading
 import zlib
 from typing import Callable, Iterator, Sequence
@@ -615,6 +616,9 @@ def _build(kind: str, arrays_fn, data_dir: str | os.PathLike | None):
       builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(root),
                     file_format="array_record")
       if not builder.is_prepared():  # another process may have built it meanwhile
+        # tfds's own banner says "Downloading and preparing": nothing is downloaded.
+        print(f"sslit.data: building {cls.name} offline into {root} (once; seconds)",
+              file=sys.stderr)
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
