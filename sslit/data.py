@@ -731,7 +731,7 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
   if any(d is None for d in shape):
     raise ValueError(f"{name!r} images have no fixed size ({shape}); pass image_size=.")
 
-  def read(idx: np.ndarray):
+  def decode_read(idx: np.ndarray):
     try:
       records = source.__getitems__(idx.tolist())
     except Exception as e:
@@ -752,8 +752,7 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
     labels = np.asarray([r["label"] for r in records], np.int64)
     return np.stack(images).astype(np.uint8, copy=False), labels
 
-  if raw_tensor:
-    read = _raw_tensor_reader(source, shape, files)  # noqa: F811
+  read = _raw_tensor_reader(source, shape, files) if raw_tensor else decode_read
   return Dataset(name=name, split=split, num_classes=num_classes, image_shape=shape,
                  size=size, read=read, files=files, class_names=label_feature.names,
                  in_memory=in_memory, stats=stats)
