@@ -200,32 +200,23 @@ PRESETS = ("simclr", "vicreg", "byol", "fashion_mnist", "none")
 # ------------------------------------------------------------- primitives
 
 
-def sample_crop_box(key: jax.Array, height: int, width: int, *,
-                    scale: tuple[float, float] = (0.08, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
-  """torchvision's ``RandomResizedCrop.get_params``, vectorised: one box.
-
-  Ten candidates ``area = H W U(scale)``, ``aspect = exp(U(log ratio))``,
-  ``w = round(sqrt(area aspect))``, ``h = round(sqrt(area / aspect))``; the first that
-  fits is placed uniformly; if none fits, the central crop clamped to ``ratio``.
-
-  Returns:
-    float32 ``[4]``: ``(top, left, h, w)``, integer-valued.
-  """
-  k_s, k_r, k_i, k_j = jax.random.split(key, 4)
+def _crop_box_from_uniforms(u: jax.Array, height: int, width: int,
+                            scale: tuple[float, float],
+                            ratio: tuple[float, float]) -> jax.Array:
+  """torchvision's box sampler driven by ``2 * _CROP_TRIES + 2`` uniforms in [0, 1)."""
   area = float(height * width)
-  target = area * jax.random.uniform(k_s, (_CROP_TRIES,), minval=scale[0],
-                                     maxval=scale[1])
-  log_r = jax.random.uniform(k_r, (_CROP_TRIES,), minval=math.log(ratio[0]),
-                             maxval=math.log(ratio[1]))
-  aspect = jnp.exp(log_r)
+  u_s, u_r = u[:_CROP_TRIES], u[_CROP_TRIES:2 * _CROP_TRIES]
+  u_i, u_j = u[2 * _CROP_TRIES], u[2 * _CROP_TRIES + 1]
+  target = area * (scale[0] + (scale[1] - scale[0]) * u_s)
+  lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+  aspect = jnp.exp(lr0 + (lr1 - lr0) * u_r)
   w = jnp.round(jnp.sqrt(target * aspect))
   h = jnp.round(jnp.sqrt(target / aspect))
   ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
   first = jnp.argmax(ok)
   w, h = w[first], h[first]
-  top = jnp.floor(jax.random.uniform(k_i) * (height - h + 1))
-  left = jnp.floor(jax.random.uniform(k_j) * (width - w + 1))
+  top = jnp.floor(u_i * (height - h + 1))
+  left = jnp.floor(u_j * (width - w + 1))
   # Fallback: central crop with the aspect ratio clamped to `ratio`.
   in_ratio = width / height
   if in_ratio < min(ratio):
@@ -237,6 +228,23 @@ def sample_crop_box(key: jax.Array, height: int, width: int, *,
   fb = jnp.array([(height - fh) // 2, (width - fw) // 2, fh, fw], jnp.float32)
   box = jnp.stack([top, left, h, w]).astype(jnp.float32)
   return jnp.where(jnp.any(ok), box, fb)
+
+
+def sample_crop_box(key: jax.Array, height: int, width: int, *,
+                    scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+  """torchvision's ``RandomResizedCrop.get_params``, vectorised: one box.
+
+  Ten candidates ``area = H W U(scale)``, ``aspect = exp(U(log ratio))``,
+  ``w = round(sqrt(area aspect))``, ``h = round(sqrt(area / aspect))``; the first that
+  fits is placed uniformly (``top = floor(U (H - h + 1))``); if none fits, the
+  central crop with the aspect ratio clamped to ``ratio``.
+
+  Returns:
+    float32 ``[4]``: ``(top, left, h, w)``, integer-valued.
+  """
+  u = jax.random.uniform(key, (2 * _CROP_TRIES + 2,))
+  return _crop_box_from_uniforms(u, height, width, tuple(scale), tuple(ratio))
 
 
 def resize_matrix(start: jax.Array, length: jax.Array, in_size: int,
@@ -414,33 +422,40 @@ def _check_images(images: Any, name: str = "images") -> None:
                      f"{tuple(images.shape)}.")
 
 
+_N_UNIFORMS = 2 * _CROP_TRIES + 2 + 15
+
+
 def _sample_one(key: jax.Array, cfg: AugmentConfig, height: int,
                 width: int) -> dict[str, jax.Array]:
-  keys = jax.random.split(key, 12)
+  # One draw of all the uniforms a sample needs: each jax.random call is a separate
+  # threefry graph, and a dozen of them made compilation several times slower.
+  u = jax.random.uniform(key, (_N_UNIFORMS,))
+  n_crop = 2 * _CROP_TRIES + 2
+  v = u[n_crop:]
   p = {}
   if cfg.crop_scale is not None:
-    p["box"] = sample_crop_box(keys[0], height, width, scale=cfg.crop_scale,
-                               ratio=cfg.crop_ratio)
+    p["box"] = _crop_box_from_uniforms(u[:n_crop], height, width, cfg.crop_scale,
+                                       cfg.crop_ratio)
   else:
     p["box"] = jnp.array([0.0, 0.0, height, width], jnp.float32)
-  p["flip"] = jax.random.bernoulli(keys[1], cfg.flip_prob)
-  p["jitter"] = jax.random.bernoulli(keys[2], cfg.jitter_prob)
+  p["flip"] = v[0] < cfg.flip_prob
+  p["jitter"] = v[1] < cfg.jitter_prob
 
-  def factor(k, s):
-    return jax.random.uniform(k, minval=max(0.0, 1.0 - s), maxval=1.0 + s)
-  p["brightness"] = factor(keys[3], cfg.brightness)
-  p["contrast"] = factor(keys[4], cfg.contrast)
-  p["saturation"] = factor(keys[5], cfg.saturation)
-  p["hue"] = jax.random.uniform(keys[6], minval=-cfg.hue, maxval=cfg.hue)
+  def factor(ui, s):
+    lo = max(0.0, 1.0 - s)
+    return lo + (1.0 + s - lo) * ui
+  p["brightness"] = factor(v[2], cfg.brightness)
+  p["contrast"] = factor(v[3], cfg.contrast)
+  p["saturation"] = factor(v[4], cfg.saturation)
+  p["hue"] = cfg.hue * (2.0 * v[5] - 1.0)
   if cfg.jitter_order == "random":
-    p["order"] = jax.random.permutation(keys[7], 4).astype(jnp.int32)
+    p["order"] = jnp.argsort(v[6:10]).astype(jnp.int32)
   else:
     p["order"] = jnp.arange(4, dtype=jnp.int32)
-  p["grayscale"] = jax.random.bernoulli(keys[8], cfg.grayscale_prob)
-  p["blur"] = jax.random.bernoulli(keys[9], cfg.blur_prob)
-  p["sigma"] = jax.random.uniform(keys[10], minval=cfg.blur_sigma[0],
-                                  maxval=cfg.blur_sigma[1])
-  p["solarize"] = jax.random.bernoulli(keys[11], cfg.solarize_prob)
+  p["grayscale"] = v[10] < cfg.grayscale_prob
+  p["blur"] = v[11] < cfg.blur_prob
+  p["sigma"] = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * v[12]
+  p["solarize"] = v[13] < cfg.solarize_prob
   return p
 
 
@@ -509,7 +524,8 @@ def _apply_one(x: jax.Array, p: dict[str, jax.Array], cfg: AugmentConfig,
     x = _sandwich(by, x, bx)
   if cfg.solarize_prob > 0:
     x = jnp.where(p["solarize"], solarize(x, cfg.solarize_threshold), x)
-  return x
+  # Blur and hue are convex/exact only up to rounding: keep [0, 1] exactly.
+  return jnp.clip(x, 0.0, 1.0)
 
 
 def _to_float(images: jax.Array) -> jax.Array:

@@ -510,11 +510,20 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
 # ------------------------------------------------------- pure applications
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module) -> Callable[..., Any]:
+  # One compiled initialiser per model: re-initialising (another seed, the same
+  # shapes) reuses it instead of compiling the random-number graph again.
+  return jax.jit(lambda key, x: model.init(key, x, train=False,
+                                           mutable=["params", "batch_stats"]))
+
+
 def init_variables(model: SSLModel, key: jax.Array, x: jax.Array) -> dict[str, Any]:
   """Initialise ``{"params", "batch_stats"}`` from an example batch ``x``.
 
   Only ``x``'s shape (minus the batch size) and dtype matter; BatchNorm running
-  statistics start at mean 0, variance 1. Jitted, so large nets initialise fast;
+  statistics start at mean 0, variance 1. Jitted (and the compiled initialiser is
+  cached per model), so large nets initialise fast;
   ``jax.eval_shape(lambda k: init_variables(model, k, x), key)`` gives the shapes for
   free.
 
@@ -529,12 +538,12 @@ def init_variables(model: SSLModel, key: jax.Array, x: jax.Array) -> dict[str, A
   _validate.check_float(x, "x")
   if np.ndim(x) < 2:
     raise ValueError(f"x must be a batch [n, ...], got shape {np.shape(x)}.")
-  x = x[:1]
-
-  @jax.jit
-  def init(key, x):
-    return model.init(key, x, train=False, mutable=["params", "batch_stats"])
-
+  if np.ndim(x) == 4:  # images: one is enough (eval-mode BN), keeps init cheap
+    x = x[:1]
+  try:
+    init = _jitted_init(model)
+  except TypeError:  # an unhashable module
+    init = _jitted_init.__wrapped__(model)
   variables = init(key, x)
   return {"params": variables["params"],
           "batch_stats": variables.get("batch_stats", {})}
