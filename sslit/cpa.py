@@ -123,11 +123,45 @@ def _jit_call(body: Callable, *args: Any, owner: Any = None) -> Any:
 
 
 def _map(f: Callable, xs: Any, chunk_size: int | None) -> Any:
-  """``vmap(f)(xs)``, or ``lax.map`` in chunks of ``chunk_size`` to bound memory."""
+  """``vmap(f)(xs)``, or in chunks of ``chunk_size`` written in place.
+
+  Chunks are computed in a loop and written into a preallocated result with
+  ``dynamic_update_slice`` (in place in XLA), so the peak is the result plus one
+  chunk's work; the last chunk is shifted back to end at ``n`` (a few samples are
+  recomputed) instead of padding or concatenating, which would copy the result.
+  """
   n = jax.tree.leaves(xs)[0].shape[0]
   if chunk_size is None or chunk_size >= n:
     return jax.vmap(f)(xs)
-  return jax.lax.map(f, xs, batch_size=chunk_size)
+  vf = jax.vmap(f)
+  num = -(-n // chunk_size)
+  shapes = jax.eval_shape(vf, jax.tree.map(lambda a: a[:chunk_size], xs))
+  init = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype), shapes)
+
+  def step(i, out):
+    start = jnp.minimum(i * chunk_size, n - chunk_size)
+    chunk = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size), xs)
+    return jax.tree.map(
+        lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, start, 0), out,
+        vf(chunk))
+
+  return jax.lax.fori_loop(0, num, step, init)
+
+
+def _over_mesh(body: Callable, mesh: Any, n: int) -> Callable:
+  """``body`` run per device on its shard of the batch (axis 0 of every argument)."""
+  if mesh is None:
+    return body
+  size = math.prod(mesh.shape.values())
+  if n % size:
+    raise ValueError(
+        f"x's batch size {n} must be divisible by the mesh size {size} "
+        f"(mesh shape {dict(mesh.shape)}) to split it across devices.")
+  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+  # check_vma=False: the chunk loop carries a fresh (unvarying) zeros buffer.
+  return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec,
+                       check_vma=False)
 
 
 def _flat_fn(fn: Callable, item_shape: tuple[int, ...]) -> Callable:
@@ -167,7 +201,7 @@ def _check_pre_fn(pre_fn: Callable, x: Any) -> None:
 
 
 def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
-             chunk_size: int | None = None) -> Array:
+             chunk_size: int | None = None, mesh: Any = None) -> Array:
   """Exact per-sample slopes ``A(x_i) = ∂fn/∂x (x_i)``.
 
   ``A[i] = J_fn(x_i)`` with ``x_i`` flattened in C order, so that
@@ -185,7 +219,12 @@ def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
     x: batch ``[n, ...]``, floating.
     mode: ``"fwd"`` | ``"rev"`` | ``"auto"``.
     chunk_size: if set, the batch is processed ``chunk_size`` samples at a time
-      (``jax.lax.map``) so the tangents of all samples never coexist.
+      (a loop writing into the result in place), so the tangents of all samples
+      never coexist.
+    mesh: optional ``jax.sharding.Mesh``: each device computes the slopes of its
+      own shard of the batch (``shard_map`` over all mesh axes; ``n`` divisible by
+      the mesh size), in chunks of ``chunk_size``. Without it a sharded ``x`` still
+      gives the same result, partitioned as the compiler sees fit.
 
   Returns:
     ``[n, k, d]`` slopes, ``d = prod(x.shape[1:])``, dtype of ``fn``'s output.
@@ -200,10 +239,10 @@ def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
   g = _flat_fn(fn, tuple(x.shape[1:]))
   jac = jax.jacfwd(g) if mode == "fwd" else jax.jacrev(g)
 
-  def body(x):
-    return _map(jac, x.reshape(n, d), chunk_size)
+  def local(x):
+    return _map(jac, x.reshape(x.shape[0], d), chunk_size)
 
-  return _jit_call(body, x, owner=fn)
+  return _jit_call(_over_mesh(local, mesh, n), x, owner=fn)
 
 
 def local_affine(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
@@ -835,7 +874,8 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
 
 def representation_information(fn: Callable[[Array], Array], x: Array, *,
                                sigma: float, mode: str = "fwd",
-                               chunk_size: int | None = None) -> dict[str, Array]:
+                               chunk_size: int | None = None,
+                               mesh: Any = None) -> dict[str, Array]:
   """The information quantities of SPEC §2–3 for a network and a set of inputs.
 
   Model: ``z | n ~ N(μ_n, Σ_n)``, ``μ_n = fn(x_n)``, ``Σ_n = σ² A_n A_nᵀ``, equal
@@ -867,6 +907,9 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
     sigma: input-noise standard deviation (> 0).
     mode: slope mode, as in ``jacobian``.
     chunk_size: as in ``jacobian``.
+    mesh: optional mesh: the per-sample work (slopes, ``A Aᵀ``, SVDs) runs on each
+      device's shard of the batch, as in ``jacobian``; only ``[n, k]`` means and
+      ``[n, k, k]`` covariances are gathered for the pairwise bounds.
 
   Returns:
     dict of scalars (nats) with the keys above plus ``sigma``.
@@ -886,13 +929,19 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   g = _flat_fn(fn, tuple(x.shape[1:]))
   jac = jax.jacfwd(g) if mode == "fwd" else jax.jacrev(g)
 
-  def body(x, sigma):
-    def per_sample(v):
-      a = jac(v)
-      ce = conditional_entropy(a, sigma)
-      return g(v), sigma**2 * (a @ a.T), ce.entropy, ce.rank
+  def per_sample(v):
+    a = jac(v)
+    ce = conditional_entropy(a, 1.0)
+    return g(v), a @ a.T, ce.entropy, ce.rank
 
-    means, covs, h, rank = _map(per_sample, x.reshape(n, d), chunk_size)
+  local = _over_mesh(
+      lambda x: _map(per_sample, x.reshape(x.shape[0], d), chunk_size), mesh, n)
+
+  def body(x, sigma):
+    # Per-sample work at σ = 1, then H(σ) = H(1) + r log σ and Σ = σ² A Aᵀ.
+    means, aat, h1, rank = local(x)
+    covs = sigma**2 * aat
+    h = h1 + rank * jnp.log(sigma)
     h_lo = estimators.pairwise_entropy(means, covs, distance="bhattacharyya")
     h_up = estimators.pairwise_entropy(means, covs, distance="kl")
     h_cond = jnp.mean(h)

@@ -161,12 +161,18 @@ def test_sharded_equals_single_device(rng):
   got = jax.jit(lambda x: cpa.jacobian(fn, x, chunk_size=2))(xs)
   np.testing.assert_allclose(got, want, atol=1e-6)
   np.testing.assert_allclose(cpa.jacobian(fn, xs, mode="rev"), want, atol=1e-6)
+  per_device = cpa.jacobian(fn, xs, chunk_size=3, mesh=mesh)  # 4 per device
+  np.testing.assert_allclose(per_device, want, atol=1e-6)
+  with pytest.raises(ValueError, match="divisible by the mesh size 2"):
+    cpa.jacobian(fn, x[:7], mesh=mesh)
   np.testing.assert_allclose(cpa.mlp_jacobian(layers, xs), want, atol=1e-6)
   np.testing.assert_array_equal(cpa.region_ids(pre_fn, xs), cpa.region_ids(pre_fn, x))
   info = cpa.representation_information(fn, x, sigma=0.1)
   info_s = jax.jit(lambda x: cpa.representation_information(fn, x, sigma=0.1))(xs)
+  info_m = cpa.representation_information(fn, xs, sigma=0.1, mesh=mesh, chunk_size=3)
   for key in info:
     np.testing.assert_allclose(info_s[key], info[key], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(info_m[key], info[key], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------
