@@ -1,0 +1,346 @@
+"""sslit.train: schedules, optimiser masks, the composed step, fit, resume, multi-host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sslit import data, objectives, parallel, train
+from tests.multihost_worker import FIT_KWARGS, DigitsDataset, tiny_model
+
+WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return DigitsDataset()
+
+
+def _flat(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(parallel.to_host(tree))[0]}
+
+
+def _batch(ds, n=32, start=0):
+  x, y = ds.get(np.arange(start, start + n))
+  return {"image": x, "label": y, "mask": np.ones(n, bool)}
+
+
+def _init(model, tx, probe_tx, key, x, *, num_classes=10, byol=False):
+  from sslit import models  # pylint: disable=g-import-not-at-top
+  v = models.init_variables(model, key, x)
+  r = model.apply(v, x, train=False)["rep"].shape[-1]
+  pp = {"kernel": jnp.zeros((r, num_classes)), "bias": jnp.zeros((num_classes,))}
+  return train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=v["params"], batch_stats=v["batch_stats"],
+      opt_state=tx.init(v["params"]), ema_params=v["params"] if byol else {},
+      probe_params=pp if probe_tx else {},
+      probe_opt_state=probe_tx.init(pp) if probe_tx else {}, key=jax.random.key(1))
+
+
+def _train_apply(model):
+  return lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+
+
+# ----------------------------------------------------------------- schedules
+
+
+def test_schedule_warmup_cosine_and_batch_scaling():
+  sched = train.make_schedule(learning_rate=0.3, batch_size=512, num_steps=110,
+                              warmup_steps=10, end_factor=0.1)
+  peak = 0.3 * 512 / 256
+  np.testing.assert_allclose(sched(0), 0.0, atol=1e-8)
+  np.testing.assert_allclose(sched(5), peak * 5 / 10, rtol=1e-6)
+  for t in (10, 40, 75, 110):
+    cos = 0.5 * (1 + np.cos(np.pi * (t - 10) / 100))
+    np.testing.assert_allclose(sched(t), 0.1 * peak + (peak - 0.1 * peak) * cos, rtol=1e-5)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    train.make_schedule(learning_rate=1.0, batch_size=256, num_steps=5, warmup_steps=6)
+
+
+def test_byol_momentum_schedule_closed_form():
+  sched = train.ema_momentum_schedule(base=0.99, num_steps=100)
+  for k in (0, 25, 50, 100):
+    want = 1 - (1 - 0.99) * (np.cos(np.pi * k / 100) + 1) / 2
+    np.testing.assert_allclose(sched(k), want, rtol=1e-6)
+
+
+# ----------------------------------------------------------------- optimisers
+
+_PARAMS = {"dense": {"kernel": jnp.asarray([[1.0, -2.0], [0.5, 3.0]]),
+                     "bias": jnp.asarray([0.5, -0.5])},
+           "bn": {"scale": jnp.asarray([2.0, 2.0])}}
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_weight_decay_skips_biases_and_norm_params(name):
+  lr, wd = 0.1, 0.5
+  tx = train.make_optimizer(name, learning_rate=lr, weight_decay=wd, momentum=0.9)
+  zeros = jax.tree.map(jnp.zeros_like, _PARAMS)
+  updates, _ = tx.update(zeros, tx.init(_PARAMS), _PARAMS)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -lr * wd * _PARAMS["dense"]["kernel"],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
+  np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)
+
+
+def test_lars_adapts_only_weight_matrices():
+  lr, wd, eta = 0.1, 1e-2, 1e-3
+  tx = train.make_optimizer("lars", learning_rate=lr, weight_decay=wd, momentum=0.9,
+                            trust_coefficient=eta)
+  grads = jax.tree.map(jnp.ones_like, _PARAMS)
+  updates, _ = tx.update(grads, tx.init(_PARAMS), _PARAMS)
+  w = np.asarray(_PARAMS["dense"]["kernel"], np.float64)
+  g = np.ones_like(w) + wd * w
+  trust = eta * np.linalg.norm(w) / np.linalg.norm(g)
+  np.testing.assert_allclose(updates["dense"]["kernel"], -lr * trust * g, rtol=1e-5)
+  np.testing.assert_allclose(updates["dense"]["bias"], -lr * np.ones(2), rtol=1e-6)
+  np.testing.assert_allclose(updates["bn"]["scale"], -lr * np.ones(2), rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
+    train.make_optimizer("adagrad", learning_rate=0.1)
+
+
+# ----------------------------------------------------------------- the step
+
+
+def test_step_loss_decreases_on_fixed_batch_without_retrace(digits):
+  model = tiny_model()
+  obj = objectives.get_objective("vicreg")
+  tx = optax.adam(1e-2)
+  batch = _batch(digits)
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  state = _init(model, tx, optax.adam(1e-2), jax.random.key(0), x)
+  step = train.make_train_step(_train_apply(model), obj.fn, tx,
+                               probe_optimizer=optax.adam(1e-2), stats_every=5)
+  jstep = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
+  losses, metrics = [], None
+  for _ in range(12):
+    state, metrics = jstep(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 12
+  assert losses[-1] < 0.9 * losses[0], losses
+  assert all(np.isfinite(losses))
+  for key in ("variance", "covariance", "grad_norm", "probe_acc", "rep_effective_rank"):
+    assert key in metrics
+  # Statistics are computed on steps with (t + 1) % 5 == 0 only; t = 11 is not one.
+  assert float(metrics["rep_effective_rank"]) == 0.0
+
+
+def test_online_probe_never_changes_the_backbone(digits):
+  model = tiny_model()
+  obj = objectives.get_objective("vicreg")
+  tx = optax.sgd(0.05)
+  batch = _batch(digits)
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  results = []
+  for probe_tx in (optax.adam(1e-1), None):
+    state = _init(model, tx, probe_tx, jax.random.key(0), x)
+    step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx,
+                                         probe_optimizer=probe_tx))
+    for _ in range(3):
+      state, metrics = step(state, batch)
+    results.append((state, metrics))
+  (with_probe, m), (without, _) = results
+  chex.assert_trees_all_equal(with_probe.params, without.params)
+  assert 0.0 <= float(m["probe_acc"]) <= 1.0
+  assert float(m["probe_loss"]) < np.log(10)  # better than the uniform guess
+
+
+def test_byol_target_is_the_ema_of_the_online_params(digits):
+  model = tiny_model("byol")
+  obj = objectives.get_objective("byol")
+  tx = optax.sgd(0.1)
+  batch = _batch(digits)
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  state0 = _init(model, tx, None, jax.random.key(0), x, byol=True)
+  ema_fn = train.ema_momentum_schedule(base=0.9, num_steps=10)
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol",
+                                       ema_momentum_fn=ema_fn))
+  state1, metrics = step(state0, batch)
+  tau = 0.9  # tau at step 0 is the base
+  np.testing.assert_allclose(float(metrics["ema_momentum"]), tau, rtol=1e-6)
+  want = jax.tree.map(lambda e, p: tau * e + (1 - tau) * p, state0.ema_params,
+                      state1.params)
+  chex.assert_trees_all_close(state1.ema_params, want, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(_flat(state1.params)["backbone/dense0/kernel"],
+                         _flat(state0.params)["backbone/dense0/kernel"])
+  with pytest.raises(ValueError, match="ema_momentum_fn"):
+    train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol")
+
+
+def test_sharded_on_two_devices_equals_single_device(digits):
+  from sslit import models  # pylint: disable=g-import-not-at-top
+  # BatchNorm and VICReg's covariance both reduce over the sharded batch.
+  model = models.build_model("mlp", backbone_kwargs={"widths": (32, 16),
+                                                     "batch_norm": True},
+                             projector=(32, 32))
+  obj = objectives.get_objective("vicreg")
+  tx = optax.sgd(0.05, momentum=0.9)
+  batches = [_batch(digits, 32, 32 * i) for i in range(3)]
+  x = train.images_to_float(jnp.asarray(batches[0]["image"]))
+  step = train.make_train_step(_train_apply(model), obj.fn, tx,
+                               probe_optimizer=optax.adam(1e-2))
+  finals = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.make_mesh(devices)
+    state = parallel.replicate(_init(model, tx, optax.adam(1e-2), jax.random.key(0), x),
+                               mesh)
+    jstep = jax.jit(step)
+    for b in batches:
+      state, _ = jstep(state, parallel.shard_batch(b, mesh))
+    finals.append(_flat((state.params, state.batch_stats, state.probe_params)))
+  assert len(jax.devices()) == 2
+  for k in finals[0]:
+    np.testing.assert_allclose(finals[0][k], finals[1][k], rtol=2e-5, atol=2e-6, err_msg=k)
+
+
+# ----------------------------------------------------------------- fit
+
+
+# "vicreg" runs through fit in the metrics/checkpoint and resume tests below.
+CANONICAL = sorted({objectives.get_objective(n).name
+                    for n in objectives.list_objectives()} - {"vicreg"})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits):
+  """Final params of FIT_KWARGS on one process with both devices, no interruption."""
+  return _flat(train.fit(model=tiny_model(), dataset=digits, **FIT_KWARGS).state.params)
+
+
+@pytest.mark.parametrize("name", CANONICAL)
+def test_fit_smoke_every_objective(name, digits):
+  res = train.fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
+                  num_steps=3, log_every=3, progress=False, seed=0)
+  assert res.step == 3 and res.resumed_from is None
+  (record,) = res.history
+  assert record["step"] == 3
+  assert np.isfinite(record["loss"])
+  for key in ("lr", "grad_norm", "probe_acc", "rep_std_mean", "rep_effective_rank"):
+    assert np.isfinite(record[key]), key
+  assert record["rep_effective_rank"] > 1.0
+
+
+def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits):
+  kw = dict(FIT_KWARGS, num_steps=8, checkpoint_every=4)
+  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [4, 8]
+  for key in ("loss", "variance", "invariance", "covariance", "lr", "grad_norm",
+              "images_per_s", "probe_acc", "rep_std_mean", "rep_effective_rank"):
+    assert key in lines[-1], key
+  assert "compile_s" in lines[0]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
+  again = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  assert again.resumed_from == 8 and again.history == []
+  chex.assert_trees_all_equal(again.state.params, res.state.params)
+
+
+def test_kill_9_then_same_command_resumes_bitwise(tmp_path, uninterrupted):
+  want = uninterrupted
+  cmd = [sys.executable, WORKER, "resume", "--workdir", str(tmp_path / "run"),
+         "--out", str(tmp_path / "out.npz")]
+  # Same devices as this process (conftest's XLA_FLAGS are inherited); the
+  # compilation cache lets the resumed process reuse the killed one's programs.
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  killed = subprocess.run(cmd + ["--kill_at", "11"], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert not (tmp_path / "out.npz").exists()
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "run" / "checkpoints") if s.isdigit())
+  assert steps and max(steps) < FIT_KWARGS["num_steps"]
+  resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  got = np.load(tmp_path / "out.npz")
+  assert int(got["resumed"]) == max(steps) and int(got["step"]) == FIT_KWARGS["num_steps"]
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  lines = [json.loads(l)["step"] for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert lines == sorted(set(lines))  # no duplicated steps after the resume
+
+
+
+def _poison_objective():
+  base = objectives.get_objective("vicreg")
+
+  def fn(z_a, z_b):
+    loss, aux = base.fn(z_a, z_b)
+    spread = jnp.max(jnp.abs(z_a - z_a[:1]))
+    return loss + 0.0 * jnp.log(spread), aux  # NaN exactly when all rows are equal
+
+  return objectives.Objective("poison", "pair", fn)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits):
+  def batches(start):
+    for s, b in enumerate(data.batch_iterator(digits, 32, seed=0, start_step=start),
+                          start=start):
+      if s >= 6:  # the batch of step 7 (steps count from 1)
+        b = dict(b, image=np.zeros_like(b["image"]))
+      yield b
+
+  with pytest.raises(train.NonFiniteLossError, match="non-finite at step 7") as info:
+    train.fit(model=tiny_model(), objective=_poison_objective(), dataset=digits,
+              batch_size=32, num_steps=20, log_every=5, checkpoint_every=5,
+              workdir=tmp_path, progress=False, data_iterator_fn=batches)
+  assert info.value.step == 7 and info.value.last_checkpoint == 5
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+  assert "last good checkpoint (step 5)" in str(info.value)
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, digits):
+  with pytest.raises(ValueError, match="unknown objective 'vicrge'"):
+    train.fit(model=tiny_model(), objective="vicrge", dataset=digits, batch_size=32,
+              num_steps=2, progress=False)
+  with pytest.raises(ValueError, match="not divisible by the number of devices"):
+    train.fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=33,
+              num_steps=2, progress=False)
+  with pytest.raises(ValueError, match="predictor"):
+    train.fit(model=tiny_model(), objective="byol", dataset=digits, batch_size=32,
+              num_steps=2, progress=False)
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(PermissionError, match="writable"):
+    train.fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=32,
+              num_steps=2, progress=False, workdir=blocker / "run")
+  assert blocker.read_text() == "x"
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, uninterrupted):
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, "multihost", "--process_id", str(i), "--num_processes", "2",
+       "--port", str(port), "--out", str(tmp_path / "mh.npz")],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+  # One process, two devices, the same global batches (each process read half).
+  one = uninterrupted
+  got = np.load(tmp_path / "mh.npz")
+  assert int(got["step"]) == FIT_KWARGS["num_steps"]
+  for k, v in one.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
