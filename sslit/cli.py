@@ -405,13 +405,15 @@ def _summary(results: dict) -> str:
 def cmd_train(args, overrides) -> int:
   config, workdir = _resolve(args, overrides)
   _start_devices(config)
-  from sslit import objectives  # pylint: disable=g-import-not-at-top
+  # Everything that can be checked is checked before anything is written.
+  from sslit import objectives, parallel  # pylint: disable=g-import-not-at-top
   objectives.get_objective(config.objective, **_plain(config.objective_kwargs))
-  _prepare_workdir(workdir, config)
+  mesh = _mesh(config)
+  parallel.check_batch_size(int(config.batch_size), mesh)
   train_ds, test_ds = _datasets(config)
   model = _build_model(config)
+  _prepare_workdir(workdir, config)
   from sslit import train  # pylint: disable=g-import-not-at-top
-  mesh = _mesh(config)
   evaluators = []
   if int(config.eval_every):
     from sslit import evaluate, models  # pylint: disable=g-import-not-at-top

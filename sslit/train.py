@@ -305,7 +305,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
     metrics = {"loss": loss}
     metrics.update({k: v for k, v in aux.items() if k != "loss"})
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     if learning_rate_fn is not None:
       metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
 

@@ -1,0 +1,150 @@
+"""The sslit command: config overrides, clear failures, the smoke run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sslit import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+  c = ml_collections.ConfigDict()
+  c.lr = 0.1
+  c.steps = 10
+  c.name = "x"
+  c.flag = False
+  c.widths = (1, 2)
+  c.model = ml_collections.ConfigDict({"depth": 3, "kind": "mlp"})
+  return c
+
+
+def test_overrides_parse_by_field_type():
+  c = cli.apply_overrides(_config(), [("lr", "3"), ("steps", "7"), ("name", "y z"),
+                                      ("flag", "true"), ("widths", "(4, 5, 6)"),
+                                      ("model.depth", "5")])
+  assert c.lr == 3.0 and isinstance(c.lr, float)
+  assert c.steps == 7 and c.name == "y z" and c.flag is True
+  assert c.widths == (4, 5, 6) and c.model.depth == 5
+
+
+def test_unknown_field_names_the_closest_ones():
+  with pytest.raises(cli.UsageError, match=r"unknown config field 'model\.dept'.*model\.depth"):
+    cli.apply_overrides(_config(), [("model.dept", "2")])
+  with pytest.raises(cli.UsageError, match="expects a int"):
+    cli.apply_overrides(_config(), [("steps", "1.5")])
+  with pytest.raises(cli.UsageError, match="boolean"):
+    cli.apply_overrides(_config(), [("flag", "maybe")])
+
+
+def test_shipped_configs_load_and_default_is_the_main_job():
+  default = cli.load_config(cli.DEFAULT_CONFIG)
+  assert default.objective == "vicreg" and default.dataset == "fashion_mnist"
+  assert default.model.backbone == "convnet" and default.batch_size == 256
+  assert default.augment == "fashion_mnist" and default.optimizer == "adamw"
+  smoke = cli.load_config("smoke")
+  assert smoke.dataset == "digits" and smoke.model.backbone == "mlp"
+  assert sorted(smoke) == sorted(default)  # same fields, other values
+  c = cli.apply_overrides(default, [("model.backbone_kwargs", "{'widths': (8,)}")])
+  assert c.model.backbone_kwargs.to_dict() == {"widths": (8,)}
+
+
+def _run(argv, capsys):
+  code = cli.main(argv)
+  captured = capsys.readouterr()
+  return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["train", "--config", "smoke", "--config.learning_rat=1"], 2,
+     "unknown config field 'learning_rat'.*learning_rate"),
+    (["train", "--config", "smoke", "--config.objective=vicrge"], 1,
+     "unknown objective 'vicrge'"),
+    (["train", "--config", "smoke", "--config.cpu_devices=2", "--config.batch_size=63"], 1,
+     "not divisible by the number of devices"),
+    (["train", "--config", "smoke", "--config.dataset=cifar10"], 1,
+     "cifar10.*not prepared"),
+    (["train", "--config", "nonexistent"], 2, "config file .* not found"),
+    (["train", "--bogus"], 2, "unknown option '--bogus'"),
+    (["frobnicate"], 2, "unknown command 'frobnicate'"),
+    (["reproduce", "no_such_experiment"], 2, "unknown experiment 'no_such_experiment'"),
+    (["reproduce", "table1"], 1, "registered but not implemented"),
+    (["eval", "--workdir", "/nonexistent/run"], 2, "no config.json"),
+])
+def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_path,
+                                                       capsys):
+  workdir = tmp_path / "run"
+  if argv[0] == "train":
+    argv = argv + ["--workdir", str(workdir)]
+  got, out = _run(argv, capsys)
+  assert got == code, out
+  assert __import__("re").search(message, out, flags=__import__("re").S), out
+  assert not workdir.exists()  # nothing written before the inputs were checked
+
+
+def test_unwritable_workdir_exits_1(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("keep me")
+  code, out = _run(["train", "--config", "smoke", "--workdir", str(blocker / "run")],
+                   capsys)
+  assert code == 1 and "writable" in out
+  assert blocker.read_text() == "keep me"
+
+
+def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  argv = ["train", "--config", "smoke", "--workdir", str(workdir),
+          "--config.eval.baselines=('raw',)"]
+  code, out = _run(argv, capsys)
+  assert code == 0, out
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["dataset"] == "digits" and config["eval"]["baselines"] == ["raw"]
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [l["step"] for l in lines if "loss" in l]
+  assert steps == [10, 20, 30]
+  results = json.loads((workdir / "results.json").read_text())
+  for name in ("trained", "raw_pixels"):
+    assert 10.0 < results[name]["linear_top1"] <= 100.0  # percent, above chance
+  assert any("eval/trained/linear_top1" in l for l in lines)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
+  assert "trained" in out and "raw_pixels" in out
+  if (workdir / "report.md").exists():
+    assert (workdir / "report.md").read_text().strip()
+
+  # The same command again: resumes at the end, trains nothing, keeps everything.
+  code, out = _run(argv, capsys)
+  assert code == 0, out
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
+  lines2 = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines2 if "loss" in l] == steps
+
+  # A different training config in the same workdir is refused; config.json kept.
+  before = (workdir / "config.json").read_text()
+  code, out = _run(argv + ["--config.learning_rate=0.5"], capsys)
+  assert code == 2 and "different config" in out and "learning_rate" in out
+  assert (workdir / "config.json").read_text() == before
+
+  # sslit eval on the run's newest checkpoint reproduces the trained probe.
+  code, out = _run(["eval", "--workdir", str(workdir)], capsys)
+  assert code == 0, out
+  again = json.loads((workdir / "results.json").read_text())
+  np.testing.assert_allclose(again["trained"]["linear_top1"],
+                             results["trained"]["linear_top1"], atol=1e-6)
+
+
+def test_command_line_entry_point_exit_status(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "sslit.cli", "train", "--config.no_such_field=1",
+       "--workdir", str(tmp_path / "run")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "unknown config field 'no_such_field'" in proc.stderr
+  assert not (tmp_path / "run").exists()
