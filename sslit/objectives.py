@@ -51,6 +51,16 @@ Aux = dict[str, Array]
 ENTROPY_ESTIMATORS = ("logdet", "pairwise_kl", "pairwise_bhattacharyya")
 INVARIANCES = ("mse", "squared_distance", "cosine")
 
+# The project's default entropy weights (the paper's values are not known). Chosen on
+# a synthetic task (docs/objectives.md): large enough that the entropy term resists
+# collapse, small enough that the invariance term still shapes the embedding.
+# The pairwise estimates change by at most log n, LogDet by O(k) nats, hence the
+# different magnitudes; with Adam only the ratio to sim_coeff matters.
+DEFAULT_ENTROPY_COEFF = {"logdet": 1.0, "pairwise_kl": 100.0,
+                         "pairwise_bhattacharyya": 400.0}
+DEFAULT_BYOL_ENTROPY_COEFF = {"logdet": 0.02, "pairwise_kl": 1.0,
+                              "pairwise_bhattacharyya": 1.0}
+
 # Row norms below this are treated as this (keeps the gradient of z / |z| finite at
 # z = 0, as torch.nn.functional.normalize does).
 _NORM_EPS = 1e-12
@@ -117,6 +127,8 @@ def _cosine_distance(p: Array, z: Array) -> Array:
 
 def _check_coeffs(**coeffs: Any) -> None:
   for name, value in coeffs.items():
+    if value is None:
+      continue
     _validate.check_positive(value, name, allow_zero=True)
 
 
@@ -347,16 +359,20 @@ def byol_loss(p_a: Array, z_b: Array) -> tuple[Array, Aux]:
 
 
 def _entropy(z: Array, *, entropy: str, beta: float, pairwise_variance: float | None,
-             normalize: bool) -> Array:
+             normalize: bool) -> tuple[Array, Array | float]:
+  """The estimate in nats and its part that does not depend on ``z``."""
   k = z.shape[1]
   if normalize:
     z = _l2_normalize(z) * jnp.sqrt(jnp.asarray(k, z.dtype))
   if entropy == "logdet":
-    return estimators.logdet_entropy(z, beta=beta)
+    return estimators.logdet_entropy(z, beta=beta), 0.0
   variance = float(k) if pairwise_variance is None else pairwise_variance
   distance = entropy[len("pairwise_"):]
-  return estimators.pairwise_entropy(z, jnp.asarray(variance, z.dtype),
-                                     distance=distance)
+  h = estimators.pairwise_entropy(z, jnp.asarray(variance, z.dtype),
+                                  distance=distance)
+  # H(Z | n) = k/2 log(2 pi e sigma^2): the same for every z; left out of the loss so
+  # that float32 keeps the resolution of the part that moves.
+  return h, 0.5 * k * jnp.log(2 * jnp.pi * jnp.e * jnp.asarray(variance, z.dtype))
 
 
 def _invariance(z_a: Array, z_b: Array, kind: str) -> Array:
@@ -378,7 +394,7 @@ def _check_information_options(entropy, invariance, beta, pairwise_variance,
 
 
 def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
-                     sim_coeff: float = 25.0, entropy_coeff: float = 1.0,
+                     sim_coeff: float = 25.0, entropy_coeff: float | None = None,
                      keep_variance_covariance: bool = False, std_coeff: float = 25.0,
                      cov_coeff: float = 1.0, gamma: float = 1.0, eps: float = 1e-4,
                      invariance: str = "mse", beta: float = 1.0,
@@ -404,7 +420,9 @@ def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
     ``N(z_i, sigma^2 I)`` over the batch rows, ``sigma^2 = pairwise_variance``
     (default ``k``, so the kernel sees the per-dimension mean squared distance:
     ``D_KL = mean_d (z_id - z_jd)^2 / 2``). KL gives an upper, Bhattacharyya a lower
-    bound on the mixture entropy.
+    bound on the mixture entropy. The loss leaves out the constant
+    ``H(Z | n) = k/2 log(2 pi e sigma^2)`` of this estimate (same gradient, better
+    float32 resolution); ``aux`` reports the full estimate.
 
   Scale (why the loss does not run away): the LogDet estimate grows like
   ``k log c`` when ``z`` is scaled by ``c`` while ``"mse"``/``"squared_distance"``
@@ -421,7 +439,9 @@ def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
     z_b: embeddings of the second view, ``[n, k]``.
     entropy: one of ``"logdet"``, ``"pairwise_kl"``, ``"pairwise_bhattacharyya"``.
     sim_coeff: weight of the invariance term.
-    entropy_coeff: weight of the mean entropy of the two branches.
+    entropy_coeff: weight of the mean entropy of the two branches; ``None`` takes
+      the project's default for the estimator, ``DEFAULT_ENTROPY_COEFF``
+      (logdet 1, pairwise_kl 100, pairwise_bhattacharyya 400).
     keep_variance_covariance: also add VICReg's variance and covariance terms.
     std_coeff: weight of VICReg's variance term (only if kept).
     cov_coeff: weight of VICReg's covariance term (only if kept).
@@ -449,13 +469,15 @@ def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
   _validate.check_pair(z_a, z_b)
   _check_information_options(entropy, invariance, beta, pairwise_variance,
                              sim_coeff, entropy_coeff)
+  if entropy_coeff is None:
+    entropy_coeff = DEFAULT_ENTROPY_COEFF[entropy]
   z_a, z_b = _as_float(z_a), _as_float(z_b)
   inv = _invariance(z_a, z_b, invariance)
   ent_kw = dict(entropy=entropy, beta=beta, pairwise_variance=pairwise_variance,
                 normalize=normalize)
-  h_a, h_b = _entropy(z_a, **ent_kw), _entropy(z_b, **ent_kw)
+  (h_a, const), (h_b, _) = _entropy(z_a, **ent_kw), _entropy(z_b, **ent_kw)
   ent = (h_a + h_b) / 2
-  loss = sim_coeff * inv - entropy_coeff * ent
+  loss = sim_coeff * inv - entropy_coeff * (ent - const)
   aux = {"invariance": inv, "entropy": ent, "entropy_a": h_a, "entropy_b": h_b}
   if keep_variance_covariance:
     _, vic = vicreg_loss(z_a, z_b, gamma=gamma, eps=eps)
@@ -486,7 +508,8 @@ def byol_pair_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array
 
 def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
                           z_a: Array, z_b: Array, *, entropy: str = "logdet",
-                          sim_coeff: float = 1.0, entropy_coeff: float = 1.0,
+                          sim_coeff: float = 1.0,
+                          entropy_coeff: float | None = None,
                           beta: float = 1.0, pairwise_variance: float | None = None,
                           normalize: bool = True) -> tuple[Array, Aux]:
   r"""BYOL plus an entropy estimate of the online projector outputs.
@@ -506,7 +529,8 @@ def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
     z_b: online projector outputs of view b, ``[n, k']``.
     entropy: one of ``"logdet"``, ``"pairwise_kl"``, ``"pairwise_bhattacharyya"``.
     sim_coeff: weight of the BYOL term.
-    entropy_coeff: weight of the mean entropy of the two branches.
+    entropy_coeff: weight of the mean entropy of the two branches; ``None`` takes
+      ``DEFAULT_BYOL_ENTROPY_COEFF`` (logdet 0.02, pairwise 1).
     beta: LogDet's scale.
     pairwise_variance: component variance of the pairwise estimators (``None``:
       ``k'``).
@@ -522,13 +546,15 @@ def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
                      f"{_validate.shape_of(z_a)} and p_a: {_validate.shape_of(p_a)}.")
   _check_information_options(entropy, "cosine", beta, pairwise_variance, sim_coeff,
                              entropy_coeff)
+  if entropy_coeff is None:
+    entropy_coeff = DEFAULT_BYOL_ENTROPY_COEFF[entropy]
   inv, _ = byol_pair_loss(p_a, p_b, t_a, t_b)
   z_a, z_b = _as_float(z_a), _as_float(z_b)
   ent_kw = dict(entropy=entropy, beta=beta, pairwise_variance=pairwise_variance,
                 normalize=normalize)
-  h_a, h_b = _entropy(z_a, **ent_kw), _entropy(z_b, **ent_kw)
+  (h_a, const), (h_b, _) = _entropy(z_a, **ent_kw), _entropy(z_b, **ent_kw)
   ent = (h_a + h_b) / 2
-  loss = sim_coeff * inv - entropy_coeff * ent
+  loss = sim_coeff * inv - entropy_coeff * (ent - const)
   return loss, {"invariance": inv, "entropy": ent, "entropy_a": h_a,
                 "entropy_b": h_b}
 

@@ -135,6 +135,34 @@ def pairwise_entropy_isotropic(means, var, *, distance="kl"):
   return h_comp - total / n
 
 
+def _entropies(e_a, e_b, entropy, beta, pairwise_variance):
+  k = e_a.shape[1]
+  if entropy == "logdet":
+    return logdet_entropy(e_a, beta=beta), logdet_entropy(e_b, beta=beta), 0.0
+  dist = entropy[len("pairwise_"):]
+  var = float(k) if pairwise_variance is None else pairwise_variance
+  return (pairwise_entropy_isotropic(e_a, var, distance=dist),
+          pairwise_entropy_isotropic(e_b, var, distance=dist),
+          0.5 * k * np.log(2 * np.pi * np.e * var))
+
+
+def byol_information(p_a, p_b, t_a, t_b, z_a, z_b, *, entropy="logdet",
+                     sim_coeff=1.0, entropy_coeff, beta=1.0, pairwise_variance=None,
+                     normalize=True):
+  """BYOL (both directions) minus the mean entropy of the online projections."""
+  inv = byol(p_a, t_b)["loss"] + byol(p_b, t_a)["loss"]
+  z_a = np.asarray(z_a, np.float64)
+  z_b = np.asarray(z_b, np.float64)
+  k = z_a.shape[1]
+  if normalize:
+    z_a = z_a / np.linalg.norm(z_a, axis=1, keepdims=True) * np.sqrt(k)
+    z_b = z_b / np.linalg.norm(z_b, axis=1, keepdims=True) * np.sqrt(k)
+  h_a, h_b, const = _entropies(z_a, z_b, entropy, beta, pairwise_variance)
+  ent = (h_a + h_b) / 2
+  return dict(loss=sim_coeff * inv - entropy_coeff * (ent - const), invariance=inv,
+              entropy=ent, entropy_a=h_a, entropy_b=h_b)
+
+
 def information(z_a, z_b, *, entropy="logdet", sim_coeff, entropy_coeff,
                 keep_variance_covariance=False, std_coeff=25.0, cov_coeff=1.0,
                 gamma=1.0, eps=1e-4, invariance="mse", beta=1.0,
@@ -145,23 +173,20 @@ def information(z_a, z_b, *, entropy="logdet", sim_coeff, entropy_coeff,
   n, k = z_a.shape
   if invariance == "mse":
     inv = np.mean((z_a - z_b) ** 2)
-  else:  # squared_distance
+  elif invariance == "squared_distance":
     inv = np.mean(np.sum((z_a - z_b) ** 2, axis=1))
+  else:  # cosine
+    inv = byol(z_a, z_b)["loss"]
   if normalize:
     e_a = z_a / np.linalg.norm(z_a, axis=1, keepdims=True) * np.sqrt(k)
     e_b = z_b / np.linalg.norm(z_b, axis=1, keepdims=True) * np.sqrt(k)
   else:
     e_a, e_b = z_a, z_b
-  if entropy == "logdet":
-    h_a, h_b = logdet_entropy(e_a, beta=beta), logdet_entropy(e_b, beta=beta)
-  else:
-    dist = entropy[len("pairwise_"):]
-    var = float(k) if pairwise_variance is None else pairwise_variance
-    h_a = pairwise_entropy_isotropic(e_a, var, distance=dist)
-    h_b = pairwise_entropy_isotropic(e_b, var, distance=dist)
+  h_a, h_b, const = _entropies(e_a, e_b, entropy, beta, pairwise_variance)
   ent = (h_a + h_b) / 2
   out = dict(invariance=inv, entropy=ent, entropy_a=h_a, entropy_b=h_b)
-  loss = sim_coeff * inv - entropy_coeff * ent
+  # The loss drops the z-independent component entropy of the pairwise estimate.
+  loss = sim_coeff * inv - entropy_coeff * (ent - const)
   if keep_variance_covariance:
     v = vicreg(z_a, z_b, gamma=gamma, eps=eps)
     loss += std_coeff * v["variance"] + cov_coeff * v["covariance"]

@@ -1,0 +1,445 @@
+"""Tests for sslit.objectives: SPEC numbers, float64 NumPy oracles, gradients, invariances."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from sslit import objectives as obj
+from tests.reference import objectives as ref
+
+# (sslit function, reference, keyword options) for every two-view objective.
+PAIR_CASES = {
+    "vicreg": (obj.vicreg_loss, ref.vicreg, {}),
+    "vicreg_gamma2": (obj.vicreg_loss, ref.vicreg,
+                      dict(sim_coeff=3.0, std_coeff=2.0, cov_coeff=0.5, gamma=2.0)),
+    "vicreg_paper": (obj.vicreg_paper_loss, ref.vicreg_paper, {}),
+    "infonce": (obj.infonce_loss, ref.infonce, {}),
+    "infonce_t05": (obj.infonce_loss, ref.infonce, dict(temperature=0.5)),
+    "barlow": (obj.barlow_twins_loss, ref.barlow_twins, {}),
+    "barlow_l1": (obj.barlow_twins_loss, ref.barlow_twins, dict(lambda_offdiag=1.0)),
+    "byol": (obj.byol_loss, ref.byol, {}),
+}
+
+# Options of the information family checked against the reference.
+INFO_CASES = {
+    "logdet": dict(entropy="logdet"),
+    "logdet_beta_keep": dict(entropy="logdet", beta=0.3, keep_variance_covariance=True),
+    "kl": dict(entropy="pairwise_kl"),
+    "bhat_var": dict(entropy="pairwise_bhattacharyya", pairwise_variance=0.7),
+    "kl_sqdist_norm": dict(entropy="pairwise_kl", invariance="squared_distance",
+                           normalize=True),
+    "logdet_cos_norm": dict(entropy="logdet", invariance="cosine", normalize=True,
+                            entropy_coeff=0.5),
+}
+
+SHAPES = [(8, 4), (2, 5), (5, 12), (33, 6)]
+# Option variants are checked on one shape (the defaults on all of them).
+VARIANTS = {"vicreg_gamma2", "infonce_t05", "barlow_l1", "bhat_var", "logdet_cos_norm",
+            "kl_sqdist_norm"}
+
+
+def _cases(table):
+  return [(case, shape) for case in sorted(table) for shape in SHAPES
+          if case not in VARIANTS or shape == SHAPES[0]]
+
+
+def _views(rng, n, k, dtype=np.float64):
+  z_a = rng.normal(size=(n, k))
+  z_b = z_a + 0.7 * rng.normal(size=(n, k)) + 0.3
+  return z_a.astype(dtype), z_b.astype(dtype)
+
+
+def _info_ref(z_a, z_b, opts):
+  opts = dict(opts)
+  opts.setdefault("sim_coeff", 25.0)
+  opts.setdefault("entropy_coeff", obj.DEFAULT_ENTROPY_COEFF[opts["entropy"]])
+  return ref.information(z_a, z_b, **opts)
+
+
+def _assert_matches(loss, aux, expected, rtol=1e-10, atol=1e-10):
+  np.testing.assert_allclose(float(loss), expected["loss"], rtol=rtol, atol=atol)
+  for name, value in aux.items():
+    np.testing.assert_allclose(float(value), expected[name], rtol=rtol, atol=atol,
+                               err_msg=name)
+
+
+# ---------------------------------------------------------------------------------
+# SPEC numbers.
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spec_vicreg_oracle(dtype, x64):
+  z_a, z_b = ref.spec_views()
+  loss, aux = obj.vicreg_loss(z_a.astype(dtype), z_b.astype(dtype))
+  tol = 1e-6 if dtype == np.float64 else 2e-6
+  np.testing.assert_allclose(float(loss), 21.855908, rtol=tol)
+  np.testing.assert_allclose(float(aux["invariance"]), 0.561411, rtol=tol, atol=1e-6)
+  np.testing.assert_allclose(float(aux["variance"]), 0.282244, rtol=tol, atol=1e-6)
+  np.testing.assert_allclose(float(aux["covariance"]), 0.764546, rtol=tol, atol=1e-6)
+  # The total is the weighted sum of the terms (the quoted terms are rounded).
+  np.testing.assert_allclose(
+      float(loss), 25 * aux["invariance"] + 25 * aux["variance"] + aux["covariance"],
+      rtol=1e-6)
+
+
+def test_spec_entropy_numbers_through_information_loss(x64):
+  z_a, z_b = ref.spec_views()
+  _, aux = obj.information_loss(z_a, z_b, entropy="logdet", beta=1.0)
+  np.testing.assert_allclose(float(aux["entropy_a"]), 0.750650, atol=1e-6)
+  for var, want in [(1.0, 6.804993), (0.1, 3.126151)]:
+    _, aux = obj.information_loss(z_a, z_b, entropy="pairwise_kl",
+                                  pairwise_variance=var)
+    np.testing.assert_allclose(float(aux["entropy_a"]), want, atol=1e-6)
+
+
+def test_reference_reproduces_spec():
+  # The oracle itself must agree with the SPEC before it is used as one.
+  z_a, z_b = ref.spec_views()
+  r = ref.vicreg(z_a, z_b)
+  np.testing.assert_allclose([r["loss"], r["invariance"], r["variance"],
+                              r["covariance"]],
+                             [21.855908, 0.561411, 0.282244, 0.764546], atol=1e-6)
+  np.testing.assert_allclose(ref.logdet_entropy(z_a), 0.750650, atol=1e-6)
+  np.testing.assert_allclose(ref.pairwise_entropy_isotropic(z_a, 1.0), 6.804993,
+                             atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Float64 references on several shapes (including n < k and n = 2).
+
+
+@pytest.mark.parametrize("case,shape", _cases(PAIR_CASES))
+def test_pair_objectives_match_reference(case, shape, rng, x64):
+  fn, reference, opts = PAIR_CASES[case]
+  z_a, z_b = _views(rng, *shape)
+  loss, aux = fn(z_a, z_b, **opts)
+  assert loss.dtype == jnp.float64
+  _assert_matches(loss, aux, reference(z_a, z_b, **opts))
+
+
+@pytest.mark.parametrize("case,shape", _cases(INFO_CASES))
+def test_information_loss_matches_reference(case, shape, rng, x64):
+  opts = INFO_CASES[case]
+  z_a, z_b = _views(rng, *shape)
+  loss, aux = obj.information_loss(z_a, z_b, **opts)
+  _assert_matches(loss, aux, _info_ref(z_a, z_b, opts), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("entropy", obj.ENTROPY_ESTIMATORS)
+@pytest.mark.parametrize("shape", [(8, 4), (2, 5)])
+def test_byol_information_matches_reference(entropy, shape, rng, x64):
+  p_a, p_b, t_a, t_b, z_a, z_b = (rng.normal(size=shape) for _ in range(6))
+  loss, aux = obj.byol_information_loss(p_a, p_b, t_a, t_b, z_a, z_b,
+                                        entropy=entropy)
+  want = ref.byol_information(
+      p_a, p_b, t_a, t_b, z_a, z_b, entropy=entropy,
+      entropy_coeff=obj.DEFAULT_BYOL_ENTROPY_COEFF[entropy])
+  _assert_matches(loss, aux, want, rtol=1e-9, atol=1e-9)
+
+
+def test_vicreg_paper_differs_from_code_convention(rng, x64):
+  # Same invariance; different variance/covariance unless the views coincide.
+  z_a, z_b = _views(rng, 16, 5)
+  _, code = obj.vicreg_loss(z_a, z_b)
+  _, paper = obj.vicreg_paper_loss(z_a, z_b)
+  np.testing.assert_allclose(code["invariance"], paper["invariance"], rtol=1e-12)
+  assert abs(float(code["covariance"]) - float(paper["covariance"])) > 1e-3
+  # With z_a == z_b the pooled covariance is (n - 1)/(2n - 1) * 2 times the
+  # per-branch one: C_pool = C * 2(n - 1)/(2n - 1).
+  n = 16
+  _, code = obj.vicreg_loss(z_a, z_a)
+  _, paper = obj.vicreg_paper_loss(z_a, z_a)
+  f = 2 * (n - 1) / (2 * n - 1)
+  np.testing.assert_allclose(float(paper["covariance"]),
+                             float(code["covariance"]) / 2 * f**2, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------
+# Gradients.
+
+
+def _pair_fns():
+  fns = {name: functools.partial(fn, **opts)
+         for name, (fn, _, opts) in PAIR_CASES.items()
+         if name != "byol" and name not in VARIANTS}
+  for name in ["logdet_beta_keep", "kl_sqdist_norm", "bhat_var"]:
+    fns["information_" + name] = functools.partial(obj.information_loss,
+                                                   **INFO_CASES[name])
+  return fns
+
+
+PAIR_FNS = _pair_fns()
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_FNS))
+def test_check_grads_pair(name, rng, x64):
+  z_a, z_b = _views(rng, 8, 4)
+  fn = PAIR_FNS[name]
+  check_grads(jax.jit(lambda a, b: fn(a, b)[0]), (z_a, z_b), order=1,
+              modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_check_grads_byol_and_stop_gradient(rng, x64):
+  p_a, z_b = _views(rng, 8, 4)
+  check_grads(lambda p: obj.byol_loss(p, z_b)[0], (p_a,), order=1,
+              modes=["rev", "fwd"], atol=1e-5, rtol=1e-5)
+  g = jax.grad(lambda z: obj.byol_loss(p_a, z)[0])(z_b)
+  np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("name", ["byol", "byol+logdet", "byol+pairdist"])
+def test_check_grads_byol_kind(name, rng, x64):
+  p_a, p_b, t_a, t_b, z_a, z_b = (rng.normal(size=(8, 4)) for _ in range(6))
+  fn = obj.get_objective(name).fn
+  check_grads(jax.jit(lambda pa, pb, za, zb: fn(pa, pb, t_a, t_b, za, zb)[0]),
+              (p_a, p_b, z_a, z_b), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+  # No gradient reaches the target projections.
+  g = jax.grad(lambda ta, tb: fn(p_a, p_b, ta, tb, z_a, z_b)[0], argnums=(0, 1))(
+      t_a, t_b)
+  for gi in g:
+    np.testing.assert_array_equal(gi, 0.0)
+
+
+CANONICAL = sorted({obj.get_objective(n).name for n in obj.list_objectives()})
+
+
+@jax.jit
+def _all_objectives(z_a, z_b):
+  """Loss, aux and input gradients of every canonical objective, in one program."""
+  out = {}
+  for name in CANONICAL:
+    o = obj.get_objective(name)
+    if o.kind == "pair":
+      f = o.fn
+    else:
+      f = lambda a, b, o=o: o.fn(a, b, b, a, a, b)
+    (loss, aux), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(z_a, z_b)
+    out[name] = (loss, aux, grads)
+  return out
+
+
+@pytest.mark.parametrize("row", ["zeros", "constant"])
+def test_finite_gradients_at_total_collapse(row):
+  n, k = 8, 4
+  base = np.zeros(k) if row == "zeros" else np.linspace(-1.0, 2.0, k)
+  z = jnp.asarray(np.tile(base, (n, 1)), jnp.float32)
+  for name, (loss, aux, grads) in _all_objectives(z, z).items():
+    assert np.isfinite(loss), name
+    assert all(np.isfinite(v) for v in aux.values()), name
+    for g in grads:
+      assert np.all(np.isfinite(g)), name
+
+
+def test_finite_gradients_n_less_than_k_logdet(rng):
+  grad = jax.jit(jax.grad(lambda a, b: obj.information_loss(a, b)[0], argnums=(0, 1)))
+  z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 4, 64))
+  # Random (rank n - 1 covariance) and rank-one batches, n < k.
+  low_rank = jnp.outer(jnp.arange(4.0), jnp.ones(64))
+  for a, b in [(z_a, z_b), (low_rank, low_rank + 0.1)]:
+    assert all(np.all(np.isfinite(x)) for x in grad(a, b))
+
+
+# ---------------------------------------------------------------------------------
+# Invariances.
+
+
+@pytest.mark.parametrize("name", ["vicreg", "vicreg_paper", "simclr", "barlow_twins",
+                                  "information", "vicreg+pairdist", "byol",
+                                  "byol+logdet", "byol+pairdist"])
+def test_row_permutation_invariance(name, rng, x64):
+  o = obj.get_objective(name)
+  perm = rng.permutation(8)
+  if o.kind == "pair":
+    args = _views(rng, 8, 4)
+  else:
+    args = tuple(rng.normal(size=(8, 4)) for _ in range(6))
+  loss, aux = o.fn(*args)
+  loss_p, aux_p = o.fn(*(x[perm] for x in args))
+  np.testing.assert_allclose(loss_p, loss, rtol=1e-10)
+  for key in aux:
+    np.testing.assert_allclose(aux_p[key], aux[key], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vicreg", "vicreg_paper", "simclr", "barlow_twins",
+                                  "information", "vicreg+pairdist"])
+def test_view_swap_symmetry(name, rng, x64):
+  o = obj.get_objective(name)
+  z_a, z_b = _views(rng, 8, 4)
+  np.testing.assert_allclose(o.fn(z_b, z_a)[0], o.fn(z_a, z_b)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["byol", "byol+logdet"])
+def test_byol_kind_view_swap_symmetry(name, rng, x64):
+  o = obj.get_objective(name)
+  p_a, p_b, t_a, t_b, z_a, z_b = (rng.normal(size=(8, 4)) for _ in range(6))
+  np.testing.assert_allclose(o.fn(p_b, p_a, t_b, t_a, z_b, z_a)[0],
+                             o.fn(p_a, p_b, t_a, t_b, z_a, z_b)[0], rtol=1e-10)
+
+
+def test_byol_loss_is_scale_free_and_asymmetric_in_gradient(rng, x64):
+  p_a, z_b = _views(rng, 8, 4)
+  np.testing.assert_allclose(obj.byol_loss(3.0 * p_a, 0.5 * z_b)[0],
+                             obj.byol_loss(p_a, z_b)[0], rtol=1e-12)
+
+
+def test_jit_equals_eager(rng):
+  z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 8, 4))
+  jitted = _all_objectives(z_a, z_b)
+  for name in CANONICAL:
+    o = obj.get_objective(name)
+    args = (z_a, z_b) if o.kind == "pair" else (z_a, z_b, z_b, z_a, z_a, z_b)
+    loss, aux = o.fn(*args)
+    np.testing.assert_allclose(jitted[name][0], loss, rtol=2e-5, atol=1e-5,
+                               err_msg=name)
+    assert set(jitted[name][1]) == set(aux)
+
+
+def test_sharded_equals_unsharded(rng):
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices")
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,))
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 8, 12))
+  sa, sb = jax.device_put(z_a, sharding), jax.device_put(z_b, sharding)
+  for name in ["vicreg", "simclr", "vicreg+logdet"]:
+    fn = jax.jit(obj.get_objective(name).fn)
+    np.testing.assert_allclose(fn(sa, sb)[0], fn(z_a, z_b)[0], rtol=1e-5,
+                               atol=1e-5, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------
+# Scale: what keeps the information family from running away.
+
+
+def test_logdet_family_has_finite_minimiser_in_scale(rng, x64):
+  z_a = rng.normal(size=(20, 4))
+  z_b = z_a + 0.05 * rng.normal(size=(20, 4))
+  c = np.exp(np.linspace(np.log(0.01), np.log(1e3), 60))
+  losses = np.array([float(obj.information_loss(s * z_a, s * z_b)[0]) for s in c])
+  best = int(np.argmin(losses))
+  assert 0 < best < len(c) - 1
+  # Closed form of the same curve: 25 c^2 mse - 1/2 sum log(1 + c^2 lambda_i), mean
+  # over the branches, lambda the eigenvalues of the unbiased covariance.
+  mse = np.mean((z_a - z_b) ** 2)
+  lam = [np.linalg.eigvalsh(np.cov(z.T)) for z in (z_a, z_b)]
+  closed = [25 * s**2 * mse - 0.25 * sum(np.sum(np.log1p(s**2 * l)) for l in lam)
+            for s in c]
+  np.testing.assert_allclose(losses, closed, rtol=1e-8, atol=1e-8)
+
+
+def test_pairwise_entropy_is_bounded_by_log_n(rng, x64):
+  # Far-separated rows: the estimate reaches H(Z|n) + log n and cannot grow further.
+  n, k = 10, 3
+  z_a, z_b = _views(rng, n, k)
+  for entropy in ["pairwise_kl", "pairwise_bhattacharyya"]:
+    _, aux = obj.information_loss(1e4 * z_a, 1e4 * z_b, entropy=entropy)
+    h_comp = 0.5 * k * np.log(2 * np.pi * np.e * k)
+    np.testing.assert_allclose(aux["entropy_a"], h_comp + np.log(n), rtol=1e-10)
+
+
+def test_normalize_makes_entropy_scale_free(rng, x64):
+  z_a, z_b = _views(rng, 8, 4)
+  for entropy in obj.ENTROPY_ESTIMATORS:
+    _, aux1 = obj.information_loss(z_a, z_b, entropy=entropy, normalize=True)
+    _, aux2 = obj.information_loss(50 * z_a, 50 * z_b, entropy=entropy,
+                                   normalize=True)
+    np.testing.assert_allclose(aux2["entropy"], aux1["entropy"], rtol=1e-10)
+
+
+def test_low_precision_inputs_are_upcast(rng):
+  z_a, z_b = (jnp.asarray(z, jnp.bfloat16) for z in _views(rng, 8, 4))
+  loss, aux = obj.vicreg_loss(z_a, z_b)
+  assert loss.dtype == jnp.float32
+  want = obj.vicreg_loss(z_a.astype(jnp.float32), z_b.astype(jnp.float32))[0]
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Bad input.
+
+ALL_PAIR = [obj.vicreg_loss, obj.vicreg_paper_loss, obj.infonce_loss,
+            obj.barlow_twins_loss, obj.byol_loss, obj.information_loss]
+
+
+@pytest.mark.parametrize("fn", ALL_PAIR, ids=lambda f: f.__name__)
+def test_bad_input(fn):
+  ok = jnp.ones((4, 3))
+  with pytest.raises(ValueError, match=r"\[n, k\].*\(12,\)"):
+    fn(jnp.ones(12), jnp.ones(12))
+  with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 5\)"):
+    fn(ok, jnp.ones((4, 5)))
+  with pytest.raises(ValueError, match=r"n=1.*\(1, 3\)"):
+    fn(jnp.ones((1, 3)), jnp.ones((1, 3)))
+  with pytest.raises(TypeError, match="int32"):
+    fn(jnp.ones((4, 3), jnp.int32), ok)
+
+
+def test_bad_options():
+  z = jnp.ones((4, 3))
+  with pytest.raises(ValueError, match="entropy.*logdet"):
+    obj.information_loss(z, z, entropy="knn")
+  with pytest.raises(ValueError, match="invariance.*mse"):
+    obj.information_loss(z, z, invariance="l1")
+  with pytest.raises(ValueError, match="temperature"):
+    obj.infonce_loss(z, z, temperature=0.0)
+  with pytest.raises(ValueError, match="pairwise_variance"):
+    obj.information_loss(z, z, entropy="pairwise_kl", pairwise_variance=-1.0)
+  with pytest.raises(ValueError, match=r"z_a.*\(5, 3\).*p_a.*\(4, 3\)"):
+    obj.byol_information_loss(z, z, z, z, jnp.ones((5, 3)), jnp.ones((5, 3)))
+  with pytest.raises(ValueError, match=r"p_b.*\(4, 3\).*t_a.*\(4, 2\)"):
+    obj.byol_pair_loss(z, z, jnp.ones((4, 2)), z)
+
+
+# ---------------------------------------------------------------------------------
+# Registry.
+
+
+def test_registry_round_trip_and_kinds(rng):
+  names = obj.list_objectives()
+  for required in ["vicreg", "vicreg_paper", "simclr", "infonce", "barlow_twins",
+                   "barlow", "byol", "information", "vicreg+logdet",
+                   "vicreg+pairdist", "byol+logdet", "byol+pairdist"]:
+    assert required in names
+  z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 8, 4))
+  for name in names:
+    o = obj.get_objective(name)
+    assert isinstance(o, obj.Objective)
+    assert o.kind in ("pair", "byol")
+    again = obj.get_objective(o.name, **o.fn.keywords)
+    assert again.name == o.name and again.kind == o.kind
+    args = (z_a, z_b) if o.kind == "pair" else (z_a, z_b, z_b, z_a, z_a, z_b)
+    np.testing.assert_array_equal(again.fn(*args)[0], o.fn(*args)[0])
+  assert obj.get_objective("infonce").name == "simclr"
+  assert obj.get_objective("barlow").name == "barlow_twins"
+  kinds = {n: obj.get_objective(n).kind for n in names}
+  assert {n for n, k in kinds.items() if k == "byol"} == {
+      "byol", "byol+logdet", "byol+pairdist"}
+
+
+def test_registry_presets_and_overrides(rng):
+  z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 8, 4))
+  o = obj.get_objective("vicreg", sim_coeff=1.0, gamma=2.0)
+  np.testing.assert_array_equal(
+      o.fn(z_a, z_b)[0], obj.vicreg_loss(z_a, z_b, sim_coeff=1.0, gamma=2.0)[0])
+  o = obj.get_objective("vicreg+pairdist", entropy="pairwise_kl")
+  np.testing.assert_array_equal(
+      o.fn(z_a, z_b)[0], obj.information_loss(z_a, z_b, entropy="pairwise_kl")[0])
+  assert obj.get_objective("vicreg+logdet").fn.keywords["entropy"] == "logdet"
+  assert obj.get_objective("byol+pairdist").fn.keywords["entropy"].startswith(
+      "pairwise")
+
+
+def test_registry_errors():
+  with pytest.raises(ValueError, match="unknown objective 'vicregg'.*vicreg"):
+    obj.get_objective("vicregg")
+  with pytest.raises(ValueError, match="temprature.*temperature"):
+    obj.get_objective("simclr", temprature=0.2)
+  with pytest.raises(ValueError, match="entropy.*logdet"):
+    obj.get_objective("vicreg+logdet", entropy="knn")
