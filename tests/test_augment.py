@@ -133,19 +133,27 @@ FULL = aug.AugmentConfig(
     blur_prob=0.5, blur_sigma=(0.3, 1.5), blur_kernel_size=3, solarize_prob=0.4)
 
 
-@pytest.mark.parametrize("order", ["random", "fixed"])
-def test_full_pipeline_matches_reference_given_the_drawn_parameters(rng, order):
-  cfg = dataclasses.replace(FULL, jitter_order=order)
+@jax.jit
+def _full_views(key, x):
+  """FULL's drawn parameters and views, one compilation shared by several tests."""
+  params = aug.sample_params(key, FULL, batch_size=x.shape[0],
+                             image_shape=x.shape[1:])
+  return params, aug.augment_batch(key, x, FULL)
+
+
+def test_full_pipeline_matches_reference_given_the_drawn_parameters(rng):
   x = _rgb(rng, n=8)
-  params = aug.sample_params(KEY, cfg, batch_size=8, image_shape=x.shape[1:])
-  out = jax.jit(aug.apply_params, static_argnums=2)(x, params, cfg)
+  params, out = _full_views(KEY, x)
   assert out.shape == (8, 9, 8, 3) and out.dtype == jnp.float32
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   for i in range(8):
     p = _np_params(params, i)
     expect = ref.pipeline(x[i] / 255.0, p, out_size=(9, 8), kernel_size=3)
     np.testing.assert_allclose(out[i], expect, atol=5e-5, err_msg=str(p))
-  # augment_batch is exactly apply_params(sample_params(key))
-  np.testing.assert_allclose(aug.augment_batch(KEY, x, cfg), out, atol=1e-6)
+  # determinism per key; another key (the step folded in) gives other views
+  np.testing.assert_array_equal(_full_views(KEY, x)[1], out)
+  other = _full_views(jax.random.fold_in(KEY, 1), x)[1]
+  assert not np.allclose(other, out)
 
 
 def test_grayscale_pipeline_matches_reference(rng):
@@ -162,41 +170,31 @@ def test_grayscale_pipeline_matches_reference(rng):
         atol=2e-5)
 
 
-def test_jit_equals_eager_and_determinism_per_key(rng):
-  cfg_a, cfg_b = aug.preset("vicreg", image_size=8)
-  x = _rgb(rng, n=3, h=8, w=8)
-  fn = jax.jit(aug.two_views, static_argnums=(2, 3))
-  a, b = fn(KEY, x, cfg_a, cfg_b)
-  a2, b2 = fn(KEY, x, cfg_a, cfg_b)
-  np.testing.assert_array_equal(a, a2)
-  np.testing.assert_array_equal(b, b2)
-  ea, eb = aug.two_views(KEY, x, cfg_a, cfg_b)
-  np.testing.assert_allclose(a, ea, atol=1e-5)
-  np.testing.assert_allclose(b, eb, atol=1e-5)
+# Cheap to compile (no crop): used for jit = eager and the key structure.
+CHEAP = aug.AugmentConfig(flip_prob=0.5, grayscale_prob=0.5, solarize_prob=0.5)
+
+
+def test_jit_equals_eager_and_per_sample_keys(rng):
+  x = _rgb(rng, n=6, h=5, w=4)
+  two = jax.jit(aug.two_views, static_argnums=(2, 3))
+  a, b = two(KEY, x, CHEAP, CHEAP)
+  ea, eb = aug.two_views(KEY, x, CHEAP, CHEAP)
+  np.testing.assert_allclose(a, ea, atol=1e-6)
+  np.testing.assert_allclose(b, eb, atol=1e-6)
   assert not np.allclose(a, b)
+  # uint8 and float inputs give the same views
+  np.testing.assert_allclose(two(KEY, x.astype(np.float32) / 255, CHEAP, CHEAP)[0],
+                             a, atol=1e-6)
   # the two views are augment_batch with the halves of split(key)
   k_a, k_b = jax.random.split(KEY)
-  np.testing.assert_allclose(
-      jax.jit(aug.augment_batch, static_argnums=2)(k_b, x, cfg_b), b, atol=1e-6)
-  # per-sample keys: sample i depends only on split(key, n)[i] and image i
-  c, _ = fn(jax.random.fold_in(KEY, 1), x, cfg_a, cfg_b)
-  assert not np.allclose(a, c)
-  keys = jax.random.split(k_a, 3)
-  p1 = aug._sample_one(keys[1], cfg_a, 8, 8)
-  one = aug.apply_params(x[1:2], jax.tree_util.tree_map(lambda v: v[None], p1),
-                         cfg_a)
-  np.testing.assert_allclose(one[0], a[1], atol=1e-5)
-
-
-def test_uint8_and_float_inputs_agree_and_outputs_stay_in_unit_range(rng):
-  cfg = dataclasses.replace(FULL, image_size=None)
-  x = _rgb(rng, n=4)
-  fn = jax.jit(aug.augment_batch, static_argnums=2)
-  a = fn(KEY, x, cfg)
-  b = fn(KEY, x.astype(np.float32) / 255, cfg)
-  np.testing.assert_allclose(a, b, atol=1e-6)
-  assert a.shape == x.shape
-  assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+  np.testing.assert_allclose(aug.augment_batch(k_b, x, CHEAP), b, atol=1e-6)
+  # sample i depends only on split(key, n)[i] and image i
+  keys = jax.random.split(k_a, 6)
+  for i in (1, 4):
+    p = aug._sample_one(keys[i], CHEAP, 5, 4)
+    one = aug.apply_params(x[i:i + 1], jax.tree_util.tree_map(lambda v: v[None], p),
+                           CHEAP)
+    np.testing.assert_allclose(one[0], a[i], atol=1e-6)
 
 
 def test_sampled_parameters_have_the_configured_distribution():
@@ -215,6 +213,9 @@ def test_sampled_parameters_have_the_configured_distribution():
   assert sig.min() >= 0.3 and sig.max() <= 1.5
   np.testing.assert_array_equal(np.sort(params["order"], axis=1),
                                 np.tile(np.arange(4), (n, 1)))
+  fixed = dataclasses.replace(FULL, jitter_order="fixed")
+  order = aug.sample_params(KEY, fixed, batch_size=3, image_shape=(20, 30, 3))["order"]
+  np.testing.assert_array_equal(order, np.tile(np.arange(4), (3, 1)))
   # all 24 orders occur, about equally often
   codes = np.asarray(params["order"]) @ np.array([64, 16, 4, 1])
   assert len(np.unique(codes)) == 24

@@ -41,6 +41,25 @@ def _resnet_param_count(stage_sizes, bottleneck, cifar_stem, in_ch=3):
   return total
 
 
+def _random_variables(model, x_shape, seed=0, scale=0.3):
+  """Variables of the model's shapes filled by NumPy (no init graph to compile)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(
+      lambda k: models.init_variables(model, k, jnp.zeros(x_shape)), KEY)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'var'" in name or "'scale'" in name:
+      return jnp.asarray(1.0 + 0.1 * rng.random(leaf.shape), jnp.float32)
+    return jnp.asarray(scale * rng.standard_normal(leaf.shape), jnp.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _apply(model, variables, x, **kwargs):
+  """``model.apply`` under jit (one compilation beats op-by-op dispatch here)."""
+  return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+
+
 def _shape_params(model, x_shape):
   shapes = jax.eval_shape(
       lambda k: models.init_variables(model, k, jnp.zeros(x_shape)), KEY)
@@ -107,28 +126,30 @@ def test_shapes_and_dtypes_train_and_eval(backbone, kwargs, rep_dim):
   model = models.build_model(backbone, backbone_kwargs=kwargs, projector=(32, 8),
                              predictor=(16, 8))
   x = _images(3)
-  variables = models.init_variables(model, KEY, x)
-  for leaf in jax.tree_util.tree_leaves(variables):
-    assert leaf.dtype == jnp.float32
-  out = model.apply(variables, x, train=False)
+  variables = _random_variables(model, x.shape)
+  out = _apply(model, variables, x, train=False)
   assert set(out) == {"rep", "proj", "pred"}
   assert out["rep"].shape == (3, rep_dim)
   assert out["proj"].shape == (3, 8) and out["pred"].shape == (3, 8)
-  out_t, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  out_t, state = _apply(model, variables, x, train=True, mutable=["batch_stats"])
   for k in out:
     assert out_t[k].shape == out[k].shape and out_t[k].dtype == jnp.float32
+    assert out[k].dtype == jnp.float32
     assert np.all(np.isfinite(out_t[k]))
   assert jax.tree_util.tree_structure(state["batch_stats"]) == (
       jax.tree_util.tree_structure(variables["batch_stats"]))
 
 
+# One small conv model shared by several tests (its compiled initialiser is cached).
+SMALL = dict(backbone_kwargs={"channels": (4, 8)}, projector=(16, 8))
+
+
 def test_batchnorm_updates_statistics_in_train_mode_only():
-  model = models.build_model("convnet", backbone_kwargs={"channels": (4, 8)},
-                             projector=(16, 8))
+  model = models.build_model("convnet", **SMALL)
   x = _images(4)
   variables = models.init_variables(model, KEY, x)
-  _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  _, state_eval = model.apply(variables, x, train=False, mutable=["batch_stats"])
+  _, state = _apply(model, variables, x, train=True, mutable=["batch_stats"])
+  _, state_eval = _apply(model, variables, x, train=False, mutable=["batch_stats"])
   before = jax.tree_util.tree_leaves(variables["batch_stats"])
   for a, b in zip(before, jax.tree_util.tree_leaves(state["batch_stats"])):
     assert not np.allclose(a, b)
@@ -136,17 +157,16 @@ def test_batchnorm_updates_statistics_in_train_mode_only():
     np.testing.assert_array_equal(a, b)
   # train-mode BN normalises with batch statistics: the first stage's BN output
   # has zero mean per channel, which the running statistics (0, 1) do not give.
-  _, pre = model.apply(variables, x, train=True,
-                       mutable=["batch_stats", "preactivations"])
+  _, pre = _apply(model, variables, x, train=True,
+                  mutable=["batch_stats", "preactivations"])
   h = np.asarray(pre["preactivations"]["backbone"]["relu0"][0])
   np.testing.assert_allclose(h.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(h.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
 
 
 def test_init_is_deterministic_per_key():
-  model = models.build_model("convnet", backbone_kwargs={"channels": (4, 8)},
-                             projector="simclr")
-  x = _images(2)
+  model = models.build_model("convnet", **SMALL)
+  x = _images(4)
   a = models.init_variables(model, KEY, x)
   b = models.init_variables(model, KEY, x)
   c = models.init_variables(model, jax.random.key(1), x)
@@ -157,33 +177,32 @@ def test_init_is_deterministic_per_key():
 
 
 def test_bf16_compute_keeps_float32_params_and_outputs():
-  kwargs = dict(backbone_kwargs={"channels": (4, 8)}, projector=(16, 8))
-  m32 = models.build_model("convnet", **kwargs)
-  m16 = models.build_model("convnet", dtype=jnp.bfloat16, **kwargs)
+  m32 = models.build_model("convnet", **SMALL)
+  m16 = models.build_model("convnet", dtype=jnp.bfloat16, **SMALL)
   x = _images(4)
   v32 = models.init_variables(m32, KEY, x)
   v16 = models.init_variables(m16, KEY, x)
   for u, w in zip(jax.tree_util.tree_leaves(v32), jax.tree_util.tree_leaves(v16)):
     assert w.dtype == jnp.float32
     np.testing.assert_array_equal(u, w)
-  o32, s32 = m32.apply(v32, x, train=True, mutable=["batch_stats"])
-  o16, s16 = m16.apply(v16, x, train=True, mutable=["batch_stats"])
+  o32, s32 = _apply(m32, v32, x, train=True, mutable=["batch_stats"])
+  o16, s16 = _apply(m16, v16, x, train=True, mutable=["batch_stats"])
   for leaf in jax.tree_util.tree_leaves(s16):
     assert leaf.dtype == jnp.float32
   assert o16["proj"].dtype == jnp.float32
   # bf16 has 8 mantissa bits: agreement to a few per cent, not more.
   np.testing.assert_allclose(o16["proj"], o32["proj"], atol=0.1, rtol=0.05)
   assert not np.array_equal(o16["proj"], o32["proj"])  # bf16 really was used
-  _, pre = m16.apply(v16, x, train=False, mutable=["preactivations"])
+  _, pre = _apply(m16, v16, x, train=False, mutable=["preactivations"])
   assert pre["preactivations"]["backbone"]["relu0"][0].dtype == jnp.bfloat16
 
 
 def test_resnet18_forward_once_train_mode():
   model = models.build_model("resnet18", projector=(32, 16))
   x = _images(2, 8, 8, 3)
-  variables = models.init_variables(model, KEY, x)
-  out, state = model.apply(variables, x, train=True,
-                           mutable=["batch_stats", "preactivations"])
+  variables = _random_variables(model, x.shape, scale=0.05)
+  out, state = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats", "preactivations"]))(variables, x)
   assert out["rep"].shape == (2, 512) and out["proj"].shape == (2, 16)
   assert np.all(np.isfinite(out["proj"]))
   pre = models._flatten_sown(state["preactivations"])
@@ -195,7 +214,8 @@ def test_resnet18_forward_once_train_mode():
   np.testing.assert_allclose(
       out["rep"], np.maximum(pre["backbone/layer4_1/relu_out"], 0).mean((1, 2)),
       rtol=1e-5, atol=1e-6)
-  assert not np.allclose(state["batch_stats"]["backbone"]["stem_bn"]["mean"], 0)
+  assert not np.allclose(state["batch_stats"]["backbone"]["stem_bn"]["mean"],
+                         variables["batch_stats"]["backbone"]["stem_bn"]["mean"])
 
 
 def test_resnet_imagenet_stem_shapes_and_maxpool_record():
@@ -239,7 +259,7 @@ def test_preactivation_masks_reproduce_mlp_output(activation):
       "mlp", backbone_kwargs={"widths": (16, 12, 5), "activation": activation},
       projector=None)
   x = _images(3, 4, 2, 1)
-  variables = models.init_variables(model, KEY, x)
+  variables = _random_variables(model, x.shape, scale=0.5)
   fn = jax.jit(models.preactivation_fn(model, variables))
   single = models.single_input_fn(model, variables)
   batched = models.make_apply_fn(model)(variables, x)
@@ -265,13 +285,13 @@ def test_preactivation_output_selection_includes_heads():
   model = models.build_model("mlp", backbone_kwargs={"widths": (8, 6)},
                              projector=(10, 4), predictor=(7, 4))
   x = _images(2, 3, 3, 1)
-  variables = models.init_variables(model, KEY, x)
+  variables = _random_variables(model, x.shape)
   z, pre = models.preactivation_fn(model, variables, output="rep")(x[0])
   assert z.shape == (6,) and sorted(pre) == ["backbone/relu0"]
   z, pre = models.preactivation_fn(model, variables, output="pred")(x[0])
   assert z.shape == (4,)
   assert sorted(pre) == ["backbone/relu0", "predictor/relu0", "projector/relu0"]
-  full = model.apply(variables, x, train=False)
+  full = _apply(model, variables, x, train=False)
   np.testing.assert_allclose(z, full["pred"][0], rtol=1e-5, atol=1e-6)
 
 
@@ -292,7 +312,7 @@ def test_convnet_preactivations_and_maxpool_argmax():
       "convnet", backbone_kwargs={"channels": (3, 4, 5), "pool": "max"},
       projector=None)
   x = _images(2, 13, 14, 1)  # odd sizes: pooling drops the last row
-  variables = models.init_variables(model, KEY, x)
+  variables = _random_variables(model, x.shape)
   z, pre = jax.jit(models.preactivation_fn(model, variables))(x[1])
   assert pre["backbone/maxpool0"].dtype == jnp.int32
   assert pre["backbone/maxpool0"].shape == (6, 7, 3)
@@ -312,7 +332,7 @@ def test_recording_is_free_when_not_mutable():
                                                          "pool": "max"},
                              projector=None)
   x = _images(2, 8, 8, 1)
-  variables = models.init_variables(model, KEY, x)
+  variables = _random_variables(model, x.shape)
   apply_fn = models.make_apply_fn(model)
   assert "argmax" not in str(jax.make_jaxpr(apply_fn)(variables, x))
   fn = models.preactivation_fn(model, variables)
@@ -320,9 +340,8 @@ def test_recording_is_free_when_not_mutable():
 
 
 def test_apply_fn_jit_equals_eager_and_matches_call():
-  model = models.build_model("convnet", backbone_kwargs={"channels": (4, 8)},
-                             projector=(16, 8))
-  x = _images(3)
+  model = models.build_model("convnet", **SMALL)
+  x = _images(4)
   variables = models.init_variables(model, KEY, x)
   for output in ("rep", "proj"):
     fn = models.make_apply_fn(model, output)
