@@ -220,8 +220,17 @@ def uninterrupted(digits):
   return _flat(train.fit(model=tiny_model(), dataset=digits, **FIT_KWARGS).state.params)
 
 
+@pytest.fixture
+def fast_compile():
+  """Fewer XLA optimisation passes: these tests check that fit runs, not speed."""
+  previous = jax.config.jax_disable_most_optimizations
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.mark.parametrize("name", CANONICAL)
-def test_fit_smoke_every_objective(name, digits):
+def test_fit_smoke_every_objective(name, digits, fast_compile):
   res = train.fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
                   num_steps=3, log_every=3, progress=False, seed=0)
   assert res.step == 3 and res.resumed_from is None
