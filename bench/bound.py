@@ -11,7 +11,7 @@ VmHWM, reset after the data are built). Peers, in the same run on the same machi
 - ``numpy-gram``: NumPy, the same algorithm as sslit (Gram matrix, eigh, one
   refinement step), float32;
 - ``scipy-lstsq``: the obvious SciPy route, ``scipy.linalg.lstsq`` (QR with pivoting,
-  ``gelsy``) for both fits, float32.
+  ``gelsy``, same singular-value cut-off ``cond``) for both fits, float32.
 
 JAX is timed on its first call (compilation included, outside the memory window) and
 on the following calls (best reported).
@@ -65,9 +65,11 @@ def numpy_bound(z_u_a, z_u_b, z_s, y_s, z_t, y_t, y_u, *, delta=0.05, solver):
   eps = np.finfo(np.float32).eps
 
   def fit(z, y):
-    if solver == "scipy-lstsq":
-      return scipy.linalg.lstsq(z, y, lapack_driver="gelsy", check_finite=False)[0]
+    # The same singular-value cut-off as sslit's default (a pseudo-inverse).
     rcond = max(max(z.shape) * eps, 10 * np.sqrt(eps))
+    if solver == "scipy-lstsq":
+      return scipy.linalg.lstsq(z, y, cond=rcond, lapack_driver="gelsy",
+                                check_finite=False)[0]
     lam, vec = np.linalg.eigh(z.T @ z)
     keep = lam > rcond**2 * lam.max()
     inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0).astype(np.float32)
@@ -155,6 +157,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed JAX calls after the first")
   parser.add_argument("--peer_repeats", type=int, default=None)
+  parser.add_argument("--impls", default=",".join(IMPLS),
+                      help=f"comma-separated subset of {IMPLS}")
   args = parser.parse_args()
   sizes = (dict(m=5_000, n=5_000, n_t=2_000, k=256, c=10, repeats=3, peer_repeats=3)
            if args.quick else
@@ -170,7 +174,7 @@ def main():
         f"float32; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
         f"load average {os.getloadavg()[0]:.1f}")
   results = {}
-  for impl in IMPLS:
+  for impl in args.impls.split(","):
     cmd = [sys.executable, __file__, "--child", impl] + [
         f"--{k}={getattr(args, k)}"
         for k in ("m", "n", "n_t", "k", "c", "repeats", "peer_repeats")]
