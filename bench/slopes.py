@@ -12,15 +12,19 @@ weights in both frameworks), slopes of a batch of B inputs ``[B, 512, 784]``:
   torch:jacrev/jacfwd    torch.func.vmap(torch.func.jacrev / jacfwd)(f)(x), 2 threads
   torch:masked           the same masked-weight product written in torch
 
-Each mode runs in its own subprocess (so peak memory is its own): one warm-up call
-(compilation), then R timed calls. Reported: ms per sample (best of R), samples/s,
+All modes are built in one process, warmed up (compilation), then timed in R
+interleaved rounds (every mode once per round, so a shared machine's load drifts
+over all modes alike). Peak memory is measured separately, one subprocess per mode
+(peak RSS of its first call above the state before it). Reported: ms per sample
+(best of R), samples/s,
 GFLOP/s counted on the masked chain's flops (the least work that gives the exact
 slopes), the fraction of the float32 matmul peak measured in the same run, and the
 peak resident memory above the process's state before the warm-up. Every mode's
-slopes are checked against jax:masked on the same inputs.
+slopes are checked against jax:masked on the same inputs (max |ΔA|).
 
 ``--resnet`` adds ResNet-18 (CIFAR stem, eval-mode BN, 512-d representation,
-``sslit.models``), JAX modes only (no torch port of the Flax weights).
+``sslit.models``), reverse mode (``--resnet-fwd``: forward mode too), JAX only: the
+torch peer on identical weights needs a port of the Flax parameters (not written).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -71,19 +74,8 @@ def peak_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_timed(call, reps):
-  t0 = time.perf_counter()
-  out = call()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    out = call()
-    times.append(time.perf_counter() - t0)
-  return out, compile_s, times
-
-
-def worker_jax(mode, batch, reps, dump):
+def build_jax(mode, batch):
+  """A no-argument callable computing the slopes (blocking) for one JAX mode."""
   import jax
   import jax.numpy as jnp
   from sslit import cpa
@@ -101,23 +93,17 @@ def worker_jax(mode, batch, reps, dump):
   if mode.startswith("jax:masked"):
     cap = float(mode.split("-")[1]) if "-" in mode else None
     f = jax.jit(lambda layers, x: cpa.mlp_jacobian(layers, x, capacity=cap))
-    call = lambda: f(layers, x).block_until_ready()
-  elif mode == "jax:matmul":
+    return lambda: np.asarray(f(layers, x).block_until_ready()[:2])
+  if mode == "jax:matmul":
     a = jnp.asarray(np.random.default_rng(2).standard_normal((4096, 1024)), jnp.float32)
     b = jnp.asarray(np.random.default_rng(3).standard_normal((1024, 1024)), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
-    call = lambda: f(a, b).block_until_ready()
-  else:
-    f = jax.jit(lambda x: cpa.jacobian(fn, x, mode=mode.split(":")[1]))
-    call = lambda: f(x).block_until_ready()
-  before = rss_mb()
-  out, compile_s, times = run_timed(call, reps)
-  if dump and mode != "jax:matmul":
-    np.save(dump, np.asarray(out[:2]))
-  return compile_s, times, peak_mb() - before
+    return lambda: (f(a, b).block_until_ready(), None)[1]
+  f = jax.jit(lambda x: cpa.jacobian(fn, x, mode=mode.split(":")[1]))
+  return lambda: np.asarray(f(x).block_until_ready()[:2])
 
 
-def worker_torch(mode, batch, reps, dump):
+def build_torch(mode, batch):
   import torch
   torch.set_num_threads(2)
   layers = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in weights()]
@@ -136,8 +122,8 @@ def worker_torch(mode, batch, reps, dump):
         np.float32))
     b = torch.from_numpy(np.random.default_rng(3).standard_normal((1024, 1024)).astype(
         np.float32))
-    call = lambda: a @ b
-  elif mode == "torch:masked":
+    return lambda: (a @ b, None)[1]
+  if mode == "torch:masked":
     (w1, b1), (w2, b2), (w3, _) = layers
 
     def call():
@@ -149,23 +135,20 @@ def worker_torch(mode, batch, reps, dump):
         mid = (left.reshape(-1, w2.shape[1]) @ w2.T).reshape(x.shape[0], -1,
                                                              w2.shape[0])
         mid = mid * m1[:, None, :]
-        return (mid.reshape(-1, w1.shape[1]) @ w1.T).reshape(x.shape[0], -1,
-                                                             w1.shape[0])
-  else:
-    tf = torch.func.jacrev(fn) if mode == "torch:jacrev" else torch.func.jacfwd(fn)
-    vf = torch.func.vmap(tf)
+        out = (mid.reshape(-1, w1.shape[1]) @ w1.T).reshape(x.shape[0], -1,
+                                                            w1.shape[0])
+      return out[:2].numpy()
+    return call
+  tf = torch.func.jacrev(fn) if mode == "torch:jacrev" else torch.func.jacfwd(fn)
+  vf = torch.func.vmap(tf)
 
-    def call():
-      with torch.no_grad():
-        return vf(x)
-  before = rss_mb()
-  out, compile_s, times = run_timed(call, reps)
-  if dump and mode != "torch:matmul":
-    np.save(dump, out[:2].numpy())
-  return compile_s, times, peak_mb() - before
+  def call():
+    with torch.no_grad():
+      return vf(x)[:2].numpy()
+  return call
 
 
-def worker_resnet(mode, batch, reps, dump):
+def build_resnet(mode, batch):
   import jax
   import jax.numpy as jnp
   from sslit import cpa, models
@@ -180,19 +163,39 @@ def worker_resnet(mode, batch, reps, dump):
     return cpa.jacobian(fn, x, mode=mode.split(":")[1])
 
   f = jax.jit(slopes)
-  call = lambda: f(variables, x).block_until_ready()
+  return lambda: (f(variables, x).block_until_ready(), None)[1]
+
+
+BUILDERS = {"jax": build_jax, "torch": build_torch, "resnet": build_resnet}
+
+
+def memory_worker(mode, batch):
+  """Peak RSS (MB) of one (first) call above the state before it, in this process."""
+  call = BUILDERS[mode.split(":")[0]](mode, batch)
   before = rss_mb()
-  out, compile_s, times = run_timed(call, reps)
-  return compile_s, times, peak_mb() - before
+  t0 = time.perf_counter()
+  call()
+  first = time.perf_counter() - t0
+  return {"peak_mb": peak_mb() - before, "first_call_s": first}
 
 
-def spawn(mode, batch, reps, dump, env):
-  cmd = [sys.executable, __file__, "--worker", mode, "--batch", str(batch),
-         "--reps", str(reps), "--dump", dump]
+def spawn(mode, batch, env):
+  cmd = [sys.executable, __file__, "--worker", mode, "--batch", str(batch)]
   res = subprocess.run(cmd, capture_output=True, text=True, env=env)
   if res.returncode != 0:
     raise RuntimeError(f"{mode} failed:\n{res.stderr[-3000:]}")
   return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def round_robin(calls, reps):
+  """Best time per call over ``reps`` rounds, the modes interleaved in each round."""
+  best = {m: float("inf") for m in calls}
+  for _ in range(reps):
+    for m, call in calls.items():
+      t0 = time.perf_counter()
+      call()
+      best[m] = min(best[m], time.perf_counter() - t0)
+  return best
 
 
 def main():
@@ -200,68 +203,78 @@ def main():
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--batch", type=int, default=None)
   ap.add_argument("--reps", type=int, default=None)
+  ap.add_argument("--no-memory", action="store_true",
+                  help="skip the per-mode subprocesses that measure peak memory")
   ap.add_argument("--resnet", action="store_true")
-  ap.add_argument("--resnet-batch", type=int, default=2)
+  ap.add_argument("--resnet-batch", type=int, default=1)
+  ap.add_argument("--resnet-fwd", action="store_true",
+                  help="also forward mode for ResNet-18 (d = 3072 tangents: slow)")
   ap.add_argument("--worker", default=None)
-  ap.add_argument("--dump", default="")
   args = ap.parse_args()
 
   if args.worker:
-    kind = args.worker.split(":")[0]
-    work = {"jax": worker_jax, "torch": worker_torch, "resnet": worker_resnet}[kind]
-    compile_s, times, peak = work(args.worker, args.batch, args.reps, args.dump)
-    print(json.dumps({"compile_s": compile_s, "times": times, "peak_mb": peak}))
+    print(json.dumps(memory_worker(args.worker, args.batch)))
     return
 
+  os.environ.pop("XLA_FLAGS", None)  # one CPU device over the machine's cores
+  os.environ["JAX_PLATFORMS"] = "cpu"
   batch = args.batch or (8 if args.quick else 64)
-  reps = args.reps or (2 if args.quick else 3)
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one CPU device: the machine's cores, no fake split
-  env["JAX_PLATFORMS"] = "cpu"
+  reps = args.reps or (3 if args.quick else 5)
   flops = chain_flops()
-  print(f"# MLP {'-'.join(map(str, SIZES))}, float32, batch {batch}, best of {reps}; "
-        f"masked-chain flops/sample = {flops / 1e9:.3f} GFLOP; cores = {os.cpu_count()}, "
-        f"load avg = {os.getloadavg()[0]:.1f}")
-  peaks = {}
-  for mode in ("jax:matmul", "torch:matmul"):
-    r = spawn(mode, batch, max(reps, 5), "", env)
-    peaks[mode] = 2 * 4096 * 1024 * 1024 / min(r["times"]) / 1e9
-    print(f"{mode:14s} float32 GEMM 4096x1024x1024: {peaks[mode]:7.1f} GFLOP/s")
+  print(f"# MLP {'-'.join(map(str, SIZES))}, float32, batch {batch}, best of {reps} "
+        f"interleaved rounds; masked-chain flops/sample = {flops / 1e9:.3f} GFLOP; "
+        f"cores = {os.cpu_count()}, load avg = {os.getloadavg()[0]:.1f}")
+  mem = {}
+  if not args.no_memory:
+    # First, while this process is small: a child's ru_maxrss starts from the
+    # parent's high-water mark (Linux keeps it across fork and exec).
+    env = dict(os.environ)
+    for m in JAX_MODES + TORCH_MODES:
+      mem[m] = spawn(m, batch, env)["peak_mb"]
+  modes = ("jax:matmul", "torch:matmul") + JAX_MODES + TORCH_MODES
+  calls = {m: BUILDERS[m.split(":")[0]](m, batch) for m in modes}
+  first, slopes = {}, {}
+  for m, call in calls.items():  # warm-up: compilation, first-call costs
+    t0 = time.perf_counter()
+    slopes[m] = call()
+    first[m] = time.perf_counter() - t0
+  best = round_robin(calls, reps)
+  gemm = 2 * 4096 * 1024 * 1024
+  peaks = {m: gemm / best[m] / 1e9 for m in ("jax:matmul", "torch:matmul")}
+  for m, p in peaks.items():
+    print(f"{m:14s} float32 GEMM 4096x1024x1024: {p:7.1f} GFLOP/s")
   peak = max(peaks.values())
-
-  rows = []
-  with tempfile.TemporaryDirectory() as tmp:
-    for mode in JAX_MODES + TORCH_MODES:
-      dump = os.path.join(tmp, mode.replace(":", "_") + ".npy")
-      r = spawn(mode, batch, reps, dump, env)
-      best = min(r["times"])
-      rows.append((mode, best / batch, r["compile_s"], r["peak_mb"], dump))
-    want = np.load(rows[0][4])
-    print(f"\n{'mode':14s} {'ms/sample':>10s} {'samples/s':>10s} {'GFLOP/s':>8s} "
-          f"{'% peak':>7s} {'1st call s':>10s} {'peak MB':>8s} {'max|ΔA|':>9s}")
-    for mode, sec, comp, mem, dump in rows:
-      err = float(np.max(np.abs(np.load(dump) - want)))
-      print(f"{mode:14s} {sec * 1e3:10.2f} {1 / sec:10.1f} {flops / sec / 1e9:8.1f} "
-            f"{100 * flops / sec / 1e9 / peak:6.1f}% {comp:10.2f} {mem:8.0f} {err:9.1e}")
-  t = {m: s for m, s, *_ in rows}
+  want = slopes["jax:masked"]
+  print(f"\n{'mode':14s} {'ms/sample':>10s} {'samples/s':>10s} {'GFLOP/s':>8s} "
+        f"{'% peak':>7s} {'1st call s':>10s} {'peak MB':>8s} {'max|ΔA|':>9s}")
+  for m in JAX_MODES + TORCH_MODES:
+    sec = best[m] / batch
+    err = float(np.max(np.abs(slopes[m] - want)))
+    print(f"{m:14s} {sec * 1e3:10.2f} {1 / sec:10.1f} {flops / sec / 1e9:8.1f} "
+          f"{100 * flops / sec / 1e9 / peak:6.1f}% {first[m]:10.2f} "
+          f"{mem.get(m, float('nan')):8.0f} {err:9.1e}")
+  t = best
   torch_best = min(t[m] for m in ("torch:jacrev", "torch:jacfwd"))
-  print(f"\nratios (time of peer / time of sslit; >1 means sslit is faster):")
-  print(f"  best torch.func mode / jax:masked-0.6 = "
-        f"{torch_best / t['jax:masked-0.6']:.2f}")
-  print(f"  best torch.func mode / jax:masked = {torch_best / t['jax:masked']:.2f}")
-  print(f"  best torch.func mode / jax:rev    = {torch_best / t['jax:rev']:.2f}")
-  print(f"  torch:jacfwd / jax:fwd            = {t['torch:jacfwd'] / t['jax:fwd']:.2f}")
-  print(f"  torch:masked / jax:masked         = {t['torch:masked'] / t['jax:masked']:.2f}")
-  print(f"  matmul peak used: {peak:.1f} GFLOP/s ({max(peaks, key=peaks.get)})")
+  print("\nratios (time of peer / time of sslit; >1 means sslit is faster):")
+  for m in ("jax:masked-0.6", "jax:masked", "jax:rev", "jax:fwd"):
+    print(f"  best torch.func mode / {m:15s} = {torch_best / t[m]:.2f}")
+  print(f"  torch:jacrev / jax:rev             = {t['torch:jacrev'] / t['jax:rev']:.2f}")
+  print(f"  torch:jacfwd / jax:fwd             = {t['torch:jacfwd'] / t['jax:fwd']:.2f}")
+  print(f"  torch:masked / jax:masked          = "
+        f"{t['torch:masked'] / t['jax:masked']:.2f}")
+  print(f"  matmul peak used: {peak:.1f} GFLOP/s ({max(peaks, key=peaks.get)}); "
+        f"load avg now {os.getloadavg()[0]:.1f}")
 
   if args.resnet:
     print("\n# ResNet-18 (CIFAR stem, 32x32x3 -> 512), float32, "
           f"batch {args.resnet_batch}, JAX only")
-    for mode in ("resnet:rev", "resnet:fwd"):
-      r = spawn(mode, args.resnet_batch, 1, "", env)
-      sec = min(r["times"]) / args.resnet_batch
-      print(f"{mode:14s} {sec * 1e3:10.1f} ms/sample  1st call {r['compile_s']:.1f} s  "
-            f"peak {r['peak_mb']:.0f} MB")
+    for m in ("resnet:rev",) + (("resnet:fwd",) if args.resnet_fwd else ()):
+      call = BUILDERS["resnet"](m, args.resnet_batch)
+      t0 = time.perf_counter()
+      call()
+      comp = time.perf_counter() - t0
+      sec = round_robin({m: call}, 1)[m] / args.resnet_batch
+      print(f"{m:14s} {sec * 1e3:10.1f} ms/sample  1st call {comp:.1f} s")
 
 
 if __name__ == "__main__":
