@@ -291,8 +291,9 @@ def rgb_to_grayscale(image: jax.Array) -> jax.Array:
   """Luma ``0.299 R + 0.587 G + 0.114 B`` of ``[..., 3]`` -> ``[..., 1]`` (C=1: as is)."""
   if image.shape[-1] == 1:
     return image
-  w = jnp.asarray(GRAY_WEIGHTS, image.dtype)
-  return jnp.sum(image * w, axis=-1, keepdims=True)
+  # Written with slices: XLA:CPU reduces a size-3 minor axis slowly.
+  return (GRAY_WEIGHTS[0] * image[..., 0:1] + GRAY_WEIGHTS[1] * image[..., 1:2]
+          + GRAY_WEIGHTS[2] * image[..., 2:3])
 
 
 def _blend(image: jax.Array, alpha: jax.Array, beta: jax.Array,
@@ -323,8 +324,8 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
 def adjust_hue(image: jax.Array, shift: jax.Array) -> jax.Array:
   """Rotate the HSV hue by ``shift`` turns: ``h -> (h + shift) mod 1`` (C=1: identity).
 
-  The HSV round trip of torchvision's ``adjust_hue``, written with ``V = max`` and
-  ``min`` kept, so only the channel assignment changes.
+  The HSV round trip of torchvision's ``adjust_hue`` (value and chroma are kept,
+  only the hue moves), written with elementwise arithmetic only.
   """
   if image.shape[-1] == 1:
     return image
@@ -333,22 +334,18 @@ def adjust_hue(image: jax.Array, shift: jax.Array) -> jax.Array:
   minc = jnp.minimum(jnp.minimum(r, g), b)
   delta = maxc - minc
   safe = jnp.where(delta > 0, delta, 1.0)
-  rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-  h = jnp.where(maxc == r, bc - gc,
-                jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-  h = jnp.where(delta > 0, h / 6.0, 0.0)
-  h = jnp.mod(h + shift, 1.0)
-  h6 = h * 6.0
-  sector = jnp.floor(h6)
-  f = h6 - sector
-  sector = jnp.mod(sector, 6.0).astype(jnp.int32)
-  v, p = maxc, minc
-  q = maxc - delta * f
-  t = minc + delta * f
-  choices = lambda *xs: jnp.choose(sector, xs, mode="clip")
-  out = jnp.stack([choices(v, q, p, p, t, v), choices(t, v, v, q, p, p),
-                   choices(p, p, t, v, v, q)], axis=-1)
-  return out
+  # Hue in sixths of a turn, in [-1, 5): sector offset + position inside the sector.
+  is_r, is_g = maxc == r, maxc == g
+  num = jnp.where(is_r, g - b, jnp.where(is_g, b - r, r - g))
+  h6 = jnp.where(is_r, 0.0, jnp.where(is_g, 2.0, 4.0)) + num / safe + 6.0 * shift
+
+  # HSV -> RGB without branches: channel n is V - V S clip(min(k, 4 - k), 0, 1) with
+  # k = (n + 6 h) mod 6, n = 5, 3, 1 for R, G, B; and V S = max - min.
+  def channel(n):
+    k = n + h6
+    k = k - 6.0 * jnp.floor(k / 6.0)
+    return maxc - delta * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+  return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
 
 
 def gaussian_kernel1d(sigma: jax.Array, size: int) -> jax.Array:
