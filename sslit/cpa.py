@@ -22,8 +22,9 @@ imports stay acyclic: it needs slopes (this module) and mixture-entropy estimato
 (``sslit.estimators``), which need nothing from here.
 
 This module imports only jax, numpy, scipy (host-side, for normality tests) and
-``sslit.estimators``; it knows nothing about devices: jitted calls on a batch-sharded
-``x`` give the single-device result.
+``sslit.estimators``. It knows nothing about devices: calls on a batch-sharded ``x``
+give the single-device result; ``jacobian`` and ``representation_information`` take
+an optional ``mesh`` only to run the per-sample work per device (``shard_map``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,14 @@ def _output_shape(fn: Callable, x: Any, name: str = "fn") -> tuple[int, ...]:
 
 
 def _is_tracing(tree: Any) -> bool:
-  return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tree))
+  """True inside a transformation (the caller's jit/vmap/grad) or for traced args."""
+  if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tree)):
+    return True
+  try:  # also catches fn closing over the caller's tracers while x is concrete
+    from jax._src import core as _core
+    return not _core.trace_state_clean()
+  except (ImportError, AttributeError):
+    return False
 
 
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict[str, Callable]]" = (
