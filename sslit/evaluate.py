@@ -1025,7 +1025,7 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
                  outputs: Sequence[str] | None = None,
                  mean: Array | None = None, std: Array | None = None,
                  batch_size: int = 512, delta: float = 0.05,
-                 bandwidth: float = 0.1, logdet_beta: float = 1.0,
+                 bandwidth: float = 0.5, logdet_beta: float = 1.0,
                  bound: bool = True, bound_kwargs: Mapping | None = None,
                  vicreg_kwargs: Mapping | None = None,
                  cpa_fn: Callable[[Variables], Callable] | None = None,
@@ -1046,11 +1046,16 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     is singular, e.g. ``n ≤ k``), ``entropy_logdet`` (``logdet_entropy``, β =
     ``logdet_beta``);
   * pairwise mixture bounds on an equal-weight mixture of isotropic Gaussians centred
-    on the clean embeddings with variance ``σ² = bandwidth² · mean_j Var(z_j)``
-    (the bandwidth is relative to the embedding's scale, so the estimate follows the
-    representation as it grows or shrinks): ``entropy_pairwise_kl`` (upper bound),
-    ``entropy_pairwise_bhattacharyya`` (lower bound), ``entropy_conditional``
-    (``H(Z|n)``) and ``pairwise_var`` (``σ²``);
+    on the clean embeddings with per-dimension variance ``σ² = bandwidth² · Σ_j
+    Var(z_j)`` (relative to the total variance: the estimate follows the
+    representation as it grows or shrinks, and the typical KL between components,
+    ``E‖z_i − z_j‖²/(2σ²) ≈ 1/bandwidth²``, does not grow with the dimension, so
+    the components neither all coincide nor all separate): ``entropy_pairwise_kl``
+    (upper bound), ``entropy_pairwise_bhattacharyya`` (lower bound),
+    ``entropy_conditional`` (``H(Z|n)``), ``mi_pairwise_kl`` /
+    ``mi_pairwise_bhattacharyya`` (the bounds minus ``H(Z|n)``: bounds on the
+    information the embedding keeps about the example, in ``[0, log n]``) and
+    ``pairwise_var`` (``σ²``);
   * ``vicreg/...``: ``objectives.vicreg_loss`` and its aux terms on the two views;
   * ``logdet_corr``: ``estimators.correlation_logdet`` (log det of the correlation
     matrix, whose second-order expansion VICReg's covariance term is);
@@ -1076,7 +1081,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     std: see ``mean``.
     batch_size: embedding batch size.
     delta: confidence of the bound.
-    bandwidth: relative mixture-component standard deviation (see above).
+    bandwidth: mixture-component standard deviation relative to the square root of
+      the total variance (see above).
     logdet_beta: β of the LogDet estimator.
     bound: record the bound terms.
     bound_kwargs: extra keyword arguments of ``generalization_bound``.
@@ -1132,16 +1138,20 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
   def stats(z):
     k = z.shape[1]
     var = jnp.var(z, axis=0, ddof=1)
-    sigma2 = bandwidth ** 2 * jnp.mean(var)
+    sigma2 = bandwidth ** 2 * jnp.sum(var)
+    h_cond = estimators.mixture_conditional_entropy(sigma2, k=k)
+    h_kl = estimators.pairwise_entropy(z, sigma2, distance="kl")
+    h_bhat = estimators.pairwise_entropy(z, sigma2, distance="bhattacharyya")
     return {
         "effective_rank": estimators.effective_rank(z),
         "std_mean": jnp.mean(jnp.sqrt(var)),
         "entropy_gaussian": estimators.gaussian_surrogate_entropy(z),
         "entropy_logdet": estimators.logdet_entropy(z, beta=logdet_beta),
-        "entropy_pairwise_kl": estimators.pairwise_entropy(z, sigma2, distance="kl"),
-        "entropy_pairwise_bhattacharyya": estimators.pairwise_entropy(
-            z, sigma2, distance="bhattacharyya"),
-        "entropy_conditional": estimators.mixture_conditional_entropy(sigma2, k=k),
+        "entropy_pairwise_kl": h_kl,
+        "entropy_pairwise_bhattacharyya": h_bhat,
+        "entropy_conditional": h_cond,
+        "mi_pairwise_kl": h_kl - h_cond,
+        "mi_pairwise_bhattacharyya": h_bhat - h_cond,
         "pairwise_var": sigma2,
         "logdet_corr": estimators.correlation_logdet(z),
     }

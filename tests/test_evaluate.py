@@ -303,11 +303,12 @@ def test_monitor_records_finite_quantities(rng):
   variables = {"w1": jnp.asarray(rng.normal(size=(16, 5)) / 4, jnp.float32),
                "w2": jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)}
   monitor = ev.make_monitor(_mlp_map, ds, num_examples=64, augment=_views,
-                            batch_size=16, bandwidth=0.1)
+                            batch_size=16, bandwidth=0.5)
   out = monitor(10, variables)
   expected = ["effective_rank", "std_mean", "entropy_gaussian", "entropy_logdet",
               "entropy_pairwise_kl", "entropy_pairwise_bhattacharyya",
-              "entropy_conditional", "pairwise_var", "logdet_corr", "vicreg/loss",
+              "entropy_conditional", "mi_pairwise_kl", "mi_pairwise_bhattacharyya",
+              "pairwise_var", "logdet_corr", "vicreg/loss",
               "vicreg/invariance", "vicreg/variance", "vicreg/covariance",
               "bound/bound", "bound/test_loss"]
   k = 5
@@ -321,6 +322,7 @@ def test_monitor_records_finite_quantities(rng):
     assert 1.0 <= out[p + "effective_rank"] <= k + 1e-4
     assert out[p + "entropy_conditional"] == pytest.approx(
         0.5 * k * math.log(2 * math.pi * math.e * out[p + "pairwise_var"]), rel=1e-4)
+    assert 0 <= out[p + "mi_pairwise_bhattacharyya"] <= out[p + "mi_pairwise_kl"]
     assert (out[p + "entropy_conditional"] - 1e-4 <=
             out[p + "entropy_pairwise_bhattacharyya"] <=
             out[p + "entropy_pairwise_kl"] + 1e-4 <=
