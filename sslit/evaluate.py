@@ -299,6 +299,10 @@ def extract_features(apply_fn: ApplyFn, variables: Variables, dataset: Any, *,
     mean, std = np.float32(0.0), np.float32(1.0)
   if output is None:
     output = "rep"
+  if sharding is not None and hasattr(sharding, "mesh"):
+    # Inputs split over the mesh: the variables must live on the same devices.
+    variables = jax.device_put(variables, jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec()))
   fn = functools.partial(_embed_batch, variables, mean=mean, std=std,
                          apply_fn=apply_fn, prep_fn=prep_fn, output=output)
   return _batched_apply(lambda images: fn(images), src, n, int(batch_size),
@@ -854,7 +858,8 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
                             temperature: float = 0.07,
                             max_train: int | None = None,
                             max_test: int | None = None,
-                            output: str | None = "rep") -> dict:
+                            output: str | None = "rep",
+                            sharding: jax.sharding.Sharding | None = None) -> dict:
   """Linear probe and kNN of a frozen network: the standard offline protocol.
 
   Features of both splits are extracted in eval mode with the *training* set's
@@ -874,6 +879,8 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
     max_train: use the first ``max_train`` training examples.
     max_test: use the first ``max_test`` test examples.
     output: which output of a dict-returning ``apply_fn``.
+    sharding: input-batch sharding for the extraction (see
+      :func:`extract_features`).
 
   Returns:
     ``{"linear_top1", "linear_train_top1", "linear_l2", "knn{k}_top1", ...,
@@ -883,10 +890,10 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
   mean, std = _source_stats(train_src, None, None)
   tr_x, tr_y = extract_features(apply_fn, variables, train_src, batch_size=batch_size,
                                 max_examples=max_train, mean=mean, std=std,
-                                output=output)
+                                output=output, sharding=sharding)
   te_x, te_y = extract_features(apply_fn, variables, test_data, batch_size=batch_size,
                                 max_examples=max_test, mean=mean, std=std,
-                                output=output)
+                                output=output, sharding=sharding)
   return evaluate_features(tr_x, tr_y, te_x, te_y,
                            num_classes=num_classes or _num_classes(train_src, tr_y),
                            l2=l2, steps=steps, ks=ks, temperature=temperature)
@@ -944,12 +951,14 @@ def make_probe_evaluator(apply_fn: ApplyFn, train_data: Any, test_data: Any, *,
                          linear_steps: int = 100, batch_size: int = 512,
                          num_classes: int | None = None, seed: int = 0,
                          output: str | None = "rep",
+                         sharding: jax.sharding.Sharding | None = None,
                          prefix: str = "probe/") -> Evaluator:
   """An evaluator ``(step, variables) -> {name: value}`` for a cheap probe.
 
   Fixed seeded subsets of ``num_train`` training and ``num_test`` test examples are
   loaded once; each call embeds them in eval mode (training-set statistics) and runs
   :func:`knn_evaluate` (and a short :func:`linear_probe` if ``linear``).
+  ``sharding`` is passed to :func:`extract_features`.
 
   Returns:
     ``evaluator(step, variables) -> {f"{prefix}knn{k}_top1": ..., [
@@ -966,9 +975,11 @@ def make_probe_evaluator(apply_fn: ApplyFn, train_data: Any, test_data: Any, *,
   def evaluator(step: int, variables: Variables) -> dict:
     del step
     tr_x, tr_y = extract_features(apply_fn, variables, tr, batch_size=batch_size,
-                                  mean=mean, std=std, output=output)
+                                  mean=mean, std=std, output=output,
+                                  sharding=sharding)
     te_x, te_y = extract_features(apply_fn, variables, te, batch_size=batch_size,
-                                  mean=mean, std=std, output=output)
+                                  mean=mean, std=std, output=output,
+                                  sharding=sharding)
     out = {}
     if ks:
       out.update(knn_evaluate(tr_x, tr_y, te_x, te_y, num_classes=nc, ks=ks,
