@@ -270,7 +270,10 @@ def resize_matrix(start: jax.Array, length: jax.Array, in_size: int,
 
 def _sandwich(ry: jax.Array, x: jax.Array, rx: jax.Array) -> jax.Array:
   """``ry @ x @ rxᵀ`` per channel: ``[p, h] x [h, w, c] x [q, w] -> [p, q, c]``."""
-  return jnp.einsum("ph,hwc,qw->pqc", ry, x, rx)
+  # Full float32 on every backend (no TF32/bf16 passes): the matrices are small and
+  # a flip or an identity crop must stay exact.
+  return jnp.einsum("ph,hwc,qw->pqc", ry, x, rx,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def resized_crop(image: jax.Array, box: jax.Array, size: tuple[int, int], *,
@@ -371,7 +374,8 @@ def _reflect_shifts(n: int, size: int) -> np.ndarray:
 def _blur_matrix(sigma: jax.Array, n: int, size: int) -> jax.Array:
   """``[n, n]`` matrix of the reflect-padded 1-D Gaussian filter."""
   return jnp.einsum("t,tij->ij", gaussian_kernel1d(sigma, size),
-                    jnp.asarray(_reflect_shifts(n, size)))
+                    jnp.asarray(_reflect_shifts(n, size)),
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def default_blur_kernel_size(image_size: tuple[int, int]) -> int:

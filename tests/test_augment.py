@@ -160,8 +160,10 @@ def test_grayscale_pipeline_matches_reference(rng):
   cfg, cfg_b = aug.preset("fashion_mnist", image_size=12)
   assert cfg == cfg_b
   x = rng.integers(0, 256, (6, 14, 14, 1), dtype=np.uint8)
-  params = aug.sample_params(KEY, cfg, batch_size=6, image_shape=x.shape[1:])
-  out = aug.apply_params(x, params, cfg)
+  params, out = jax.jit(lambda k, x: (
+      aug.sample_params(k, cfg, batch_size=6, image_shape=x.shape[1:]),
+      aug.apply_params(x, aug.sample_params(k, cfg, batch_size=6,
+                                            image_shape=x.shape[1:]), cfg)))(KEY, x)
   assert out.shape == (6, 12, 12, 1)
   for i in range(6):
     p = _np_params(params, i)
@@ -195,6 +197,17 @@ def test_jit_equals_eager_and_per_sample_keys(rng):
     one = aug.apply_params(x[i:i + 1], jax.tree_util.tree_map(lambda v: v[None], p),
                            CHEAP)
     np.testing.assert_allclose(one[0], a[i], atol=1e-6)
+
+
+def test_batch_sharded_views_equal_unsharded(rng):
+  if len(jax.devices()) < 2:
+    pytest.skip("needs 2 devices (tests/conftest.py sets 2 fake CPU devices)")
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  x = _rgb(rng, n=6, h=5, w=4)
+  xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+  fn = jax.jit(aug.augment_batch, static_argnums=2)
+  np.testing.assert_allclose(fn(KEY, xs, CHEAP), fn(KEY, x, CHEAP), atol=1e-6)
 
 
 def test_sampled_parameters_have_the_configured_distribution():
