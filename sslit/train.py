@@ -18,12 +18,11 @@ is a keyword argument.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ from sslit import parallel
 __all__ = [
     "TrainState", "FitResult", "NonFiniteLossError", "make_schedule",
     "ema_momentum_schedule", "decay_mask", "make_optimizer", "make_train_step",
-    "fit", "recompute_batch_stats", "images_to_float",
+    "fit", "images_to_float",
 ]
 
 OPTIMIZERS = ("adamw", "lars", "sgd", "adam")
@@ -358,40 +357,6 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
 # ----------------------------------------------------------------------------
 # Host side.
-
-
-def recompute_batch_stats(model: Any, variables: Mapping[str, Any],
-                          batches: Iterable[np.ndarray], *, momentum_steps: int | None = None
-                          ) -> dict:
-  """Calibrate BatchNorm running statistics on unaugmented batches (no gradient).
-
-  Used for a fair random-initialisation baseline: without it, eval-mode
-  BatchNorm of an untrained net uses its initial statistics (mean 0, var 1).
-
-  Args:
-    model: a Flax module with ``apply(variables, x, train=True, mutable=["batch_stats"])``.
-    variables: ``{"params", "batch_stats"}``.
-    batches: iterable of uint8 or [0, 1] float image batches ``[b, H, W, C]``.
-    momentum_steps: unused placeholder for API stability; pass batches enough for
-      the running averages to converge (about 50 for momentum 0.9).
-
-  Returns:
-    ``{"params", "batch_stats"}`` with updated statistics.
-  """
-  del momentum_steps
-  if not variables.get("batch_stats"):
-    return dict(variables)
-
-  @jax.jit
-  def update(stats, x):
-    _, mut = model.apply({"params": variables["params"], "batch_stats": stats},
-                         images_to_float(x), train=True, mutable=["batch_stats"])
-    return mut["batch_stats"]
-
-  stats = variables["batch_stats"]
-  for x in batches:
-    stats = update(stats, jnp.asarray(x))
-  return {"params": variables["params"], "batch_stats": stats}
 
 
 def _prefetch(iterator: Iterator, size: int = 2) -> Iterator:
@@ -718,6 +683,7 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
       if out_of_time and not last:
         break
   finally:
+    batches.close()
     if bar is not None:
       bar.close()
     if manager is not None:
