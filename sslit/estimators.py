@@ -130,10 +130,18 @@ def gaussian_entropy(cov: Any) -> jax.Array:
   """
   _check_square(cov, "cov")
   check_float(cov, "cov")
-  cov = jnp.asarray(cov)
-  k = cov.shape[-1]
+  return _gaussian_entropy(jnp.asarray(cov))
+
+
+# The public functions validate their inputs in Python, then call a jitted core:
+# eager calls (analysis code) compile one program per shape instead of dispatching
+# and compiling primitive by primitive.
+
+
+@jax.jit
+def _gaussian_entropy(cov):
   _, half_logdet = _chol_half_logdet(cov)
-  return 0.5 * k * _LOG_2PI_E + half_logdet
+  return 0.5 * cov.shape[-1] * _LOG_2PI_E + half_logdet
 
 
 def gaussian_mutual_information(cov: Any, *, split: int) -> jax.Array:
@@ -155,7 +163,11 @@ def gaussian_mutual_information(cov: Any, *, split: int) -> jax.Array:
   if not isinstance(split, (int, np.integer)) or not 1 <= split <= k - 1:
     raise ValueError(f"split must be an integer in [1, k-1] = [1, {k - 1}] for cov "
                      f"of shape {shape_of(cov)}, got {split!r}.")
-  cov = jnp.asarray(cov)
+  return _gaussian_mi(jnp.asarray(cov), split=int(split))
+
+
+@jax.jit(static_argnames="split")
+def _gaussian_mi(cov, *, split):
   _, h = _chol_half_logdet(cov)
   _, h1 = _chol_half_logdet(cov[..., :split, :split])
   _, h2 = _chol_half_logdet(cov[..., split:, split:])
@@ -208,7 +220,11 @@ def logdet_entropy(z: Any, *, beta: float = 1.0) -> jax.Array:
   """
   check_batch(z, "z", min_n=2)
   check_positive(beta, "beta", allow_zero=True)
-  z = jnp.asarray(z)
+  return _logdet_entropy(jnp.asarray(z), beta)
+
+
+@jax.jit
+def _logdet_entropy(z, beta):
   n, k = z.shape
   zc = _centre(z)
   scale = beta / (n - 1)
@@ -248,7 +264,11 @@ def gaussian_surrogate_entropy(z: Any) -> jax.Array:
     ``s_max · max(n, k) · eps``.
   """
   check_batch(z, "z", min_n=2)
-  z = jnp.asarray(z)
+  return _gaussian_surrogate_entropy(jnp.asarray(z))
+
+
+@jax.jit
+def _gaussian_surrogate_entropy(z):
   n, k = z.shape
   if n <= k:  # the centred batch has rank <= n - 1 < k
     return jnp.full((), -jnp.inf, z.dtype)
@@ -274,7 +294,11 @@ def correlation_logdet(z: Any) -> jax.Array:
     when a dimension is constant).
   """
   check_batch(z, "z", min_n=2)
-  z = jnp.asarray(z)
+  return _correlation_logdet(jnp.asarray(z))
+
+
+@jax.jit
+def _correlation_logdet(z):
   n, k = z.shape
   if n <= k:
     return jnp.full((), -jnp.inf, z.dtype)
@@ -305,7 +329,12 @@ def effective_rank(z: Any) -> jax.Array:
     EUSIPCO 2007.
   """
   check_batch(z, "z", min_n=2)
-  s = _centred_singular_values(jnp.asarray(z))
+  return _effective_rank(jnp.asarray(z))
+
+
+@jax.jit
+def _effective_rank(z):
+  s = _centred_singular_values(z)
   total = jnp.sum(s)
   collapsed = total <= 0
   p = s / jnp.where(collapsed, 1.0, total)
@@ -428,8 +457,6 @@ def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
 
 @jax.jit(static_argnames=("distance", "form"))
 def _pairwise_core(means, covs, alpha, *, distance, form):
-  # Compiled once per shape and option, so that eager calls (analysis code,
-  # numerical gradient checks) do not re-trace the row-wise scans each time.
   n, k = means.shape
   if form == "full":
     _, half_logdet = _chol_half_logdet(covs)
