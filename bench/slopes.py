@@ -23,8 +23,9 @@ peak resident memory above the process's state before the warm-up. Every mode's
 slopes are checked against jax:masked on the same inputs (max |ΔA|).
 
 ``--resnet`` adds ResNet-18 (CIFAR stem, eval-mode BN, 512-d representation,
-``sslit.models``), reverse mode (``--resnet-fwd``: forward mode too), JAX only: the
-torch peer on identical weights needs a port of the Flax parameters (not written).
+``sslit.models``) against the same network written with ``torch.nn.functional`` on
+the same (Flax-initialised) weights and BN statistics: reverse mode
+(``--resnet-fwd``: forward mode too, 3072 tangents per sample: slow).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -148,14 +150,23 @@ def build_torch(mode, batch):
   return call
 
 
+def _resnet_setup(batch):
+  import jax
+  import jax.numpy as jnp
+  from sslit import models
+  model = models.build_model("resnet18", projector=None)
+  x = np.random.default_rng(1).standard_normal((batch, 32, 32, 3)).astype(np.float32)
+  variables = models.init_variables(model, jax.random.key(0), jnp.asarray(x))
+  return model, variables, x
+
+
 def build_resnet(mode, batch):
+  """sslit.cpa.jacobian on sslit.models' ResNet-18 (CIFAR stem), eval mode."""
   import jax
   import jax.numpy as jnp
   from sslit import cpa, models
-  model = models.build_model("resnet18", projector=None)
-  x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, 32, 32, 3)),
-                  jnp.float32)
-  variables = models.init_variables(model, jax.random.key(0), x)
+  model, variables, x = _resnet_setup(batch)
+  x = jnp.asarray(x)
   apply_fn = models.make_apply_fn(model, "rep")
 
   def slopes(variables, x):
@@ -163,10 +174,73 @@ def build_resnet(mode, batch):
     return cpa.jacobian(fn, x, mode=mode.split(":")[1])
 
   f = jax.jit(slopes)
-  return lambda: (f(variables, x).block_until_ready(), None)[1]
+  return lambda: np.asarray(f(variables, x).block_until_ready()[:1])
 
 
-BUILDERS = {"jax": build_jax, "torch": build_torch, "resnet": build_resnet}
+def build_resnet_torch(mode, batch):
+  """The same ResNet-18 with the same (Flax-initialised) weights, in torch."""
+  import torch
+  import torch.nn.functional as F
+  torch.set_num_threads(2)
+  _, variables, x = _resnet_setup(batch)
+  params = variables["params"]["backbone"]
+  stats = variables["batch_stats"]["backbone"]
+  t = lambda a: torch.from_numpy(np.asarray(a, np.float32).copy())
+  convs = {name: t(np.asarray(p["kernel"]).transpose(3, 2, 0, 1))
+           for name, p in _walk(params) if "kernel" in p}
+  bns = {name: (t(p["scale"]), t(p["bias"]), t(_get(stats, name)["mean"]),
+                t(_get(stats, name)["var"]))
+         for name, p in _walk(params) if "scale" in p}
+
+  def bn(h, name):
+    scale, bias, mean, var = bns[name]
+    inv = scale / torch.sqrt(var + 1e-5)
+    return h * inv[:, None, None] + (bias - mean * inv)[:, None, None]
+
+  def fn(v):  # v [32, 32, 3] (NHWC, flattened like JAX's input)
+    h = v.permute(2, 0, 1)[None]
+    h = torch.relu(bn(F.conv2d(h, convs["stem_conv"], padding=1), "stem_bn"))
+    for i in range(4):
+      for j in range(2):
+        name = f"layer{i + 1}_{j}"
+        stride = 2 if i > 0 and j == 0 else 1
+        y = F.conv2d(h, convs[f"{name}/conv1"], stride=stride, padding=1)
+        y = torch.relu(bn(y, f"{name}/bn1"))
+        y = bn(F.conv2d(y, convs[f"{name}/conv2"], padding=1), f"{name}/bn2")
+        r = h
+        if f"{name}/downsample_conv" in convs:
+          r = bn(F.conv2d(h, convs[f"{name}/downsample_conv"], stride=stride),
+                 f"{name}/downsample_bn")
+        h = torch.relu(r + y)
+    return h.mean(dim=(2, 3))[0]
+
+  xt = torch.from_numpy(x)
+  jac = torch.func.jacrev(fn) if mode.endswith("jacrev") else torch.func.jacfwd(fn)
+  vf = torch.func.vmap(jac)
+
+  def call():
+    with torch.no_grad():
+      return vf(xt)[:1].reshape(1, 512, -1).numpy()
+  return call
+
+
+def _walk(tree, prefix=""):
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else key
+    if any(isinstance(v, Mapping) for v in value.values()):
+      yield from _walk(value, path)
+    else:
+      yield path, value
+
+
+def _get(tree, path):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+BUILDERS = {"jax": build_jax, "torch": build_torch, "resnet": build_resnet,
+            "resnettorch": build_resnet_torch}
 
 
 def memory_worker(mode, batch):
@@ -207,6 +281,8 @@ def main():
                   help="skip the per-mode subprocesses that measure peak memory")
   ap.add_argument("--resnet", action="store_true")
   ap.add_argument("--resnet-batch", type=int, default=1)
+  ap.add_argument("--resnet-reps", type=int, default=1)
+  ap.add_argument("--resnet-only", action="store_true", help="skip the MLP part")
   ap.add_argument("--resnet-fwd", action="store_true",
                   help="also forward mode for ResNet-18 (d = 3072 tangents: slow)")
   ap.add_argument("--worker", default=None)
@@ -218,9 +294,18 @@ def main():
 
   os.environ.pop("XLA_FLAGS", None)  # one CPU device over the machine's cores
   os.environ["JAX_PLATFORMS"] = "cpu"
+  if args.resnet_only:
+    args.resnet = True
   batch = args.batch or (8 if args.quick else 64)
   reps = args.reps or (3 if args.quick else 5)
   flops = chain_flops()
+  if not args.resnet_only:
+    mlp_part(args, batch, reps, flops)
+  if args.resnet:
+    resnet_part(args)
+
+
+def mlp_part(args, batch, reps, flops):
   print(f"# MLP {'-'.join(map(str, SIZES))}, float32, batch {batch}, best of {reps} "
         f"interleaved rounds; masked-chain flops/sample = {flops / 1e9:.3f} GFLOP; "
         f"cores = {os.cpu_count()}, load avg = {os.getloadavg()[0]:.1f}")
@@ -265,16 +350,29 @@ def main():
   print(f"  matmul peak used: {peak:.1f} GFLOP/s ({max(peaks, key=peaks.get)}); "
         f"load avg now {os.getloadavg()[0]:.1f}")
 
-  if args.resnet:
-    print("\n# ResNet-18 (CIFAR stem, 32x32x3 -> 512), float32, "
-          f"batch {args.resnet_batch}, JAX only")
-    for m in ("resnet:rev",) + (("resnet:fwd",) if args.resnet_fwd else ()):
-      call = BUILDERS["resnet"](m, args.resnet_batch)
-      t0 = time.perf_counter()
-      call()
-      comp = time.perf_counter() - t0
-      sec = round_robin({m: call}, 1)[m] / args.resnet_batch
-      print(f"{m:14s} {sec * 1e3:10.1f} ms/sample  1st call {comp:.1f} s")
+
+
+def resnet_part(args):
+  rb = args.resnet_batch
+  print(f"\n# ResNet-18 (CIFAR stem, 32x32x3 -> 512, eval BN), float32, batch {rb}, "
+        f"best of {args.resnet_reps} interleaved rounds; load avg "
+        f"{os.getloadavg()[0]:.1f}")
+  rmodes = ("resnet:rev", "resnettorch:jacrev")
+  if args.resnet_fwd:
+    rmodes += ("resnet:fwd", "resnettorch:jacfwd")
+  rcalls = {m: BUILDERS[m.split(":")[0]](m, rb) for m in rmodes}
+  rfirst, rout = {}, {}
+  for m, call in rcalls.items():
+    t0 = time.perf_counter()
+    rout[m] = call()
+    rfirst[m] = time.perf_counter() - t0
+  rbest = round_robin(rcalls, args.resnet_reps)
+  for m in rmodes:
+    err = float(np.max(np.abs(rout[m] - rout["resnet:rev"])))
+    print(f"{m:20s} {rbest[m] / rb:8.2f} s/sample  1st call {rfirst[m]:6.1f} s  "
+          f"max|ΔA| vs resnet:rev {err:.1e}")
+  print(f"  resnettorch:jacrev / resnet:rev = "
+        f"{rbest['resnettorch:jacrev'] / rbest['resnet:rev']:.2f}")
 
 
 if __name__ == "__main__":
