@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
