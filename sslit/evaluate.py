@@ -1099,6 +1099,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     vicreg_kwargs: extra keyword arguments of ``vicreg_loss``.
     cpa_fn: ``cpa_fn(variables) -> f(x_one) -> z`` (e.g.
       ``lambda v: models.single_input_fn(model, v)``) to record CPA information.
+      Expensive (per-input Jacobians, ``O(n² k³)`` pairwise bounds): keep
+      ``cpa_examples`` small, or leave it off on CPU for wide representations.
     cpa_examples: inputs for the CPA quantities.
     cpa_sigma: input-noise σ for ``representation_information``.
     cpa_kwargs: extra keyword arguments of ``representation_information``.
