@@ -11,18 +11,14 @@ Read in the information-theoretic view (SPEC.md section 3), each loss is an
 *invariance* term (a conditional log-likelihood ``-E log q(z | z')``) plus an
 *entropy* term (an estimate of ``H(Z)``, to be maximised):
 
-==================  =====================================  ==============================
-objective           invariance                             entropy estimate
-==================  =====================================  ==============================
-VICReg              mean squared distance (Gaussian q)     variance hinge + covariance
-                                                           penalty (Gaussian surrogate)
-SimCLR / InfoNCE    cosine of the positive pair (vMF q)    log-sum-exp over negatives
-                                                           (kernel density on the sphere)
-Barlow Twins        diagonal of the cross-correlation      off-diagonal decorrelation
-BYOL                2 - 2 cos with a predictor              none (predictor + stop-grad)
-information family  mean squared distance                  LogDet or pairwise-distance
-                                                           estimate of H(Z), in nats
-==================  =====================================  ==============================
+* VICReg: mean squared distance (Gaussian q); variance hinge + covariance penalty
+  (the Gaussian surrogate ``1/2 log det(2 pi e Cov Z)``).
+* SimCLR / InfoNCE: cosine of the positive pair (von Mises-Fisher q); log-sum-exp
+  over the negatives (a kernel density estimate on the sphere).
+* Barlow Twins: diagonal of the cross-correlation; off-diagonal decorrelation.
+* BYOL: ``2 - 2 cos`` through a predictor; no entropy term (predictor + stop-grad).
+* Information family: mean squared distance; LogDet or pairwise-distance estimate
+  of ``H(Z)`` in nats.
 
 References:
   Bardes, Ponce, LeCun. VICReg. ICLR 2022 (and github.com/facebookresearch/vicreg).
@@ -42,8 +38,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sslit import _validate
-from sslit import estimators
+import sslit._validate as _validate
+import sslit.estimators as estimators
 
 Array = jax.Array
 Aux = dict[str, Array]
