@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +57,15 @@ def _random_variables(model, x_shape, seed=0, scale=0.3):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _apply(model, variables, x, **kwargs):
-  """``model.apply`` under jit (one compilation beats op-by-op dispatch here)."""
-  return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(model, train, mutable):
+  kwargs = {"mutable": list(mutable)} if mutable else {}
+  return jax.jit(lambda v, x: model.apply(v, x, train=train, **kwargs))
+
+
+def _apply(model, variables, x, *, train, mutable=()):
+  """``model.apply`` under jit, compiled once per (model, mode, collections)."""
+  return _jitted_apply(model, train, tuple(mutable))(variables, x)
 
 
 def _shape_params(model, x_shape):
@@ -125,19 +133,36 @@ def test_heads_param_counts():
 def test_shapes_and_dtypes_train_and_eval(backbone, kwargs, rep_dim):
   model = models.build_model(backbone, backbone_kwargs=kwargs, projector=(32, 8),
                              predictor=(16, 8))
-  x = _images(3)
-  variables = _random_variables(model, x.shape)
-  out = _apply(model, variables, x, train=False)
+  x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
+  variables = jax.eval_shape(lambda k, x: models.init_variables(model, k, x), KEY,
+                             x)
+  for leaf in jax.tree_util.tree_leaves(variables):
+    assert leaf.dtype == jnp.float32
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert set(out) == {"rep", "proj", "pred"}
   assert out["rep"].shape == (3, rep_dim)
   assert out["proj"].shape == (3, 8) and out["pred"].shape == (3, 8)
-  out_t, state = _apply(model, variables, x, train=True, mutable=["batch_stats"])
+  out_t, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+      variables, x)
   for k in out:
     assert out_t[k].shape == out[k].shape and out_t[k].dtype == jnp.float32
     assert out[k].dtype == jnp.float32
-    assert np.all(np.isfinite(out_t[k]))
   assert jax.tree_util.tree_structure(state["batch_stats"]) == (
       jax.tree_util.tree_structure(variables["batch_stats"]))
+
+
+def test_small_models_give_finite_outputs_in_both_modes():
+  model = models.build_model("convnet", backbone_kwargs={"channels": (4, 8, 16)},
+                             projector=(32, 8), predictor=(16, 8))
+  x = _images(3)
+  variables = _random_variables(model, x.shape)
+  for train in (False, True):
+    out = _apply(model, variables, x, train=train,
+                 mutable=("batch_stats",) if train else ())
+    out = out[0] if train else out
+    for v in out.values():
+      assert np.all(np.isfinite(v))
 
 
 # One small conv model shared by several tests (its compiled initialiser is cached).
@@ -148,7 +173,8 @@ def test_batchnorm_updates_statistics_in_train_mode_only():
   model = models.build_model("convnet", **SMALL)
   x = _images(4)
   variables = models.init_variables(model, KEY, x)
-  _, state = _apply(model, variables, x, train=True, mutable=["batch_stats"])
+  _, state = _apply(model, variables, x, train=True,
+                    mutable=["batch_stats", "preactivations"])
   _, state_eval = _apply(model, variables, x, train=False, mutable=["batch_stats"])
   before = jax.tree_util.tree_leaves(variables["batch_stats"])
   for a, b in zip(before, jax.tree_util.tree_leaves(state["batch_stats"])):
@@ -157,9 +183,7 @@ def test_batchnorm_updates_statistics_in_train_mode_only():
     np.testing.assert_array_equal(a, b)
   # train-mode BN normalises with batch statistics: the first stage's BN output
   # has zero mean per channel, which the running statistics (0, 1) do not give.
-  _, pre = _apply(model, variables, x, train=True,
-                  mutable=["batch_stats", "preactivations"])
-  h = np.asarray(pre["preactivations"]["backbone"]["relu0"][0])
+  h = np.asarray(state["preactivations"]["backbone"]["relu0"][0])
   np.testing.assert_allclose(h.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(h.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
 
@@ -181,20 +205,23 @@ def test_bf16_compute_keeps_float32_params_and_outputs():
   m16 = models.build_model("convnet", dtype=jnp.bfloat16, **SMALL)
   x = _images(4)
   v32 = models.init_variables(m32, KEY, x)
-  v16 = models.init_variables(m16, KEY, x)
-  for u, w in zip(jax.tree_util.tree_leaves(v32), jax.tree_util.tree_leaves(v16)):
-    assert w.dtype == jnp.float32
-    np.testing.assert_array_equal(u, w)
-  o32, s32 = _apply(m32, v32, x, train=True, mutable=["batch_stats"])
-  o16, s16 = _apply(m16, v16, x, train=True, mutable=["batch_stats"])
-  for leaf in jax.tree_util.tree_leaves(s16):
+  shapes16 = jax.eval_shape(lambda k, x: models.init_variables(m16, k, x), KEY, x)
+  assert (jax.tree_util.tree_structure(shapes16)
+          == jax.tree_util.tree_structure(v32))
+  for leaf in jax.tree_util.tree_leaves(shapes16):
+    assert leaf.dtype == jnp.float32
+  v16 = v32  # same float32 parameters, bf16 compute
+  o32, s32 = _apply(m32, v32, x, train=True,
+                    mutable=["batch_stats", "preactivations"])
+  o16, s16 = _apply(m16, v16, x, train=True,
+                    mutable=["batch_stats", "preactivations"])
+  for leaf in jax.tree_util.tree_leaves(s16["batch_stats"]):
     assert leaf.dtype == jnp.float32
   assert o16["proj"].dtype == jnp.float32
   # bf16 has 8 mantissa bits: agreement to a few per cent, not more.
   np.testing.assert_allclose(o16["proj"], o32["proj"], atol=0.1, rtol=0.05)
   assert not np.array_equal(o16["proj"], o32["proj"])  # bf16 really was used
-  _, pre = _apply(m16, v16, x, train=False, mutable=["preactivations"])
-  assert pre["preactivations"]["backbone"]["relu0"][0].dtype == jnp.bfloat16
+  assert s16["preactivations"]["backbone"]["relu0"][0].dtype == jnp.bfloat16
 
 
 def test_resnet18_forward_once_train_mode():
