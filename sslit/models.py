@@ -480,6 +480,9 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
                               jnp.dtype(jnp.float16), jnp.dtype(jnp.float64)):
     raise ValueError(f"dtype must be a floating dtype (float32 or bfloat16), got "
                      f"{dtype}.")
+  # Lists (e.g. from a config file) become tuples: modules stay hashable, so the
+  # compiled initialiser is cached and the model can be a static jit argument.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   net = cls(**kwargs, dtype=dtype)
   net.validate()
 

@@ -423,3 +423,9 @@ def test_param_count_of_arrays_and_shapes():
                                                                            jnp.float32)]}
   assert models.param_count(tree) == 12 + 5 + 4
   assert models.param_count({}) == 0
+
+
+def test_models_from_config_lists_are_hashable():
+  a = models.build_model("mlp", backbone_kwargs={"widths": [4, 2]}, projector=[4, 2])
+  b = models.build_model("mlp", backbone_kwargs={"widths": (4, 2)}, projector=(4, 2))
+  assert a.backbone.widths == (4, 2) and hash(a) == hash(b) and a == b
