@@ -371,6 +371,11 @@ def _isotropic_divergences(means, var, distance, alpha):
           + 0.5 * k * (jnp.log(v_alpha) - (1.0 - alpha) * log_vi - alpha * log_vj))
 
 
+def _rows_per_step(n: int, elements_per_row: int) -> int:
+  """Rows of pairs evaluated at once: all of them while that stays below 16M elements."""
+  return max(1, min(n, (1 << 24) // max(1, elements_per_row)))
+
+
 def _full_divergences(means, covs, distance, alpha):
   """``D(p_i‖p_j)`` ``[n, n]`` for full covariances, one row/column at a time."""
   n, k = means.shape
@@ -385,7 +390,8 @@ def _full_divergences(means, covs, distance, alpha):
       y = solve_triangular(chol_j, (means - mu_j).T, lower=True)
       return jnp.sum(jnp.square(y), axis=0)
 
-    quad = jax.lax.map(column, (means, chol)).T  # [i, j]
+    quad = jax.lax.map(column, (means, chol),
+                       batch_size=_rows_per_step(n, n * k)).T  # [i, j]
     return 0.5 * (trace + quad - k) + (half_logdet[None, :] - half_logdet[:, None])
 
   def row(args):  # C_α(p_i‖p_j) for one i, all j
@@ -397,7 +403,8 @@ def _full_divergences(means, covs, distance, alpha):
     return (0.5 * alpha * (1.0 - alpha) * quad + hld_a
             - (1.0 - alpha) * hld_i - alpha * half_logdet)
 
-  return jax.lax.map(row, (means, covs, half_logdet))
+  return jax.lax.map(row, (means, covs, half_logdet),
+                     batch_size=_rows_per_step(n, n * k * k))
 
 
 def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
@@ -418,8 +425,9 @@ def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
   Cost: scalar / ``[n]`` covariances: time ``O(n²k)``, memory ``O(n² + nk)``
   (squared distances from ``‖μ_i‖² + ‖μ_j‖² − 2μ_i·μ_j``, never ``[n, n, k]``).
   Full ``[n, k, k]``: KL time ``O(n²k² + nk³)``; Chernoff/Bhattacharyya time
-  ``O(n²k³)`` (one Cholesky per pair); both memory ``O(n² + nk²)`` (one row of
-  pairs at a time).
+  ``O(n²k³)`` (one Cholesky per pair); both memory ``O(n² + nk²)``: rows of
+  pairs are evaluated in blocks of at most 16M intermediate elements
+  (``b·n·k²`` for Chernoff, ``b·n·k`` for KL), one block after the other.
 
   Args:
     means: component means ``[n, k]``, float, ``n >= 1``.

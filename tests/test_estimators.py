@@ -473,3 +473,18 @@ def test_bad_input():
     est.correlation_logdet(jnp.ones((6, 2), jnp.int32))
   with pytest.raises(TypeError, match="int"):
     est.barlow_gaussian_mi(jnp.zeros(3, jnp.int32))
+
+
+def test_blocked_evaluation_matches(monkeypatch, rng, x64):
+  # Rows of pairs in blocks of 2 (with a remainder) for full covariances, and
+  # Monte-Carlo densities in chunks of 5 samples, give the unblocked numbers.
+  n, k = 7, 3
+  means = rng.normal(size=(n, k))
+  covs = random_spd(rng, n, k)
+  monkeypatch.setattr(est, "_rows_per_step", lambda n, per_row: 2)
+  for distance in ("kl", "bhattacharyya"):
+    np.testing.assert_allclose(est.pairwise_entropy(means, covs, distance=distance),
+                               ref.pairwise_entropy(means, covs, distance), rtol=1e-10)
+  whole = est.mixture_entropy_mc(key(2), means, covs, num_samples=6)
+  chunked = est.mixture_entropy_mc(key(2), means, covs, num_samples=6, chunk_size=5)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-12)
