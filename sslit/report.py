@@ -28,7 +28,8 @@ Series = dict[str, tuple[np.ndarray, np.ndarray]]
 _ACCURACY = re.compile(r"(top1|top5|acc)", re.IGNORECASE)
 _SYSTEM = re.compile(
     r"(^|/)(lr|learning_rate|grad_norm|gradient_norm|images_per_s|img_per_s|"
-    r"throughput|step_time|time|wall_time|elapsed|epoch|examples_seen)$",
+    r"throughput|step_time|time|wall_time|elapsed|elapsed_s|compile_s|"
+    r"eval_seconds|epoch|examples_seen)$",
     re.IGNORECASE)
 _MAX_PANELS = 24
 
@@ -187,6 +188,32 @@ def _plot(path: pathlib.Path, panels: Mapping[str, Sequence[str]], series: Serie
   return True
 
 
+def _results_tables(results: Mapping) -> list[str]:
+  """Side-by-side table for runs compared on the same metrics, then the rest.
+
+  ``{"trained": {...}, "random_init": {...}, "raw_pixels": {...}, "step": 3}`` gives
+  one row per metric with a column per representation, then ``step`` below.
+  """
+  groups = {k: _flatten(v) for k, v in results.items() if isinstance(v, Mapping)}
+  rest = {k: v for k, v in results.items() if not isinstance(v, Mapping)}
+  lines = []
+  if len(groups) >= 2:
+    metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
+    lines += ["| metric | " + " | ".join(groups) + " |",
+              "|---|" + "---|" * len(groups)]
+    for m in metrics:
+      cells = [_fmt(g[m]) if m in g else "–" for g in groups.values()]
+      lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+  else:
+    rest = dict(results)
+  flat = _flatten(rest)
+  if flat:
+    lines += ["| result | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in flat.items()]
+  return lines
+
+
 def _bound_check(series: Series) -> list[str]:
   """"bound ≥ test_loss" at every common step, per monitored output."""
   lines = []
@@ -272,14 +299,15 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
   lines += ["## Results", ""]
   flat_results = _flatten(results)
   if flat_results:
-    lines += ["| result | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in flat_results.items()]
+    lines += _results_tables(results)
   else:
     lines.append("No `results.json` (final evaluation not recorded).")
   lines += ["", "## Metrics over training", ""]
   if series:
     lines += ["| metric | last step | last | min | max |", "|---|---|---|---|---|"]
     for key in sorted(series):
+      if results and classify(key) in ("final", "accuracy") and key.startswith("eval/"):
+        continue   # the offline evaluation's numbers are in the results table
       steps, values = series[key]
       finite = values[np.isfinite(values)]
       lo = _fmt(float(finite.min())) if finite.size else "–"

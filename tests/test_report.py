@@ -40,7 +40,7 @@ def _write_run(tmp_path, rng):
   (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
   (tmp_path / "results.json").write_text(json.dumps(
       {"trained": {"linear_top1": 88.25, "knn20_top1": 85.5},
-       "raw_pixels": {"linear_top1": 84.1}}))
+       "raw_pixels": {"linear_top1": 84.1}, "eval_seconds": 12.5}))
   return loss
 
 
@@ -49,9 +49,11 @@ def test_report_writes_markdown_and_plots(tmp_path, rng):
   path = report.write_report(tmp_path)
   assert path == tmp_path / "report.md"
   text = path.read_text()
-  # Results table: every final number, flattened.
-  assert "| trained/linear_top1 | 88.25 |" in text
-  assert "| raw_pixels/linear_top1 | 84.1 |" in text
+  # Results: representations side by side, metrics missing from one shown as "–".
+  assert "| metric | trained | raw_pixels |" in text
+  assert "| linear_top1 | 88.25 | 84.1 |" in text
+  assert "| knn20_top1 | 85.5 | – |" in text
+  assert "| eval_seconds | 12.5 |" in text
   # Metrics table: last step and last value of the loss (oracle: the input data).
   last = max(loss)
   assert f"| loss | {last} | {loss[last]:.6g} |" in text
@@ -66,6 +68,13 @@ def test_report_writes_markdown_and_plots(tmp_path, rng):
     f = tmp_path / name
     assert f.exists() and f.read_bytes()[:8] == PNG_MAGIC, name
     assert f"]({name})" in text
+
+
+def test_report_single_result_group_is_flattened(tmp_path):
+  (tmp_path / "results.json").write_text(json.dumps(
+      {"trained": {"linear_top1": 88.25}, "step": 3}))
+  text = report.write_report(tmp_path).read_text()
+  assert "| trained/linear_top1 | 88.25 |" in text and "| step | 3 |" in text
 
 
 def test_read_metrics_merges_lines_with_different_keys(tmp_path, rng):
@@ -94,6 +103,7 @@ def test_report_classifies_metrics():
   assert report.classify("monitor/rep/bound/bound") == "bound"
   assert report.classify("monitor/proj/entropy_logdet") == "information"
   assert report.classify("lr") == "system"
+  assert report.classify("compile_s") == "system"
   assert report.classify("eval/trained/linear_l2") == "final"
   assert report.classify("eval/trained/linear_top1") == "accuracy"
   assert report.classify("vicreg/covariance") == "training"
