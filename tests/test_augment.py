@@ -144,6 +144,9 @@ def _full_views(key, x):
 def test_full_pipeline_matches_reference_given_the_drawn_parameters(rng):
   x = _rgb(rng, n=8)
   params, out = _full_views(KEY, x)
+  # the draw exercises the hue both first/last and between the other jitter ops
+  hue_at = np.argmax(np.asarray(params["order"]) == 3, axis=1)[params["jitter"]]
+  assert {0, 3} & set(hue_at) and {1, 2} & set(hue_at)
   assert out.shape == (8, 9, 8, 3) and out.dtype == jnp.float32
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   for i in range(8):
@@ -160,10 +163,12 @@ def test_grayscale_pipeline_matches_reference(rng):
   cfg, cfg_b = aug.preset("fashion_mnist", image_size=12)
   assert cfg == cfg_b
   x = rng.integers(0, 256, (6, 14, 14, 1), dtype=np.uint8)
-  params, out = jax.jit(lambda k, x: (
-      aug.sample_params(k, cfg, batch_size=6, image_shape=x.shape[1:]),
-      aug.apply_params(x, aug.sample_params(k, cfg, batch_size=6,
-                                            image_shape=x.shape[1:]), cfg)))(KEY, x)
+
+  @jax.jit
+  def views(key, x):
+    params = aug.sample_params(key, cfg, batch_size=6, image_shape=x.shape[1:])
+    return params, aug.apply_params(x, params, cfg)
+  params, out = views(KEY, x)
   assert out.shape == (6, 12, 12, 1)
   for i in range(6):
     p = _np_params(params, i)
