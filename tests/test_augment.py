@@ -185,23 +185,26 @@ def test_jit_equals_eager_and_per_sample_keys(rng):
   x = _rgb(rng, n=6, h=5, w=4)
   two = jax.jit(aug.two_views, static_argnums=(2, 3))
   a, b = two(KEY, x, CHEAP, CHEAP)
-  ea, eb = aug.two_views(KEY, x, CHEAP, CHEAP)
-  np.testing.assert_allclose(a, ea, atol=1e-6)
-  np.testing.assert_allclose(b, eb, atol=1e-6)
   assert not np.allclose(a, b)
+  k_a, k_b = jax.random.split(KEY)
+  params = jax.jit(aug.sample_params, static_argnums=1,
+                   static_argnames=("batch_size", "image_shape"))(
+                       k_a, CHEAP, batch_size=6, image_shape=(5, 4, 3))
+  # jit = eager (the eager run applies the jitted draw op by op)
+  np.testing.assert_allclose(aug.apply_params(x, params, CHEAP), a, atol=1e-6)
   # uint8 and float inputs give the same views
   np.testing.assert_allclose(two(KEY, x.astype(np.float32) / 255, CHEAP, CHEAP)[0],
                              a, atol=1e-6)
   # the two views are augment_batch with the halves of split(key)
-  k_a, k_b = jax.random.split(KEY)
-  np.testing.assert_allclose(aug.augment_batch(k_b, x, CHEAP), b, atol=1e-6)
+  np.testing.assert_allclose(
+      jax.jit(aug.augment_batch, static_argnums=2)(k_b, x, CHEAP), b, atol=1e-6)
   # sample i depends only on split(key, n)[i] and image i
   keys = jax.random.split(k_a, 6)
+  one_params = jax.jit(lambda k: aug._sample_one(k, CHEAP, 5, 4))
   for i in (1, 4):
-    p = aug._sample_one(keys[i], CHEAP, 5, 4)
-    one = aug.apply_params(x[i:i + 1], jax.tree_util.tree_map(lambda v: v[None], p),
-                           CHEAP)
-    np.testing.assert_allclose(one[0], a[i], atol=1e-6)
+    p = jax.tree_util.tree_map(lambda v: v[None], one_params(keys[i]))
+    np.testing.assert_allclose(aug.apply_params(x[i:i + 1], p, CHEAP)[0], a[i],
+                               atol=1e-6)
 
 
 def test_batch_sharded_views_equal_unsharded(rng):
