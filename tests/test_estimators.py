@@ -84,7 +84,7 @@ def test_spec_mixture_table(s, x64):
   # reference's own estimate with a standard error from an independent run.
   truth, se = ref.mixture_entropy_mc(1, means, 0.01, 40000)
   mc = est.mixture_entropy_mc(jax.random.key(int(10 * s)), means, 0.01, num_samples=5000)
-  assert abs(mc - truth) < 4 * se * math.sqrt(2) + 1e-3
+  assert abs(mc - truth) < 4 * se * math.sqrt(1 + 40000 / 20000)  # both runs' errors
   assert abs(mc_spec - truth) < 0.01
 
 
@@ -150,7 +150,7 @@ def test_mc_matches_quadrature_1d(x64):
   exact = integrate.quad(lambda x: -dens(x) * np.log(dens(x)), -15, 15, limit=200)[0]
   mc = est.mixture_entropy_mc(key(3), means, covs, num_samples=20000)
   _, se = ref.mixture_entropy_mc(0, means, covs, 60000)
-  assert abs(mc - exact) < 4 * se * math.sqrt(60000 / 60000) + 1e-3
+  assert abs(mc - exact) < 4 * se  # se: iid draws as many as the stratified ones
   # A full [n, 1, 1] form draws the same samples and must give the same number.
   mc_full = est.mixture_entropy_mc(key(3), means, covs[:, None, None],
                                    num_samples=20000)
