@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adamw", "lars", "sgd", "adam")
+# Representation statistics (computed on logging steps only).
+STATS_KEYS = ("rep_std_mean", "rep_std_min", "rep_effective_rank", "proj_std_mean",
+              "proj_std_min")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -652,7 +655,10 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
       if do_log:
         now = time.perf_counter()
         record = {"step": step}
-        record.update(_to_python(parallel.to_host(metrics)))
+        host = _to_python(parallel.to_host(metrics))
+        if step % log_every:  # statistics are computed on multiples of log_every only
+          host = {k: v for k, v in host.items() if k not in STATS_KEYS}
+        record.update(host)
         if step > steps_mark:
           record["images_per_s"] = (step - steps_mark) * batch_size / (now - t_mark)
         if compile_s is not None:

@@ -115,50 +115,50 @@ def test_lars_adapts_only_weight_matrices():
 # ----------------------------------------------------------------- the step
 
 
-def test_step_loss_decreases_on_fixed_batch_without_retrace(digits):
+@pytest.fixture
+def fast_compile():
+  """Fewer XLA optimisation passes: these tests check that fit runs, not speed."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+
+
+def test_step_loss_decreases_without_retrace_and_probe_leaves_backbone_alone(
+    digits, fast_compile):
   model = tiny_model()
   obj = objectives.get_objective("vicreg")
   tx = optax.adam(1e-2)
   batch = _batch(digits)
   x = train.images_to_float(jnp.asarray(batch["image"]))
-  state = _init(model, tx, optax.adam(1e-2), jax.random.key(0), x)
-  step = train.make_train_step(_train_apply(model), obj.fn, tx,
-                               probe_optimizer=optax.adam(1e-2), stats_every=5)
-  jstep = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
-  losses, metrics = [], None
-  for _ in range(12):
-    state, metrics = jstep(state, batch)
-    losses.append(float(metrics["loss"]))
-  assert int(state.step) == 12
-  assert losses[-1] < 0.9 * losses[0], losses
-  assert all(np.isfinite(losses))
-  for key in ("variance", "covariance", "grad_norm", "probe_acc", "rep_effective_rank"):
-    assert key in metrics
-  # Statistics are computed on steps with (t + 1) % 5 == 0 only; t = 11 is not one.
-  assert float(metrics["rep_effective_rank"]) == 0.0
-
-
-def test_online_probe_never_changes_the_backbone(digits):
-  model = tiny_model()
-  obj = objectives.get_objective("vicreg")
-  tx = optax.sgd(0.05)
-  batch = _batch(digits)
-  x = train.images_to_float(jnp.asarray(batch["image"]))
-  results = []
-  for probe_tx in (optax.adam(1e-1), None):
+  finals = []
+  for probe_tx in (optax.adam(1e-2), None):
     state = _init(model, tx, probe_tx, jax.random.key(0), x)
-    step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx,
-                                         probe_optimizer=probe_tx))
-    for _ in range(3):
-      state, metrics = step(state, batch)
-    results.append((state, metrics))
-  (with_probe, m), (without, _) = results
+    step = train.make_train_step(_train_apply(model), obj.fn, tx,
+                                 probe_optimizer=probe_tx, stats_every=5)
+    chex.clear_trace_counter()  # the counter is keyed by the code, shared by both loops
+    jstep = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
+    losses = []
+    for _ in range(12):
+      state, metrics = jstep(state, batch)
+      losses.append(float(metrics["loss"]))
+    assert int(state.step) == 12
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.9 * losses[0], losses
+    finals.append((state, metrics))
+  (with_probe, m), (without, _) = finals
+  for key in ("variance", "covariance", "grad_norm", "probe_acc", "rep_effective_rank"):
+    assert key in m
+  # Statistics are computed on steps with (t + 1) % 5 == 0 only; t = 11 is not one.
+  assert float(m["rep_effective_rank"]) == 0.0
+  # The online probe learns from stop-gradient features and never moves the backbone.
   chex.assert_trees_all_equal(with_probe.params, without.params)
-  assert 0.0 <= float(m["probe_acc"]) <= 1.0
   assert float(m["probe_loss"]) < np.log(10)  # better than the uniform guess
 
 
-def test_byol_target_is_the_ema_of_the_online_params(digits):
+def test_byol_target_is_the_ema_of_the_online_params(digits, fast_compile):
   model = tiny_model("byol")
   obj = objectives.get_objective("byol")
   tx = optax.sgd(0.1)
@@ -180,7 +180,7 @@ def test_byol_target_is_the_ema_of_the_online_params(digits):
     train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol")
 
 
-def test_sharded_on_two_devices_equals_single_device(digits):
+def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
   from sslit import models  # pylint: disable=g-import-not-at-top
   # BatchNorm and VICReg's covariance both reduce over the sharded batch.
   model = models.build_model("mlp", backbone_kwargs={"widths": (32, 16),
@@ -220,15 +220,6 @@ def uninterrupted(digits):
   return _flat(train.fit(model=tiny_model(), dataset=digits, **FIT_KWARGS).state.params)
 
 
-@pytest.fixture
-def fast_compile():
-  """Fewer XLA optimisation passes: these tests check that fit runs, not speed."""
-  previous = jax.config.jax_disable_most_optimizations
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 @pytest.mark.parametrize("name", CANONICAL)
 def test_fit_smoke_every_objective(name, digits, fast_compile):
   res = train.fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
@@ -242,7 +233,7 @@ def test_fit_smoke_every_objective(name, digits, fast_compile):
   assert record["rep_effective_rank"] > 1.0
 
 
-def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits):
+def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits, fast_compile):
   kw = dict(FIT_KWARGS, num_steps=8, checkpoint_every=4)
   res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -295,7 +286,7 @@ def _poison_objective():
   return objectives.Objective("poison", "pair", fn)
 
 
-def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits):
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digits, fast_compile):
   def batches(start):
     for s, b in enumerate(data.batch_iterator(digits, 32, seed=0, start_step=start),
                           start=start):
@@ -312,7 +303,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
   assert "last good checkpoint (step 5)" in str(info.value)
 
 
-def test_bad_arguments_are_clear_errors(tmp_path, digits):
+def test_bad_arguments_are_clear_errors(tmp_path, digits, fast_compile):
   with pytest.raises(ValueError, match="unknown objective 'vicrge'"):
     train.fit(model=tiny_model(), objective="vicrge", dataset=digits, batch_size=32,
               num_steps=2, progress=False)
