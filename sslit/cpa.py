@@ -322,16 +322,24 @@ def _act(h: Array, activation: str, negative_slope: float) -> Array:
 
 
 def _map_batched(f: Callable, xs: Array, chunk_size: int | None) -> Array:
-  """``f`` on the whole batch, or on chunks of ``chunk_size`` rows (and the rest)."""
+  """``f`` on the whole batch, or on chunks of ``chunk_size`` rows written in place.
+
+  Same loop as ``_map`` but ``f`` takes a whole chunk (so a chunk-level
+  ``lax.cond`` stays a real branch instead of becoming a select under ``vmap``).
+  """
   n = xs.shape[0]
   if chunk_size is None or chunk_size >= n:
     return f(xs)
-  full = (n // chunk_size) * chunk_size
-  head = jax.lax.map(f, xs[:full].reshape((n // chunk_size, chunk_size) + xs.shape[1:]))
-  head = head.reshape((full,) + head.shape[2:])
-  if full == n:
-    return head
-  return jnp.concatenate([head, f(xs[full:])])
+  num = -(-n // chunk_size)
+  shape = jax.eval_shape(f, xs[:chunk_size])
+  init = jnp.zeros((n,) + shape.shape[1:], shape.dtype)
+
+  def step(i, out):
+    start = jnp.minimum(i * chunk_size, n - chunk_size)
+    chunk = jax.lax.dynamic_slice_in_dim(xs, start, chunk_size)
+    return jax.lax.dynamic_update_slice_in_dim(out, f(chunk), start, 0)
+
+  return jax.lax.fori_loop(0, num, step, init)
 
 
 def mlp_jacobian(layers: Sequence[tuple[Array, Array]], x: Array, *,
