@@ -226,7 +226,7 @@ def test_confidence_term_formula():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("scale", [1e-3, 0.37, 8.0, 1e3])
+@pytest.mark.parametrize("scale", [1e-3, 0.37, 1e3])
 def test_scale_invariance(scale, bias):
   rng = np.random.default_rng(3)
   p = _linear_problem(rng, noise=1.0, view_noise=0.2)
