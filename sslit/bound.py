@@ -487,7 +487,8 @@ def generalization_bound(z_u_a: Array, z_u_b: Array, z_s: Array, y_s: Any,
 
   Raises:
     ValueError: mismatched shapes or sample counts, labels that are not one-hot or
-      out of range, different class counts, ``delta`` outside (0, 1).
+      out of range, different class counts, ``delta`` outside (0, 1), NaN or inf in
+      the features (detected after the computation, naming the arrays).
     TypeError: non-float features, float class ids.
   """
   V.check_pair(z_u_a, z_u_b, min_n=1, names=("z_u_a", "z_u_b"))
@@ -528,6 +529,13 @@ def generalization_bound(z_u_a: Array, z_u_b: Array, z_s: Array, y_s: Any,
   rc_s = _default_rcond(n, k, dtype) if rcond is None else float(rcond)
   rc_u = _default_rcond(m, k, dtype) if rcond is None else float(rcond)
   y_u1 = onehots[2] if y_u is not None else None
-  return _bound_core(z_u_a, z_u_b, z_s, onehots[0], z_t, onehots[1], y_u1,
-                     jnp.asarray(delta, dtype), bias=bias, rcond_s=rc_s,
-                     rcond_u=rc_u)
+  out = _bound_core(z_u_a, z_u_b, z_s, onehots[0], z_t, onehots[1], y_u1,
+                    jnp.asarray(delta, dtype), bias=bias, rcond_s=rc_s, rcond_u=rc_u)
+  bound = out["bound"]
+  if not isinstance(bound, jax.core.Tracer) and not bool(jnp.isfinite(bound)):
+    # Only on failure: find the culprit (one reduction per input).
+    bad = [name for name, z in (("z_u_a", z_u_a), ("z_u_b", z_u_b), ("z_s", z_s),
+                                ("z_t", z_t)) if not bool(jnp.all(jnp.isfinite(z)))]
+    raise ValueError(f"the bound is not finite ({float(bound)}); non-finite values "
+                     f"(NaN or inf) in {bad or 'no input: overflow in the features'}.")
+  return out

@@ -421,6 +421,8 @@ def test_bad_input(rng):
     B.generalization_bound(za, zb, jnp.asarray(p["z_s"], jnp.int32), ys, zt, yt)
   with pytest.raises(TypeError, match="share one float dtype"):
     B.generalization_bound(za, zb, zs.astype(jnp.bfloat16), ys, zt, yt)
+  with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in \['z_s'\]"):
+    B.generalization_bound(za, zb, zs.at[3, 1].set(jnp.nan), ys, zt, yt)
   with pytest.raises(ValueError, match=r"z must be \[n, k\]"):
     B.label_residual(zs[0], jnp.ones((10, 3)))
   with pytest.raises(ValueError, match="y has 9 rows"):
