@@ -235,15 +235,31 @@ def test_fit_smoke_every_objective(name, digits, fast_compile):
 
 def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits, fast_compile):
   kw = dict(FIT_KWARGS, num_steps=8, checkpoint_every=4)
-  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  calls = []
+
+  def evaluator(step, variables):
+    calls.append(step)
+    return {"ev/params": sum(np.size(p) for p in jax.tree.leaves(variables["params"]))}
+
+  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+                  evaluators=[evaluator], eval_every=4, **kw)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  evals = [l for l in lines if "ev/params" in l]
+  lines = [l for l in lines if "loss" in l]
+  assert calls == [4, 8] and [l["step"] for l in evals] == [4, 8]
+  assert evals[0]["ev/params"] == sum(np.size(p) for p in jax.tree.leaves(res.state.params))
   assert [l["step"] for l in lines] == [4, 8]
+  # The logged lr is the schedule's value at the update that was applied.
+  sched = train.make_schedule(learning_rate=kw["learning_rate"], batch_size=kw["batch_size"],
+                              num_steps=8, warmup_steps=kw["warmup_steps"])
+  np.testing.assert_allclose(lines[0]["lr"], float(sched(3)), rtol=1e-6)
   for key in ("loss", "variance", "invariance", "covariance", "lr", "grad_norm",
               "images_per_s", "probe_acc", "rep_std_mean", "rep_effective_rank"):
     assert key in lines[-1], key
   assert "compile_s" in lines[0]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
   again = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  assert len(open(tmp_path / "metrics.jsonl").readlines()) == 4  # nothing dropped
   assert again.resumed_from == 8 and again.history == []
   chex.assert_trees_all_equal(again.state.params, res.state.params)
 
