@@ -594,6 +594,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
   writer = _MetricsWriter(metrics_path, resume_step=start, enabled=is_chief)
   history: list = []
   if start >= num_steps:
+    if manager is not None:
+      manager.close()
     return FitResult(state, _variables(state), history, start, resumed_from)
 
   if data_iterator_fn is None:
