@@ -319,6 +319,17 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
   assert "last good checkpoint (step 5)" in str(info.value)
 
 
+def test_wall_clock_cap_stops_with_a_checkpoint(tmp_path, digits, fast_compile):
+  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+                  **dict(FIT_KWARGS, num_steps=50, max_train_seconds=1e-9))
+  assert res.step == 1
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+  (record,) = res.history
+  assert record["step"] == 1 and np.isfinite(record["loss"])
+  # Step 1 is not a statistics step (log_every=4): no zeros pretending to be stats.
+  assert not set(train.STATS_KEYS) & set(record)
+
+
 def test_bad_arguments_are_clear_errors(tmp_path, digits, fast_compile):
   with pytest.raises(ValueError, match="unknown objective 'vicrge'"):
     train.fit(model=tiny_model(), objective="vicrge", dataset=digits, batch_size=32,
