@@ -23,6 +23,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
 # Fields that may change between a run and its resumption (they do not change
 # the training trajectory).
 _RESUMABLE_FIELDS = ("eval", "report", "max_train_seconds", "log_every",
-                     "checkpoint_every", "keep_checkpoints", "eval_every", "data_dir")
+                     "checkpoint_every", "keep_checkpoints", "eval_every", "data_dir",
+                     "monitor_every", "monitor_examples")
 
 
 class UsageError(ValueError):
@@ -322,7 +324,39 @@ def _datasets(config):
           data.load(config.dataset, "test", data_dir=data_dir))
 
 
-def _fit_kwargs(config) -> dict:
+def _every(period: int, num_steps: int, evaluator):
+  """Run ``evaluator`` only at multiples of ``period`` and at the last step.
+
+  ``fit`` calls all its evaluators on one schedule (the gcd of their periods);
+  this keeps each evaluator on its own.
+  """
+  def run(step, variables):
+    if step % period == 0 or step >= num_steps:
+      return evaluator(step, variables)
+    return {}
+  return run
+
+
+def _training_monitor(config, model, train_ds, test_ds):
+  """The information/bound monitor of a training run (SPEC §5–6 on a fixed subset).
+
+  Records, on ``config.monitor_examples`` held-out test images: every term of the
+  generalization bound, the entropy estimates (Gaussian surrogate, LogDet, pairwise
+  KL/Bhattacharyya), the effective rank and the three VICReg terms, for the
+  representation and the projector output.
+  """
+  from sslit import evaluate, models  # pylint: disable=g-import-not-at-top
+  outputs = ("rep", "proj") if model.projector is not None else ("rep",)
+  fn_map = {o: models.make_apply_fn(model, o) for o in outputs}
+  augment = None if config.augment in ("none", "", None) else config.augment
+  return evaluate.make_monitor(
+      fn_map, test_ds, num_examples=int(config.get("monitor_examples", 512)),
+      augment=augment, seed=int(config.seed), mean=train_ds.mean, std=train_ds.std)
+
+
+def _fit_kwargs(config, *, eval_every: int | None = None) -> dict:
+  if eval_every is None:
+    eval_every = int(config.eval_every)
   return dict(
       objective=config.objective, objective_kwargs=_plain(config.objective_kwargs),
       batch_size=int(config.batch_size), num_steps=int(config.num_steps),
@@ -333,7 +367,7 @@ def _fit_kwargs(config) -> dict:
       grad_clip=float(config.grad_clip) or None, ema_momentum=float(config.ema_momentum),
       probe=bool(config.online_probe), seed=int(config.seed),
       log_every=int(config.log_every), checkpoint_every=int(config.checkpoint_every),
-      keep_checkpoints=int(config.keep_checkpoints), eval_every=int(config.eval_every),
+      keep_checkpoints=int(config.keep_checkpoints), eval_every=eval_every,
       max_train_seconds=float(config.max_train_seconds) or None)
 
 
@@ -415,16 +449,24 @@ def cmd_train(args, overrides) -> int:
   _prepare_workdir(workdir, config)
   from sslit import train  # pylint: disable=g-import-not-at-top
   evaluators = []
+  periods = []
   if int(config.eval_every):
     from sslit import evaluate, models  # pylint: disable=g-import-not-at-top
-    evaluators.append(evaluate.make_probe_evaluator(
+    evaluators.append(_every(int(config.eval_every), int(config.num_steps),
+                             evaluate.make_probe_evaluator(
         models.make_apply_fn(model, "rep"), train_ds, test_ds, num_train=5000,
-        num_test=1000))
+        num_test=1000)))
+    periods.append(int(config.eval_every))
+  if int(config.get("monitor_every", 0)):
+    evaluators.append(_every(int(config.monitor_every), int(config.num_steps),
+                             _training_monitor(config, model, train_ds, test_ds)))
+    periods.append(int(config.monitor_every))
   print(f"sslit train: {config.objective} on {config.dataset}, {config.num_steps} steps "
         f"of {config.batch_size} on {mesh.devices.size} device(s); workdir {workdir}",
         file=sys.stderr)
   result = train.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
-                     evaluators=evaluators, **_fit_kwargs(config))
+                     evaluators=evaluators,
+                     **_fit_kwargs(config, eval_every=math.gcd(*periods) if periods else 0))
   if result.resumed_from is not None:
     print(f"sslit train: resumed from step {result.resumed_from}", file=sys.stderr)
   if config.eval.enabled:

@@ -114,10 +114,15 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   for name in ("trained", "raw_pixels"):
     assert 10.0 < results[name]["linear_top1"] <= 100.0  # percent, above chance
   assert any("eval/trained/linear_top1" in l for l in lines)
+  # The information monitor ran on its own schedule (every 15 steps and at the end).
+  monitored = [l for l in lines if "monitor/rep/entropy_logdet" in l]
+  assert [l["step"] for l in monitored] == [15, 30]
+  for l in monitored:
+    assert l["monitor/rep/entropy_pairwise_bhattacharyya"] <= (
+        l["monitor/rep/entropy_pairwise_kl"] + 1e-4)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
   assert "trained" in out and "raw_pixels" in out
-  if (workdir / "report.md").exists():
-    assert (workdir / "report.md").read_text().strip()
+  assert "monitor/rep/entropy_logdet" in (workdir / "report.md").read_text()
 
   # The same command again: resumes at the end, trains nothing, keeps everything
   # (evaluation settings may change on resume).

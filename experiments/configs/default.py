@@ -66,6 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.online_probe = True
   c.eval_every = 0           # periodic kNN evaluator (0 = none during training)
+  # Information monitor (sslit.evaluate.make_monitor): bound terms, entropy
+  # estimates, effective rank and VICReg terms on a fixed held-out subset, written
+  # to metrics.jsonl and plotted in report.md (0 = off).
+  c.monitor_every = 100
+  c.monitor_examples = 512
   # Offline evaluation after training.
   c.eval = ml_collections.ConfigDict()
   c.eval.enabled = True

@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_steps = 30
   c.warmup_steps = 5
   c.log_every = 10
+  c.monitor_every = 15
+  c.monitor_examples = 128
   c.checkpoint_every = 10
   c.eval.steps = 50
   c.eval.baselines = ("raw", "random")
