@@ -49,6 +49,8 @@ def _parse(argv):
   p.add_argument("--timing", type=int, default=0,
                  help="only time this many steps (no probe)")
   p.add_argument("--tag", default="")
+  p.add_argument("--table", action="store_true",
+                 help="print the rows of --out as a Markdown table and exit")
   p.add_argument("--out", default="/tmp/sslit_recipe_runs.jsonl")
   p.add_argument("--cache", default="/tmp/sslit_recipe_baselines.json")
   args, rest = p.parse_known_args(argv)
@@ -70,6 +72,9 @@ def _loadavg() -> str:
 
 def main(argv=None) -> int:
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  if args.table:
+    print(table(args.out))
+    return 0
   t_start = time.perf_counter()
   from sslit import cli  # imports no JAX
   config = cli.load_config(args.config or cli.DEFAULT_CONFIG)
@@ -242,6 +247,32 @@ def main(argv=None) -> int:
   _append(args.out, row)
   print(json.dumps(row))
   return 0
+
+
+def table(path: str) -> str:
+  """The rows of a results file as Markdown: one row per (run, representation)."""
+  lines = ["| tag | overrides | split | steps | epochs | ms/step (load) | rep (dim) "
+           "| trained | random init | raw pixels | margin |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  for r in rows:
+    if r.get("timing_only"):
+      continue
+    raw = r.get("raw_pixels", {}).get("linear_top1")
+    ov = " ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
+    for rep, p in r.get("probe", {}).items():
+      tr = p["trained"]["linear_top1"]
+      rnd = p.get("random_init", {}).get("linear_top1")
+      margin = (tr - max(rnd, raw)) if rnd is not None and raw is not None else None
+      knn = p["trained"].get("knn20_top1")
+      tr_s = f"{tr:.2f}" + (f" (kNN {knn:.2f})" if knn is not None else "")
+      lines.append(
+          f"| {r['tag']} | {ov} | {r['split']} | {r['steps']} | {r['epochs']} | "
+          f"{r['ms_per_step']} ({r['loadavg'].split()[0]}) | {rep} ({p['dim']}) | "
+          f"{tr_s} | {rnd} | {raw} | "
+          f"{'' if margin is None else f'{margin:+.2f}'} |")
+  return "\n".join(lines)
 
 
 def _append(path, row):

@@ -1,0 +1,36 @@
+"""Recipe candidate "b128": the base network, batch 128, peak lr 4e-3, one CPU device.
+
+ConvNet 16-32-64 (avg pooling, last map pooled to 2x2 bins: 256-d), projector
+1024-1024, VICReg 25/25/1, "fashion_mnist" augmentation, AdamW (learning_rate 8e-3
+per 256 examples, i.e. a peak of 4e-3 at batch 128), weight decay 1e-4, 50 warm-up
+steps then cosine to 0, 1600 steps (3.4 epochs), one CPU device (faster than two
+for this net at batch 128). The best VICReg candidate of docs/recipe.md.
+
+Command: ``sslit train --config experiments/configs/recipe_b128.py``.
+Numbers and minutes (2-core CPU): docs/recipe.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location(
+    "_sslit_recipe_base_config", os.path.join(os.path.dirname(__file__), "recipe_base.py"))
+base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(base)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The b128 candidate."""
+  c = base.get_config()
+  c.name = "recipe_b128"
+  c.cpu_devices = 1
+  c.batch_size = 128
+  c.num_steps = 1600
+  c.warmup_steps = 50
+  c.learning_rate = 8e-3
+  c.max_train_seconds = 0.0
+  return c
