@@ -1,0 +1,32 @@
+"""Recipe candidate "b128_simclr": recipe_b128 with the "simclr" augmentation preset.
+
+ConvNet 16-32-64 (avg pooling, last map pooled to 2x2 bins: 256-d), projector
+1024-1024, VICReg 25/25/1, augmentation preset "simclr" (crop 0.08-1, flip, jitter
+p=0.8 with brightness/contrast 0.8 (saturation/hue are identities on grayscale),
+Gaussian blur p=0.5), AdamW learning_rate 8e-3 per 256 examples (peak 4e-3 at batch
+128), weight decay 1e-4, 50 warm-up steps then cosine to 0, batch 128, 1600 steps
+(3.4 epochs), one CPU device. The best candidate of docs/recipe.md.
+
+Command: ``sslit train --config experiments/configs/recipe_b128_simclr.py``.
+Numbers and minutes (2-core CPU): docs/recipe.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location(
+    "_sslit_recipe_b128_config", os.path.join(os.path.dirname(__file__), "recipe_b128.py"))
+b128 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(b128)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The b128_simclr candidate."""
+  c = b128.get_config()
+  c.name = "recipe_b128_simclr"
+  c.augment = "simclr"
+  return c
