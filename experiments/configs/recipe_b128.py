@@ -4,10 +4,12 @@ ConvNet 16-32-64 (avg pooling, last map pooled to 2x2 bins: 256-d), projector
 1024-1024, VICReg 25/25/1, "fashion_mnist" augmentation, AdamW (learning_rate 8e-3
 per 256 examples, i.e. a peak of 4e-3 at batch 128), weight decay 1e-4, 50 warm-up
 steps then cosine to 0, 1600 steps (3.4 epochs), one CPU device (faster than two
-for this net at batch 128). The best VICReg candidate of docs/recipe.md.
+for this net at batch 128).
 
 Command: ``sslit train --config experiments/configs/recipe_b128.py``.
-Numbers and minutes (2-core CPU): docs/recipe.md.
+Expected (2-core CPU, seed 0): test linear probe 88.72 % vs 86.76 % random init and
+83.88 % raw pixels (+1.96: just short of the 2-point goal); 210 s in all.
+docs/recipe.md has every candidate.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ Gaussian blur p=0.5), AdamW learning_rate 8e-3 per 256 examples (peak 4e-3 at ba
 (3.4 epochs), one CPU device. The best candidate of docs/recipe.md.
 
 Command: ``sslit train --config experiments/configs/recipe_b128_simclr.py``.
-Numbers and minutes (2-core CPU): docs/recipe.md.
+Expected (2-core CPU, jax 0.10.2; seeds 0 / 1): linear-probe top-1 on the test split
+88.95 / 88.84 % against 86.76 / 86.79 % for the same network at random
+initialisation (BatchNorm calibrated) and 83.88 % for raw pixels; the whole command
+211 s (load average 0.6-1.9). All candidates: docs/recipe.md.
 """
 
 from __future__ import annotations
