@@ -689,6 +689,16 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
                                         "batch_size": batch_size, "num_steps": num_steps})
         last_saved = step
       if out_of_time and not last:
+        # Say so: a silent early stop looks like a finished schedule.
+        note = {"step": step, "stopped_early": 1.0,
+                "max_train_seconds": float(max_train_seconds)}
+        writer.write(note)
+        history.append(note)
+        if is_chief:
+          import sys  # pylint: disable=g-import-not-at-top
+          print(f"fit: stopped at step {step} of {num_steps}: max_train_seconds="
+                f"{max_train_seconds:g} reached (checkpoint saved; run again with a "
+                f"larger cap to continue the schedule)", file=sys.stderr)
         break
   finally:
     batches.close()

@@ -319,13 +319,19 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
   assert "last good checkpoint (step 5)" in str(info.value)
 
 
-def test_wall_clock_cap_stops_with_a_checkpoint(tmp_path, digits, fast_compile):
+def test_wall_clock_cap_stops_with_a_checkpoint(tmp_path, digits, fast_compile,
+                                                 capsys):
   res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                   **dict(FIT_KWARGS, num_steps=50, max_train_seconds=1e-9))
   assert res.step == 1
   assert os.listdir(tmp_path / "checkpoints") == ["1"]
-  (record,) = res.history
+  record, note = res.history
   assert record["step"] == 1 and np.isfinite(record["loss"])
+  # The early stop is said, on stderr and in metrics.jsonl, not left silent.
+  assert note == {"step": 1, "stopped_early": 1.0, "max_train_seconds": 1e-9}
+  assert "stopped at step 1 of 50" in capsys.readouterr().err
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1])["stopped_early"] == 1.0
   # Step 1 is not a statistics step (log_every=4): no zeros pretending to be stats.
   assert not set(train.STATS_KEYS) & set(record)
 
