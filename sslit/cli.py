@@ -337,21 +337,22 @@ def _every(period: int, num_steps: int, evaluator):
   return run
 
 
-def _training_monitor(config, model, train_ds, test_ds):
-  """The information/bound monitor of a training run (SPEC §5–6 on a fixed subset).
+def _monitor(config, model, train_ds, test_ds, *, num_examples: int, **kwargs):
+  """The information/bound monitor of a run (SPEC §5–6 on a fixed held-out subset).
 
-  Records, on ``config.monitor_examples`` held-out test images: every term of the
+  Records, on ``num_examples`` held-out test images: every term of the
   generalization bound, the entropy estimates (Gaussian surrogate, LogDet, pairwise
   KL/Bhattacharyya), the effective rank and the three VICReg terms, for the
-  representation and the projector output.
+  representation and the projector output. Used during training
+  (``monitor_every``) and by ``sslit analyze``.
   """
   from sslit import evaluate, models  # pylint: disable=g-import-not-at-top
   outputs = ("rep", "proj") if model.projector is not None else ("rep",)
   fn_map = {o: models.make_apply_fn(model, o) for o in outputs}
   augment = None if config.augment in ("none", "", None) else config.augment
   return evaluate.make_monitor(
-      fn_map, test_ds, num_examples=int(config.get("monitor_examples", 512)),
-      augment=augment, seed=int(config.seed), mean=train_ds.mean, std=train_ds.std)
+      fn_map, test_ds, num_examples=num_examples, augment=augment,
+      seed=int(config.seed), mean=train_ds.mean, std=train_ds.std, **kwargs)
 
 
 def _fit_kwargs(config, *, eval_every: int | None = None) -> dict:
@@ -459,7 +460,8 @@ def cmd_train(args, overrides) -> int:
     periods.append(int(config.eval_every))
   if int(config.get("monitor_every", 0)):
     evaluators.append(_every(int(config.monitor_every), int(config.num_steps),
-                             _training_monitor(config, model, train_ds, test_ds)))
+                             _monitor(config, model, train_ds, test_ds,
+                                      num_examples=int(config.get("monitor_examples", 512)))))
     periods.append(int(config.monitor_every))
   print(f"sslit train: {config.objective} on {config.dataset}, {config.num_steps} steps "
         f"of {config.batch_size} on {mesh.devices.size} device(s); workdir {workdir}",
@@ -524,17 +526,13 @@ def cmd_eval(args, overrides) -> int:
 def cmd_analyze(args, overrides) -> int:
   config, workdir = _load_run(args, overrides)
   _start_devices(config)
-  from sslit import evaluate, models  # pylint: disable=g-import-not-at-top
+  from sslit import models  # pylint: disable=g-import-not-at-top
   train_ds, test_ds = _datasets(config)
   model = _build_model(config)
   variables, step = _restore_variables(workdir)
-  outputs = ("rep", "proj") if model.projector is not None else ("rep",)
-  fn_map = {o: models.make_apply_fn(model, o) for o in outputs}
-  augment = None if config.augment in ("none", "", None) else config.augment
-  monitor = evaluate.make_monitor(
-      fn_map, test_ds, num_examples=args.num_examples or 1024, augment=augment,
-      seed=int(config.seed), mean=train_ds.mean, std=train_ds.std,
-      cpa_fn=lambda v: models.single_input_fn(model, v, "rep"))
+  monitor = _monitor(config, model, train_ds, test_ds,
+                     num_examples=args.num_examples or 1024,
+                     cpa_fn=lambda v: models.single_input_fn(model, v, "rep"))
   result = {k: (float(v) if hasattr(v, "__float__") else v)
             for k, v in dict(monitor(step, variables)).items()}
   result["step"] = step

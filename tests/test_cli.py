@@ -149,6 +149,18 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   np.testing.assert_allclose(again["trained"]["linear_top1"],
                              results["trained"]["linear_top1"], atol=1e-6)
 
+  # sslit analyze on the newest checkpoint: the monitor plus the CPA information.
+  code, out = _run(["analyze", "--workdir", str(workdir), "--num_examples", "64"],
+                   capsys)
+  assert code == 0, out
+  analysis = json.loads((workdir / "analysis.json").read_text())
+  assert analysis["step"] == 30
+  assert np.isfinite(analysis["monitor/rep/entropy_logdet"])
+  assert np.isfinite(analysis["monitor/cpa/h_cond"])
+  assert 0 < analysis["monitor/cpa/min_rank"] <= 32  # the 32-d representation
+  if analysis["monitor/cpa/min_rank"] == 32:  # bounds exist only for full-rank slopes
+    assert analysis["monitor/cpa/h_lower"] <= analysis["monitor/cpa/h_upper"] + 1e-4
+
 
 def test_command_line_entry_point_exit_status(tmp_path):
   proc = subprocess.run(
