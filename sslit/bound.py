@@ -103,6 +103,15 @@ def _default_rcond(n: int, k: int, dtype: Any) -> float:
   return max(max(n, k) * eps, 10.0 * math.sqrt(eps))
 
 
+def _checked_rcond(z: Array, y: Array, rcond: float | None) -> float:
+  """Check a least-squares problem ``z [n, k]``, ``y [n, C]``; the cut-off to use."""
+  V.check_batch(z, "z", min_n=1)
+  n, k = V.shape_of(z)
+  _check_labels_2d(y, "y", n, "z")
+  _check_rcond(rcond)
+  return _default_rcond(n, k, z.dtype) if rcond is None else float(rcond)
+
+
 @functools.partial(jax.jit, static_argnames=("bias", "rcond"))
 def _lstsq(z: Array, y: Array, *, bias: bool, rcond: float) -> tuple[Array, Array]:
   y = y.astype(z.dtype)
@@ -155,11 +164,7 @@ def least_squares_head(z: Array, y: Array, *, bias: bool = False,
     ``(w [k, C], b [C])``; ``b`` is zero when ``bias=False``. Predictions are
     ``z @ w + b``.
   """
-  V.check_batch(z, "z", min_n=1)
-  n, k = V.shape_of(z)
-  _check_labels_2d(y, "y", n, "z")
-  _check_rcond(rcond)
-  rc = _default_rcond(n, k, z.dtype) if rcond is None else float(rcond)
+  rc = _checked_rcond(z, y, rcond)
   return _lstsq(z, y, bias=bias, rcond=rc)
 
 
@@ -188,11 +193,7 @@ def label_residual(z: Array, y: Array, *, bias: bool = False,
   Returns:
     Scalar ``‖P_Z Y‖_F`` in label units.
   """
-  V.check_batch(z, "z", min_n=1)
-  n, k = V.shape_of(z)
-  _check_labels_2d(y, "y", n, "z")
-  _check_rcond(rcond)
-  rc = _default_rcond(n, k, z.dtype) if rcond is None else float(rcond)
+  rc = _checked_rcond(z, y, rcond)
   return _residual(z, y, bias=bias, rcond=rc)
 
 

@@ -509,12 +509,18 @@ def _restore_variables(workdir: str):
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
 
 
-def cmd_eval(args, overrides) -> int:
+def _open_run(args, overrides):
+  """A finished run's config, data, model and newest variables (eval, analyze)."""
   config, workdir = _load_run(args, overrides)
   _start_devices(config)
   train_ds, test_ds = _datasets(config)
   model = _build_model(config)
   variables, step = _restore_variables(workdir)
+  return config, workdir, train_ds, test_ds, model, variables, step
+
+
+def cmd_eval(args, overrides) -> int:
+  config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
   results = _offline_eval(config, model, variables, train_ds, test_ds, step=step,
                           workdir=workdir)
   print(f"sslit eval: step {step}\n" + _summary(results))
@@ -524,12 +530,8 @@ def cmd_eval(args, overrides) -> int:
 
 
 def cmd_analyze(args, overrides) -> int:
-  config, workdir = _load_run(args, overrides)
-  _start_devices(config)
+  config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
   from sslit import models  # pylint: disable=g-import-not-at-top
-  train_ds, test_ds = _datasets(config)
-  model = _build_model(config)
-  variables, step = _restore_variables(workdir)
   monitor = _monitor(config, model, train_ds, test_ds,
                      num_examples=args.num_examples or 1024,
                      cpa_fn=lambda v: models.single_input_fn(model, v, "rep"))

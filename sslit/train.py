@@ -741,13 +741,15 @@ def _normalized(augment_fn: Callable | None, dataset: Any) -> Callable:
   if np.any(std <= 0):
     raise ValueError(f"dataset.std must be > 0, got {std}.")
 
+  # The one preprocessing shared with evaluation (features must see what training saw).
+  from sslit.evaluate import preprocess  # pylint: disable=g-import-not-at-top
+
   def views(key, images):
     if augment_fn is None:
-      x = images_to_float(images)
-      x_a, x_b = x, x
+      x_a = x_b = images
     else:
       x_a, x_b = augment_fn(key, images)
-    return (x_a - mean) / std, (x_b - mean) / std
+    return preprocess(x_a, mean, std), preprocess(x_b, mean, std)
   return views
 
 
