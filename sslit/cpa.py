@@ -732,6 +732,12 @@ def _conditional_entropy(A: Array, sigma: Array, rtol: float | None
                          ) -> ConditionalEntropy:
   k, d = A.shape[-2:]
   s = jnp.linalg.svd(A, compute_uv=False)
+  return _entropy_from_singular_values(s, k, d, sigma, rtol)
+
+
+def _entropy_from_singular_values(s: Array, k: int, d: int, sigma: Array,
+                                  rtol: float | None) -> ConditionalEntropy:
+  """Rank-aware ``½ log pdet(2πe σ² A Aᵀ)`` from the singular values ``s`` of ``A``."""
   eps = jnp.finfo(s.dtype).eps
   tol = (max(k, d) * eps if rtol is None else rtol) * s[..., :1]
   keep = s > tol
@@ -740,6 +746,19 @@ def _conditional_entropy(A: Array, sigma: Array, rtol: float | None
   sigma = sigma.astype(s.dtype)
   h = 0.5 * rank * jnp.log(2 * jnp.pi * jnp.e * sigma**2) + log_s
   return ConditionalEntropy(h, rank, rank == k)
+
+
+def _noisy_entropy(s: Array, k: int, sigma: Array, tau: Array) -> Array:
+  """``½ log det(2πe (σ² A Aᵀ + τ² I_k))`` from the singular values ``s`` of ``A``.
+
+  The eigenvalues of ``σ² A Aᵀ + τ² I_k`` are ``σ² s_i² + τ²`` for the
+  ``min(k, d)`` singular values and ``τ²`` for the remaining ``k − min(k, d)``.
+  ``hypot`` keeps the log-variances free of under/overflow; ``τ > 0``.
+  """
+  m = s.shape[-1]
+  log_var = 2.0 * jnp.log(jnp.hypot(sigma * s, tau))
+  return 0.5 * (k * math.log(2 * math.pi * math.e) + jnp.sum(log_var, axis=-1)
+                + (k - m) * 2.0 * jnp.log(tau))
 
 
 def separation_ratio(means: Array, covs: Any) -> Array:
@@ -889,51 +908,91 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
 
 
 def representation_information(fn: Callable[[Array], Array], x: Array, *,
-                               sigma: float, mode: str = "fwd",
-                               chunk_size: int | None = None,
+                               sigma: float, output_noise: float = 0.0,
+                               relative_output_noise: float = 0.0,
+                               mode: str = "fwd", chunk_size: int | None = None,
                                mesh: Any = None) -> dict[str, Array]:
   """The information quantities of SPEC §2–3 for a network and a set of inputs.
 
-  Model: ``z | n ~ N(μ_n, Σ_n)``, ``μ_n = fn(x_n)``, ``Σ_n = σ² A_n A_nᵀ``, equal
-  weights over the ``n`` inputs. Returns
+  Model: ``z = fn(x_n + σ ε) + τ η`` with ``ε ~ N(0, I_d)``, ``η ~ N(0, I_k)``, so
+  that under A1 ``z | n ~ N(μ_n, Σ_n)``, ``μ_n = fn(x_n)``,
+  ``Σ_n = σ² A_n A_nᵀ + τ² I_k``, equal weights over the ``n`` inputs. ``τ`` is
+  ``output_noise``, or ``relative_output_noise · σ · s̄`` with
+  ``s̄² = (1/(n k)) Σ_n ‖A_n‖_F²`` (so ``τ²`` is that fraction squared of the average
+  per-dimension variance ``tr(σ² A_n A_nᵀ)/k`` the input noise induces). Returns
 
-  - ``h_cond`` = ``H(Z|n)`` = mean over n of ``½ log det(2πe Σ_n)`` (rank-aware,
-    see ``conditional_entropy``);
+  - ``h_cond`` = ``H(Z|n)`` = mean over n of ``½ log det(2πe Σ_n)``. For ``τ > 0``
+    exact, from the singular values ``s_i`` of ``A_n``:
+    ``½ Σ_{i≤k} log(2πe (σ² s_i² + τ²))`` (``s_i = 0`` for ``i > min(k, d)``). For
+    ``τ = 0`` rank-aware (see ``conditional_entropy``): when ``A_n`` has rank
+    ``r < k`` it is the entropy on the ``r``-dim row space, not the ``k``-dim one
+    (which is −∞).
   - ``h_lower`` / ``h_upper``: Kolchinsky–Tracey pairwise bounds on ``H(Z)``
-    (Bhattacharyya / KL distances, ``sslit.estimators.pairwise_entropy``);
-  - ``mi_lower`` / ``mi_upper`` = those minus ``h_cond``: bounds on ``I(Z; X′)``
-    (here the information ``z`` keeps about which input it came from), in
-    ``[0, log n]``;
+    (Bhattacharyya / KL distances, ``sslit.estimators.pairwise_entropy`` on the full
+    ``[n, k, k]`` covariances ``Σ_n``), written ``h_cond + mi_*``.
+  - ``mi_lower`` / ``mi_upper``: the pairwise part of those bounds,
+    ``−(1/n) Σ_i log (1/n) Σ_j exp(−D(p_i‖p_j))``: bounds on ``I(Z; X′)`` (here the
+    information ``z`` keeps about which input it came from), in ``[0, log n]``.
   - ``gaussian_surrogate`` = ``½ log det(2πe Cov Z)``, ``Cov Z`` the mixture's
     covariance (means' covariance, ddof 0, plus the mean ``Σ_n``): the Gaussian
     (maximum-entropy) upper bound on ``H(Z)`` that VICReg's variance/covariance terms
-    push up;
-  - ``separation_ratio`` of the components; ``min_rank`` and ``full_rank`` (all
-    ``Σ_n`` of rank ``k``; when not, the mixture has no density in ``R^k``: ``h_*``
-    use ``Σ_n`` as given and may be −∞/NaN while ``h_cond`` is the row-space value).
+    push up.
+  - ``separation_ratio`` of the components (with ``Σ_n``, so including ``τ²``).
+  - ``min_rank`` / ``full_rank``: the smallest numerical rank of the slopes ``A_n``
+    and whether all are ``k`` (about ``A_n``, not ``Σ_n``, which is full rank for
+    ``τ > 0``); ``sigma`` and ``output_noise`` (the ``τ`` used).
+
+  With ``τ > 0`` every ``Σ_n`` is positive definite and all quantities are finite
+  and those of the same model. With ``τ = 0`` and some ``A_n`` of rank ``< k``
+  (``k > d``, dead ReLUs, collapsed directions) the mixture has no density in
+  ``R^k``: ``h_lower = h_upper = −inf`` (its ``k``-dim differential entropy) and
+  ``mi_lower = mi_upper = NaN`` (the pairwise bounds do not exist; pass
+  ``relative_output_noise``, e.g. 0.1, for finite numbers). With ``τ = 0``, NaN can
+  still come from full-rank ``Σ_n`` too ill-conditioned for a Cholesky factor in the
+  working precision (condition number of ``A_n`` beyond ~``eps^{-1/2}``).
 
   Cost: one slope pass (``n·k·d``, in chunks), ``n`` SVDs of ``[k, d]`` and the
   ``O(n² k³)`` pairwise bounds: meant for evaluation sets of hundreds to a few
-  thousand inputs. Slopes are reduced to ``Σ_n`` chunk by chunk, so ``[n, k, d]``
-  never exists at once when ``chunk_size`` is set.
+  thousand inputs. Slopes are reduced to ``A_n A_nᵀ`` and singular values chunk by
+  chunk, so ``[n, k, d]`` never exists at once when ``chunk_size`` is set.
 
   Args:
     fn: function of one input to ``[k]`` (eval mode).
     x: batch ``[n, ...]``, n ≥ 2.
     sigma: input-noise standard deviation (> 0).
+    output_noise: ``τ ≥ 0``, standard deviation of isotropic Gaussian noise added to
+      the representation (absolute, in the units of ``fn``'s output).
+    relative_output_noise: ``ρ ≥ 0``: ``τ = ρ σ s̄`` (see above), scale-equivariant
+      (scaling ``fn`` by ``c`` scales ``τ`` by ``c``). At most one of the two > 0.
     mode: slope mode, as in ``jacobian``.
     chunk_size: as in ``jacobian``.
     mesh: optional mesh: the per-sample work (slopes, ``A Aᵀ``, SVDs) runs on each
-      device's shard of the batch, as in ``jacobian``; only ``[n, k]`` means and
-      ``[n, k, k]`` covariances are gathered for the pairwise bounds.
+      device's shard of the batch, as in ``jacobian``; only ``[n, k]`` means,
+      ``[n, k, k]`` ``A Aᵀ`` and ``[n, min(k, d)]`` singular values are gathered.
 
   Returns:
-    dict of scalars (nats) with the keys above plus ``sigma``.
+    dict of scalars (nats) with the keys above.
+
+  References:
+    Kolchinsky & Tracey, "Estimating mixture entropy with pairwise distances",
+    Entropy 19(7):361, 2017.
   """
   from sslit import estimators  # imported here: estimators never imports cpa
 
   _check_x(x)
   _check_sigma(sigma)
+  _validate.check_positive(output_noise, "output_noise", allow_zero=True)
+  _validate.check_positive(relative_output_noise, "relative_output_noise",
+                           allow_zero=True)
+  try:
+    both = float(output_noise) > 0 and float(relative_output_noise) > 0
+  except Exception:  # traced: cannot be checked
+    both = False
+  if both:
+    raise ValueError(
+        f"give output_noise (absolute τ) or relative_output_noise (τ relative to "
+        f"σ times the slopes' scale), not both; got output_noise={output_noise}, "
+        f"relative_output_noise={relative_output_noise}.")
   _validate.check_choice(mode, _MODES, "mode")
   _check_chunk_size(chunk_size)
   (k,) = _output_shape(fn, x)
@@ -947,33 +1006,45 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
 
   def per_sample(v):
     a = jac(v)
-    ce = conditional_entropy(a, 1.0)
-    return g(v), a @ a.T, ce.entropy, ce.rank
+    return g(v), a @ a.T, jnp.linalg.svd(a, compute_uv=False)
 
   local = _over_mesh(
       lambda x: _map(per_sample, x.reshape(x.shape[0], d), chunk_size), mesh, n)
 
-  def body(x, sigma):
-    # Per-sample work at σ = 1, then H(σ) = H(1) + r log σ and Σ = σ² A Aᵀ.
-    means, aat, h1, rank = local(x)
-    covs = sigma**2 * aat
-    h = h1 + rank * jnp.log(sigma)
-    h_lo = estimators.pairwise_entropy(means, covs, distance="bhattacharyya")
-    h_up = estimators.pairwise_entropy(means, covs, distance="kl")
+  def body(x, sigma, tau_abs, rho):
+    means, aat, s = local(x)
+    sigma, tau_abs, rho = (v.astype(aat.dtype) for v in (sigma, tau_abs, rho))
+    slope_scale = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(s), axis=-1)) / k)
+    tau = tau_abs + rho * sigma * slope_scale
+    noisy = tau > 0
+    tau_safe = jnp.where(noisy, tau, 1.0)  # keeps the unused branch's gradient finite
+    h_rank = _entropy_from_singular_values(s, k, d, sigma, None)
+    h = jnp.where(noisy, _noisy_entropy(s, k, sigma, tau_safe), h_rank.entropy)
     h_cond = jnp.mean(h)
+    covs = sigma**2 * aat + jnp.where(noisy, tau**2, 0.0) * jnp.eye(k, dtype=aat.dtype)
+    # The pairwise part of each bound alone: the bound minus the mean component
+    # entropy it was built from (the same Cholesky factors), so mi_* ∈ [0, log n]
+    # up to rounding and h_* = h_cond + mi_* uses the exact h_cond.
+    h_chol = estimators.mixture_conditional_entropy(covs)
+    mi_lo = estimators.pairwise_entropy(means, covs, distance="bhattacharyya") - h_chol
+    mi_up = estimators.pairwise_entropy(means, covs, distance="kl") - h_chol
+    density = noisy | jnp.all(h_rank.rank == k)
     mu = means - means.mean(0)
     cov_z = mu.T @ mu / n + covs.mean(0)
     return {
         "h_cond": h_cond,
-        "h_lower": h_lo,
-        "h_upper": h_up,
-        "mi_lower": h_lo - h_cond,
-        "mi_upper": h_up - h_cond,
+        "h_lower": jnp.where(density, h_cond + mi_lo, -jnp.inf),
+        "h_upper": jnp.where(density, h_cond + mi_up, -jnp.inf),
+        "mi_lower": jnp.where(density, mi_lo, jnp.nan),
+        "mi_upper": jnp.where(density, mi_up, jnp.nan),
         "gaussian_surrogate": estimators.gaussian_entropy(cov_z),
         "separation_ratio": separation_ratio(means, covs),
-        "min_rank": jnp.min(rank),
-        "full_rank": jnp.all(rank == k),
+        "min_rank": jnp.min(h_rank.rank),
+        "full_rank": jnp.all(h_rank.full_rank),
         "sigma": sigma,
+        "output_noise": tau,
     }
 
-  return _jit_call(body, x, jnp.asarray(sigma, x.dtype), owner=fn)
+  return _jit_call(body, x, jnp.asarray(sigma, x.dtype),
+                   jnp.asarray(output_noise, x.dtype),
+                   jnp.asarray(relative_output_noise, x.dtype), owner=fn)
