@@ -12,6 +12,14 @@ re-wrapped on restore. A newest checkpoint that cannot be read is moved aside
 (renamed ``<step>.corrupt``, never deleted) with a warning, and the previous one is
 used; it is moved only once an older checkpoint has been read successfully, so
 an incompatible target never displaces good checkpoints.
+
+Multi-host: every process constructs the manager on the same (shared) directory
+and calls ``save`` and ``restore`` with the same arguments; the arrays are global
+``jax.Array`` over the mesh. Orbax splits the writing of replicated arrays
+between the processes (each chunk is written once) and process 0 writes the
+JSON ``meta`` and renames the finished step. A checkpoint counts as readable only
+if every process read it, so all processes resume from the same step; process 0
+moves unreadable ones aside and the others wait for it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 __all__ = ["CheckpointManager", "CheckpointError", "abstract_like"]
 
@@ -58,6 +67,21 @@ def _data_to_keys(abstract: Any, restored: Any) -> Any:
               else jax.random.wrap_key_data(r, impl=impl))
     return r
   return jax.tree.map(conv, abstract, restored)
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether ``ok`` holds on every process (a collective when multi-host)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray(ok, np.int32))
+  return bool(np.all(flags))
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -158,11 +182,21 @@ class CheckpointManager:
     """Restore without a target: nested dicts of NumPy arrays as saved (keys as data).
 
     For reading a run's parameters without rebuilding its optimiser (``sslit
-    eval``). Same fallback as :meth:`restore`.
+    eval``). The arrays are read on the host whatever devices and processes wrote
+    them (a checkpoint of a two-process run reads in one process). Same fallback
+    as :meth:`restore`.
     """
     def restore_one(s):
+      # Without a target orbax would rebuild the saved shardings, which name the
+      # devices of the run that wrote them; NumPy leaves ask for host arrays.
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        saved = handler.metadata(epath.Path(self.directory) / str(s) / "state")
+      finally:
+        handler.close()
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
       restored = self._manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                      meta=ocp.args.JsonRestore()))
       return restored["state"], dict(restored["meta"]), s
     if step is not None:
@@ -176,9 +210,13 @@ class CheckpointManager:
     errors = []
     for s in reversed(steps):
       try:
-        result = restore_one(s)
+        result, error = restore_one(s), None
       except Exception as e:  # corrupt or incompatible: try the previous one
-        errors.append((s, e))
+        result, error = None, e
+      # All processes must resume from the same step.
+      if not _on_every_process(error is None):
+        errors.append((s, error or CheckpointError(
+            f"step {s} was read by this process but not by every process")))
         continue
       # An older checkpoint reads fine, so the newer ones are corrupt: move them
       # aside (never delete) so that training can write those steps again.
@@ -211,6 +249,8 @@ class CheckpointManager:
         dst = f"{src}.corrupt{i}"
         i += 1
       shutil.move(src, dst)
+    # No process may list the steps again before the move is done.
+    _sync_processes(f"sslit_checkpoint_move_aside_{step}")
     self._manager.close()
     self._manager = self._make_manager()
     return dst

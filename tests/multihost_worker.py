@@ -10,7 +10,11 @@ prepared tfds files. Run as a script, this file trains a tiny MLP with
   final parameters are written to ``--out`` (``.npz``).
 - ``multihost``: one of ``--num_processes`` processes started with
   ``jax.distributed.initialize`` on localhost (CPU collectives over gloo), each
-  reading its own shard of every global batch.
+  reading its own shard of every global batch. With ``--workdir`` all processes
+  write checkpoints into that one directory every ``--checkpoint_every`` steps;
+  ``--block_at N`` makes each process's data pipeline stop before batch ``N``: it
+  creates ``<out>.blocked<process_id>`` and waits forever, so that the caller can
+  SIGKILL every process in the middle of training at a known point.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -71,6 +76,16 @@ def _killing(iterator, kill_at: int):
     yield batch
 
 
+def _blocking(iterator, block_at: int, marker: str):
+  for i, batch in enumerate(iterator):
+    if i == block_at:
+      with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+      while True:  # until the caller's SIGKILL
+        time.sleep(60)
+    yield batch
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser()
   p.add_argument("mode", choices=("resume", "multihost"))
@@ -80,6 +95,8 @@ def main(argv=None) -> int:
   p.add_argument("--process_id", type=int, default=0)
   p.add_argument("--num_processes", type=int, default=1)
   p.add_argument("--port", type=int, default=0)
+  p.add_argument("--checkpoint_every", type=int, default=0)
+  p.add_argument("--block_at", type=int, default=-1)
   args = p.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -98,9 +115,19 @@ def main(argv=None) -> int:
       it = data.batch_iterator(ds, FIT_KWARGS["batch_size"], seed=FIT_KWARGS["seed"],
                                start_step=start)
       return _killing(it, args.kill_at - start)
+  if args.block_at >= 0:
+    marker = f"{args.out}.blocked{jax.process_index()}"
+
+    def iterator_fn(start):
+      it = data.batch_iterator(ds, FIT_KWARGS["batch_size"], seed=FIT_KWARGS["seed"],
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(), start_step=start)
+      return _blocking(it, args.block_at - start, marker)
   kwargs = dict(FIT_KWARGS)
   if args.mode == "resume":
     kwargs["checkpoint_every"] = 4
+  elif args.workdir is not None:
+    kwargs["checkpoint_every"] = args.checkpoint_every
   result = train.fit(model=tiny_model(), dataset=ds, workdir=args.workdir, mesh=mesh,
                      data_iterator_fn=iterator_fn, **kwargs)
   params = parallel.to_host(result.state.params)

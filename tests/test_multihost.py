@@ -1,0 +1,167 @@
+"""Multi-host checkpointing: two processes, one checkpoint directory, SIGKILL, resume.
+
+Two processes (``jax.distributed.initialize`` on localhost, CPU collectives over
+gloo, one device each) train the tiny MLP of ``tests/multihost_worker.py`` with
+``sslit.train.fit``, writing checkpoints into one shared workdir. Both are killed
+with SIGKILL in the middle of training, then the same command is started again.
+The oracle is an uninterrupted run in this process (one process, two devices, the
+same global batches, no checkpoints).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sslit import checkpoint, parallel, train
+from tests.multihost_worker import FIT_KWARGS, DigitsDataset, tiny_model
+
+WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 120  # per launch; a hang (e.g. one process waiting in a barrier) fails
+
+
+def _flat(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(parallel.to_host(tree))[0]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+  """Final params of FIT_KWARGS: one process, both devices, no interruption."""
+  return _flat(train.fit(model=tiny_model(), dataset=DigitsDataset(),
+                         **FIT_KWARGS).state.params)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(tmp_path, tag, *extra):
+  """Start the two worker processes; their output goes to ``<tag>.<i>.log``."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  port = _free_port()
+  procs, logs = [], []
+  for i in range(2):
+    log = open(tmp_path / f"{tag}.{i}.log", "w")
+    logs.append(log)
+    procs.append(subprocess.Popen(
+        [sys.executable, WORKER, "multihost", "--process_id", str(i),
+         "--num_processes", "2", "--port", str(port), "--workdir", str(tmp_path / "run"),
+         "--checkpoint_every", "4", "--out", str(tmp_path / "out.npz"), *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT))
+  return procs, logs
+
+
+def _logs(tmp_path, tag):
+  return "\n".join(f"--- process {i}:\n" + (tmp_path / f"{tag}.{i}.log").read_text()[-3000:]
+                   for i in range(2))
+
+
+def _kill(procs, logs):
+  for p in procs:
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+  for p in procs:
+    p.wait(timeout=30)
+  for log in logs:
+    log.close()
+
+
+def _ocdbt_keys(directory):
+  """The keys of an OCDBT store (orbax's array format) under ``directory``."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{directory}/"}).result()
+  return {k.decode() for k in kv.list().result()}
+
+
+def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
+    tmp_path, uninterrupted):
+  ckpt = tmp_path / "run" / "checkpoints"
+  num_steps = FIT_KWARGS["num_steps"]
+
+  # 1. Checkpoints every 4 steps; each data pipeline stalls before batch 10, so
+  # neither process gets past step 10. Once step 8 is on disk, SIGKILL both.
+  procs, logs = _launch(tmp_path, "killed", "--block_at", "10")
+  try:
+    markers = [f"{tmp_path / 'out.npz'}.blocked{i}" for i in range(2)]
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (all(map(os.path.exists, markers)) and (ckpt / "8").is_dir()):
+      assert all(p.poll() is None for p in procs), _logs(tmp_path, "killed")
+      assert time.monotonic() < deadline, "timed out\n" + _logs(tmp_path, "killed")
+      time.sleep(0.05)
+  finally:
+    _kill(procs, logs)
+  assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+  assert not (tmp_path / "out.npz").exists()
+  assert sorted(os.listdir(ckpt)) == ["4", "8"]
+  # A kill during a save leaves a temporary directory, never a step directory:
+  # plant a half-written step 12; the restart must ignore it and remove it.
+  os.makedirs(ckpt / "12.orbax-checkpoint-tmp-1234" / "state")
+
+  # 2. The same command again, without the stall: both resume from step 8.
+  procs, logs = _launch(tmp_path, "resumed")
+  try:
+    for p in procs:
+      p.wait(timeout=TIMEOUT_S)
+  finally:
+    _kill(procs, logs)
+  assert [p.returncode for p in procs] == [0, 0], _logs(tmp_path, "resumed")
+  got = np.load(tmp_path / "out.npz")
+  assert int(got["resumed"]) == 8 and int(got["step"]) == num_steps
+  # Bitwise: with two devices every cross-device reduction is one addition
+  # a + b, which is commutative in IEEE arithmetic, and each device sees the
+  # same rows in one process with two devices as in two processes.
+  assert set(got.files) == set(uninterrupted) | {"step", "resumed"}
+  for k, v in uninterrupted.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+  # 3. One complete copy per saved step (keep_checkpoints=3), no leftovers.
+  assert sorted(os.listdir(ckpt)) == ["12", "16", "8"]
+  for step in ("8", "12", "16"):
+    d = ckpt / step
+    assert {"state", "meta"} <= set(os.listdir(d)) <= {
+        "state", "meta", "_CHECKPOINT_METADATA", "commit_success.txt"}, os.listdir(d)
+    assert json.loads((d / "meta" / "metadata").read_text())["step"] == int(step)
+    # Each process writes its part of the arrays into its own OCDBT store; no
+    # array chunk may be written by both (a duplicate copy), and together they
+    # hold every chunk the checkpoint's index lists.
+    stores = sorted(glob.glob(str(d / "state" / "ocdbt.process_*")))
+    assert len(stores) == 2, stores
+    parts = [_ocdbt_keys(s) for s in stores]
+    chunks = [{k for k in part if not k.endswith(".zarray")} for part in parts]
+    assert not chunks[0] & chunks[1]
+    index = {k for k in _ocdbt_keys(d / "state") if not k.endswith(".zarray")}
+    assert chunks[0] | chunks[1] == index
+  assert not [p for p in glob.glob(str(tmp_path / "run" / "**"), recursive=True)
+              if "tmp" in os.path.basename(p)]
+  # Process 0 alone wrote the metrics: no line twice, the resumed steps rewritten.
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert steps == [4, 8, 12, 16]
+
+  # 4. The multi-host checkpoint is one global copy: a single process reads it
+  # and gets the parameters the two processes ended with.
+  with checkpoint.CheckpointManager(ckpt) as m:
+    raw, meta, step = m.restore_raw()
+  assert step == num_steps and meta["step"] == num_steps
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
+  assert set(flat) == set(uninterrupted)
+  for k in flat:
+    np.testing.assert_array_equal(flat[k], got[k], err_msg=k)
