@@ -907,6 +907,24 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
   return res
 
 
+def _shifted_gaussian_entropy(cov: Array, tau: Array) -> Array:
+  """``½ log det(2πe (M + τ² I))`` for a PSD ``M``, from the eigenvalues of ``M``.
+
+  ``τ > 0``: the eigenvalues of ``M`` are clipped at 0 (rounding can make them
+  slightly negative) before adding ``τ²``, so the result is finite however
+  ill-conditioned ``M`` is. ``τ = 0``: −inf when ``M`` is numerically singular
+  (smallest eigenvalue ``<= k · eps · largest``: no density, entropy −∞) instead of
+  the NaN a failed Cholesky factor would give.
+  """
+  k = cov.shape[-1]
+  w = jnp.linalg.eigvalsh(cov)
+  singular = (tau <= 0) & (w[0] <= k * jnp.finfo(w.dtype).eps * w[-1])
+  var = jnp.maximum(w, 0.0) + tau**2
+  var = jnp.where(singular, 1.0, var)
+  value = 0.5 * (k * math.log(2 * math.pi * math.e) + jnp.sum(jnp.log(var)))
+  return jnp.where(singular, -jnp.inf, value)
+
+
 def representation_information(fn: Callable[[Array], Array], x: Array, *,
                                sigma: float, output_noise: float = 0.0,
                                relative_output_noise: float = 0.0,
@@ -936,7 +954,9 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   - ``gaussian_surrogate`` = ``½ log det(2πe Cov Z)``, ``Cov Z`` the mixture's
     covariance (means' covariance, ddof 0, plus the mean ``Σ_n``): the Gaussian
     (maximum-entropy) upper bound on ``H(Z)`` that VICReg's variance/covariance terms
-    push up.
+    push up; from the eigenvalues of ``Cov Z − τ² I`` plus ``τ²``, so finite for
+    ``τ > 0``; for ``τ = 0``, −inf when ``Cov Z`` is numerically singular
+    (eigenvalue ratio below ``k · eps``).
   - ``separation_ratio`` of the components (with ``Σ_n``, so including ``τ²``).
   - ``min_rank`` / ``full_rank``: the smallest numerical rank of the slopes ``A_n``
     and whether all are ``k`` (about ``A_n``, not ``Σ_n``, which is full rank for
@@ -1030,14 +1050,15 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
     mi_up = estimators.pairwise_entropy(means, covs, distance="kl") - h_chol
     density = noisy | jnp.all(h_rank.rank == k)
     mu = means - means.mean(0)
-    cov_z = mu.T @ mu / n + covs.mean(0)
+    cov_z = mu.T @ mu / n + sigma**2 * aat.mean(0)  # plus τ² I, added exactly below
     return {
         "h_cond": h_cond,
         "h_lower": jnp.where(density, h_cond + mi_lo, -jnp.inf),
         "h_upper": jnp.where(density, h_cond + mi_up, -jnp.inf),
         "mi_lower": jnp.where(density, mi_lo, jnp.nan),
         "mi_upper": jnp.where(density, mi_up, jnp.nan),
-        "gaussian_surrogate": estimators.gaussian_entropy(cov_z),
+        "gaussian_surrogate": _shifted_gaussian_entropy(
+            cov_z, jnp.where(noisy, tau, 0.0)),
         "separation_ratio": separation_ratio(means, covs),
         "min_rank": jnp.min(h_rank.rank),
         "full_rank": jnp.all(h_rank.full_rank),

@@ -384,6 +384,108 @@ def test_representation_information(x64, rng):
   assert blur["mi_upper"] < 1e-6
 
 
+def _mlp_with_slopes(rng, sizes, dead=0):
+  """MLP (``dead`` hidden units of the first layer never active) and its float64
+  reference slopes and outputs on 10 standard-normal inputs."""
+  layers, fn, _ = make_mlp(rng, sizes, "relu")
+  if dead:
+    w, b = layers[0]
+    layers[0] = (w, b.at[:dead].set(-100.0))  # fn reads the same list
+  x = jnp.asarray(rng.normal(size=(10, sizes[0])))
+  nl = np_layers(layers)
+  a = np.stack([ref.mlp_slope(nl, xi, "relu") for xi in np.asarray(x)])
+  means = np.stack([ref.mlp_forward(nl, xi, "relu")[0] for xi in np.asarray(x)])
+  return fn, x, a, means
+
+
+@pytest.mark.parametrize("sizes,dead", [([3, 16, 6], 0),   # k = 6 > d = 3: rank 3
+                                        ([8, 6, 6], 2)])   # 2 of 6 hidden units dead
+def test_output_noise_rank_deficient_equals_explicit_oracle(x64, rng, sizes, dead):
+  fn, x, a, means = _mlp_with_slopes(rng, sizes, dead)
+  k = sizes[-1]
+  ranks = [np.linalg.matrix_rank(ai) for ai in a]
+  assert max(ranks) < k
+  sigma = 0.5
+  # τ = 0: no density in R^k. The bounds say so (−inf / NaN), never a stray number.
+  bare = cpa.representation_information(fn, x, sigma=sigma)
+  assert not bool(bare["full_rank"]) and int(bare["min_rank"]) == min(ranks)
+  assert bare["h_lower"] == -np.inf and bare["h_upper"] == -np.inf
+  assert np.isnan(bare["mi_lower"]) and np.isnan(bare["mi_upper"])
+  assert np.isfinite(bare["h_cond"]) and float(bare["output_noise"]) == 0.0
+  # τ > 0: Σ_n = σ² A Aᵀ + τ² I built explicitly, bounds pair by pair in NumPy.
+  for kw in ({"output_noise": 0.3}, {"relative_output_noise": 0.1}):
+    info = cpa.representation_information(fn, x, sigma=sigma, **kw)
+    want = ref.representation_information(means, a, sigma, **kw)
+    for key, value in want.items():
+      assert np.isfinite(info[key]), key
+      np.testing.assert_allclose(info[key], value, rtol=1e-9, err_msg=key)
+    assert 0 <= info["mi_lower"] <= info["mi_upper"] <= np.log(10)
+    assert info["h_upper"] <= info["gaussian_surrogate"] + 1e-9
+    assert int(info["min_rank"]) == min(ranks)  # the slopes' rank, not Σ_n's
+
+
+def test_output_noise_limits_and_scaling(x64, rng):
+  layers, fn, _ = make_mlp(rng, [5, 16, 16, 3], "relu")
+  x = jnp.asarray(rng.normal(size=(12, 5)))
+  sigma, n, k = 0.3, 12, 3
+  base = cpa.representation_information(fn, x, sigma=sigma)
+  assert bool(base["full_rank"])
+  # τ → 0 on full-rank slopes recovers the τ = 0 numbers (error O(τ²/σ²s²)).
+  for tau in (1e-4, 1e-6):
+    near = cpa.representation_information(fn, x, sigma=sigma, output_noise=tau)
+    for key in ("h_cond", "h_lower", "h_upper", "mi_lower", "mi_upper",
+                "gaussian_surrogate", "separation_ratio"):
+      np.testing.assert_allclose(near[key], base[key], rtol=1e3 * tau**2 / sigma**2,
+                                 atol=1e3 * tau**2 / sigma**2, err_msg=key)
+  # MI bounds in [0, log n], ordered, and going from log n (τ small against the
+  # means' spread) to 0 (τ large): the KT bounds' two exact limits.
+  taus = [1e-3, 0.1, 1.0, 10.0, 1e4]
+  mis = []
+  for tau in taus:
+    info = cpa.representation_information(fn, x, sigma=1e-3, output_noise=tau)
+    assert -1e-12 <= info["mi_lower"] <= info["mi_upper"] + 1e-12
+    assert info["mi_upper"] <= np.log(n) + 1e-12
+    assert info["h_lower"] <= info["h_upper"] + 1e-12
+    np.testing.assert_allclose(info["h_lower"] - info["h_cond"], info["mi_lower"],
+                               rtol=1e-12, atol=1e-12)
+    mis.append((float(info["mi_lower"]), float(info["mi_upper"])))
+  np.testing.assert_allclose(mis[0], np.log(n), rtol=1e-6)
+  np.testing.assert_allclose(mis[-1], 0.0, atol=1e-6)
+  assert all(a[1] >= b[1] for a, b in zip(mis, mis[1:]))
+  # Huge τ: h_cond is the k-dim entropy of τ² I to first order.
+  np.testing.assert_allclose(info["h_cond"], 0.5 * k * np.log(2 * np.pi * np.e * 1e8),
+                             rtol=1e-9)
+  # relative_output_noise is scale-equivariant: f → c f leaves the MI unchanged and
+  # shifts every entropy by k log c.
+  c = 7.0
+  rel = cpa.representation_information(fn, x, sigma=sigma, relative_output_noise=0.5)
+  scaled = cpa.representation_information(lambda v: c * fn(v), x, sigma=sigma,
+                                          relative_output_noise=0.5)
+  np.testing.assert_allclose(scaled["output_noise"], c * rel["output_noise"], rtol=1e-12)
+  for key in ("mi_lower", "mi_upper", "separation_ratio"):
+    np.testing.assert_allclose(scaled[key], rel[key], rtol=1e-9, err_msg=key)
+  for key in ("h_cond", "h_lower", "h_upper", "gaussian_surrogate"):
+    np.testing.assert_allclose(scaled[key], rel[key] + k * np.log(c), rtol=1e-9,
+                               err_msg=key)
+
+
+def test_output_noise_jit_and_gradient(x64, rng):
+  _, fn, _ = make_mlp(rng, [3, 8, 5], "relu")  # k = 5 > d = 3
+  x = jnp.asarray(rng.normal(size=(6, 3)))
+
+  def h_cond(tau):
+    return cpa.representation_information(fn, x, sigma=0.2, output_noise=tau)["h_cond"]
+
+  eager = cpa.representation_information(fn, x, sigma=0.2, output_noise=0.05)
+  jitted = jax.jit(lambda t: cpa.representation_information(
+      fn, x, sigma=0.2, output_noise=t))(0.05)
+  for key in eager:
+    np.testing.assert_allclose(jitted[key], eager[key], rtol=1e-12, err_msg=key)
+  eps = 1e-6
+  fd = (h_cond(0.05 + eps) - h_cond(0.05 - eps)) / (2 * eps)
+  np.testing.assert_allclose(jax.jit(jax.grad(h_cond))(0.05), fd, rtol=1e-6)
+
+
 def test_with_sslit_models_preactivations(rng):
   models = pytest.importorskip("sslit.models")
   model = models.build_model("mlp", backbone_kwargs={"widths": (12, 10, 4)},
@@ -422,6 +524,13 @@ def test_bad_input_errors(rng):
       cpa.jacobian(fn, x, chunk_size=bad)
   with pytest.raises(ValueError, match="mode"):
     cpa.jacobian(fn, x, mode="central")
+  for bad in (-1.0, float("nan"), float("inf")):
+    for name in ("output_noise", "relative_output_noise"):
+      with pytest.raises(ValueError, match=name):
+        cpa.representation_information(fn, x, sigma=0.1, **{name: bad})
+  with pytest.raises(ValueError, match="output_noise .* relative_output_noise.* not both"):
+    cpa.representation_information(fn, x, sigma=0.1, output_noise=0.1,
+                                   relative_output_noise=0.1)
   for bad in (0.0, -1.0, float("nan")):
     with pytest.raises(ValueError, match="sigma"):
       cpa.conditional_entropy(jnp.ones((2, 3)), bad)
