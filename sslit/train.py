@@ -10,8 +10,9 @@ objective, the optimiser or the augmentation is a change of argument.
 ``fit`` runs the loop: initialisation through ``jax.eval_shape``, replicated
 state on a data-parallel mesh, restore-or-init from the newest checkpoint, a
 jitted step with the state donated, and host work only every ``log_every`` steps
-(metrics to ``metrics.jsonl``, the progress bar), on the checkpoint schedule and
-on the evaluator schedule. Library code never reads a config object: everything
+(metrics to ``metrics.jsonl`` and, if tensorboard is installed, TensorBoard
+events; the progress bar), on the checkpoint schedule and on the evaluator
+schedule. Library code never reads a config object: everything
 is a keyword argument.
 """
 
@@ -399,10 +400,22 @@ def _prefetch(iterator: Iterator, size: int = 2) -> Iterator:
 
 
 class _MetricsWriter:
-  """Append-only JSON lines; on resume, lines after the restored step are dropped."""
+  """Append-only JSON lines; on resume, lines after the restored step are dropped.
 
-  def __init__(self, path: str | None, *, resume_step: int, enabled: bool):
+  With ``tensorboard_dir``, each record also goes to TensorBoard (if installed).
+  """
+
+  def __init__(self, path: str | None, *, resume_step: int, enabled: bool,
+               tensorboard_dir: str | None = None):
     self.path = path if enabled else None
+    self.tensorboard = None
+    if enabled and tensorboard_dir is not None:
+      try:
+        self.tensorboard = _TensorBoardWriter(tensorboard_dir, resume_step=resume_step)
+      except ImportError:
+        import logging  # pylint: disable=g-import-not-at-top
+        logging.getLogger(__name__).info(
+            "tensorboard is not installed: metrics go to metrics.jsonl only.")
     if self.path is None:
       return
     if os.path.exists(self.path):
@@ -421,10 +434,59 @@ class _MetricsWriter:
       os.replace(tmp, self.path)
 
   def write(self, record: Mapping[str, Any]) -> None:
-    if self.path is None:
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if self.tensorboard is not None:
+      self.tensorboard.write(record)
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+
+
+class _TensorBoardWriter:
+  """The numeric entries of each metrics record as TensorBoard scalar events.
+
+  Written with tensorboard's own event writer (no TensorFlow). The event file is
+  opened at the first record, so a run with nothing to log leaves no file. It
+  starts with ``SessionLog.START`` at ``resume_step + 1``: TensorBoard then drops
+  the events of earlier files with larger steps, as ``metrics.jsonl`` drops its
+  lines after the restored step.
+  """
+
+  def __init__(self, logdir: str, *, resume_step: int):
+    # Raises ImportError without tensorboard.
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2, self._writer_cls = (
+        event_pb2, summary_pb2, EventFileWriter)
+    self.logdir, self.resume_step = logdir, resume_step
+    self._writer = None
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    step = int(record["step"])
+    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in record.items()
+              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    now = time.time()
+    if self._writer is None:
+      self._writer = self._writer_cls(self.logdir)
+      self._writer.add_event(self._event_pb2.Event(
+          wall_time=now, step=self.resume_step + 1,
+          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=now, step=step, summary=self._summary_pb2.Summary(value=values)))
+    self._writer.flush()  # as metrics.jsonl: on disk once written
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
 
 def _to_python(tree: Mapping[str, Any]) -> dict:
@@ -446,7 +508,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
         resume: bool = True, evaluators: Sequence[Callable] = (), eval_every: int = 0,
         progress: bool = True, max_train_seconds: float | None = None,
         normalize: bool = True,
-        data_iterator_fn: Callable | None = None) -> FitResult:
+        data_iterator_fn: Callable | None = None,
+        tensorboard: bool = True) -> FitResult:
   """Pretrain ``model`` with a self-supervised ``objective`` on ``dataset``.
 
   Args:
@@ -457,8 +520,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
     batch_size: global batch size (all devices and processes); must divide by
       the device count.
     num_steps: total number of updates (the schedule's length).
-    workdir: run directory for ``metrics.jsonl`` and ``checkpoints/`` (None: keep
-      nothing on disk).
+    workdir: run directory for ``metrics.jsonl``, ``tensorboard/`` and
+      ``checkpoints/`` (None: keep nothing on disk).
     augment: ``(cfg_a, cfg_b)`` for ``sslit.augment.two_views``, a preset name, a
       callable ``(key, images) -> (x_a, x_b)``, or None (no augmentation).
     optimizer: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
@@ -488,6 +551,10 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
       ``sslit.evaluate.preprocess`` (evaluation applies the same to clean images).
     data_iterator_fn: ``(start_step) -> iterator of host batches`` replacing
       ``sslit.data.batch_iterator`` (each batch is this process's part).
+    tensorboard: also write every numeric metric (same name and step as in
+      ``metrics.jsonl``) as TensorBoard scalar events under
+      ``<workdir>/tensorboard/`` when the ``tensorboard`` package is importable
+      (process 0 only; nothing without ``workdir``).
 
   Returns:
     A ``FitResult`` (final state, eval variables, logged history, final step,
@@ -567,13 +634,15 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
       abstract_state, state_sharding)
 
   manager = None
-  metrics_path = None
+  metrics_path = tensorboard_dir = None
   if workdir is not None:
     workdir = os.path.abspath(os.fspath(workdir))
     _ensure_writable(workdir)
     manager = checkpoint_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                                max_to_keep=keep_checkpoints)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if tensorboard:
+      tensorboard_dir = os.path.join(workdir, "tensorboard")
 
   state, resumed_from = None, None
   if manager is not None and resume:
@@ -591,7 +660,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated))
 
-  writer = _MetricsWriter(metrics_path, resume_step=start, enabled=is_chief)
+  writer = _MetricsWriter(metrics_path, resume_step=start, enabled=is_chief,
+                          tensorboard_dir=tensorboard_dir)
   history: list = []
   if start >= num_steps:
     if manager is not None:
@@ -702,6 +772,7 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
         break
   finally:
     batches.close()
+    writer.close()
     if bar is not None:
       bar.close()
     if manager is not None:

@@ -377,3 +377,84 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, unin
   assert int(got["step"]) == FIT_KWARGS["num_steps"]
   for k, v in one.items():
     np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ----------------------------------------------------------------- TensorBoard
+
+
+def _jsonl_scalars(path):
+  """``{name: [(step, value), ...]}`` of the numeric entries of metrics.jsonl."""
+  out = {}
+  for line in open(path):
+    record = json.loads(line)
+    for name, value in record.items():
+      if name != "step" and type(value) in (int, float):
+        out.setdefault(name, []).append((record["step"], value))
+  return out
+
+
+def _tensorboard_scalars(logdir):
+  """The same mapping read back by TensorBoard's own loader (restart purge on)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(logdir),
+                                           size_guidance={event_accumulator.SCALARS: 0})
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+          for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_match_metrics_jsonl_across_a_resume(tmp_path, digits,
+                                                                  fast_compile):
+  pytest.importorskip("tensorboard")
+  kw = dict(FIT_KWARGS, num_steps=4, log_every=2, checkpoint_every=2, eval_every=2)
+  runs = []
+
+  def evaluator(step, variables):
+    return {"ev/run": len(runs), "ev/norm": float(optax.tree.norm(variables["params"])),
+            "ev/entropy": -np.inf,  # as the monitor's singular-covariance entropy
+            "ev/curve": [1.0, 2.0]}  # not a scalar: metrics.jsonl only
+
+  runs.append(train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+                        evaluators=[evaluator], **kw))
+  # A crash after step 4 was logged but before its checkpoint: the same command
+  # resumes from step 2 and logs steps 3-4 again (other elapsed times, ev/run = 1).
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  runs.append(train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+                        evaluators=[evaluator], **kw))
+  assert runs[1].resumed_from == 2
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2  # one event file per run
+  want = _jsonl_scalars(tmp_path / "metrics.jsonl")
+  got = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert want["ev/run"] == [(2, 0), (4, 1)] and "ev/curve" not in want
+  for name in ("loss", "lr", "probe_acc", "rep_effective_rank", "compile_s", "ev/norm",
+               "ev/entropy"):
+    assert name in want, name
+  assert sorted(got) == sorted(want)
+  for name, points in want.items():
+    assert [s for s, _ in got[name]] == [s for s, _ in points], name
+    # Scalar summaries hold float32: the value is the logged one rounded once.
+    np.testing.assert_array_equal(np.float32([v for _, v in got[name]]),
+                                  np.float32([v for _, v in points]), err_msg=name)
+
+
+def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_compile,
+                                                     monkeypatch, caplog):
+  kw = dict(FIT_KWARGS, num_steps=2, log_every=1)
+  want = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "off",
+                   tensorboard=False, **kw)
+  assert sorted(os.listdir(tmp_path / "off")) == ["checkpoints", "metrics.jsonl"]
+  # tensorboard unimportable (its submodules too, cached ones included).
+  for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")]:
+    monkeypatch.setitem(sys.modules, name, None)
+  monkeypatch.setitem(sys.modules, "tensorboard", None)
+  with pytest.raises(ImportError):
+    import tensorboard.summary.writer.event_file_writer  # pylint: disable=g-import-not-at-top,unused-import
+  caplog.set_level("INFO")
+  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "missing", **kw)
+  assert sorted(os.listdir(tmp_path / "missing")) == ["checkpoints", "metrics.jsonl"]
+  assert [l["step"] for l in res.history] == [1, 2]
+  chex.assert_trees_all_equal(res.state.params, want.state.params)
+  notes = [r for r in caplog.records if r.name == train.__name__]
+  assert len(notes) == 1 and notes[0].levelname == "INFO", notes
+  assert "tensorboard is not installed" in notes[0].getMessage()
