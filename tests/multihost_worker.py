@@ -15,6 +15,11 @@ prepared tfds files. Run as a script, this file trains a tiny MLP with
   ``--block_at N`` makes each process's data pipeline stop before batch ``N``: it
   creates ``<out>.blocked<process_id>`` and waits forever, so that the caller can
   SIGKILL every process in the middle of training at a known point.
+- ``checkpoint``: like ``multihost`` but without training: the processes save
+  ``small_state(1)`` and ``small_state(2)`` as steps 1 and 2 into ``--workdir``,
+  process 0 overwrites every file of step 2 with garbage, all restore (falling
+  back to step 1), save step 2 again and restore it; each process writes what it
+  restored and saw to ``<out>.<process_id>.npz``.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ class DigitsDataset:
   image_shape = (8, 8, 1)
 
   def __init__(self, split: str = "train", n: int | None = None):
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-    d = load_digits()
-    images = np.round(d.images / 16.0 * 255.0).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int32)
+    # The file behind sklearn.datasets.load_digits, read without importing
+    # scikit-learn (about a second per worker process).
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    root = importlib.util.find_spec("sklearn").submodule_search_locations[0]
+    raw = np.loadtxt(os.path.join(root, "datasets", "data", "digits.csv.gz"), delimiter=",")
+    images = np.round(raw[:, :-1].reshape(-1, 8, 8) / 16.0 * 255.0).astype(np.uint8)[..., None]
+    labels = raw[:, -1].astype(np.int32)
     cut = 1500
     sl = slice(0, cut) if split == "train" else slice(cut, None)
     self.split = split
@@ -69,6 +77,59 @@ FIT_KWARGS = dict(objective="vicreg", batch_size=32, num_steps=16, optimizer="ad
                   seed=3)
 
 
+def small_state(seed: int) -> dict:
+  """A small checkpointable tree as host arrays (the typed key is built on load)."""
+  rng = np.random.default_rng(seed)
+  return {"params": {"w": rng.standard_normal((3, 4)).astype(np.float32),
+                     "b": rng.standard_normal(4).astype(np.float32)},
+          "step": np.int32(seed), "ema": {}}
+
+
+def _garble(directory: str) -> None:
+  for root, _, files in os.walk(directory):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+
+
+def _checkpoint_mode(args) -> None:
+  import warnings  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from sslit import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+
+  mesh = parallel.make_mesh()
+
+  def state(seed):
+    tree = dict(small_state(seed), key=jax.random.key(seed))
+    return parallel.replicate(tree, mesh)
+
+  m = checkpoint.CheckpointManager(args.workdir, max_to_keep=3)
+  m.save(1, state(1), meta={"data_step": 1})
+  m.save(2, state(2), meta={"data_step": 2})
+  multihost_utils.sync_global_devices("saved")
+  if jax.process_index() == 0:
+    _garble(os.path.join(args.workdir, "2"))
+  multihost_utils.sync_global_devices("garbled")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    fallback, meta, step = m.restore(checkpoint.abstract_like(state(0)))
+  warned = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+  listed = sorted(os.listdir(args.workdir))
+  m.save(2, state(2), meta={"data_step": 2})
+  steps_after = m.all_steps()
+  again, _, step_again = m.restore(checkpoint.abstract_like(state(0)))
+  m.close()
+  host = lambda t: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+                    for path, v in jax.tree_util.tree_flatten_with_path(
+                        parallel.to_host(t))[0]}
+  np.savez(f"{args.out}.{jax.process_index()}.npz", step=step, step_again=step_again,
+           data_step=meta["data_step"], warned=np.array(warned, dtype=str),
+           listed=np.array(listed, dtype=str), steps_after=np.array(steps_after),
+           **{"fallback/" + k: v for k, v in host(fallback).items()},
+           **{"again/" + k: v for k, v in host(again).items()})
+
+
 def _killing(iterator, kill_at: int):
   for i, batch in enumerate(iterator):
     if i == kill_at:
@@ -88,7 +149,7 @@ def _blocking(iterator, block_at: int, marker: str):
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser()
-  p.add_argument("mode", choices=("resume", "multihost"))
+  p.add_argument("mode", choices=("resume", "multihost", "checkpoint"))
   p.add_argument("--workdir", default=None)
   p.add_argument("--out", required=True)
   p.add_argument("--kill_at", type=int, default=-1)
@@ -103,10 +164,13 @@ def main(argv=None) -> int:
   from sslit import parallel, train  # pylint: disable=g-import-not-at-top
   from sslit import data  # pylint: disable=g-import-not-at-top
 
-  if args.mode == "multihost":
+  if args.mode in ("multihost", "checkpoint"):
     parallel.initialize(coordinator_address=f"localhost:{args.port}",
                         num_processes=args.num_processes, process_id=args.process_id)
     assert jax.process_count() == args.num_processes
+  if args.mode == "checkpoint":
+    _checkpoint_mode(args)
+    return 0
   ds = DigitsDataset()
   mesh = parallel.make_mesh()
   iterator_fn = None

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from sslit import checkpoint, parallel, train
-from tests.multihost_worker import FIT_KWARGS, DigitsDataset, tiny_model
+from tests.multihost_worker import FIT_KWARGS, DigitsDataset, small_state, tiny_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +34,11 @@ TIMEOUT_S = 120  # per launch; a hang (e.g. one process waiting in a barrier) fa
 def _flat(tree):
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(parallel.to_host(tree))[0]}
+
+
+def _flat_host(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(tmp_path, tag, *extra):
+def _launch(tmp_path, tag, *extra, mode="multihost"):
   """Start the two worker processes; their output goes to ``<tag>.<i>.log``."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -62,9 +67,9 @@ def _launch(tmp_path, tag, *extra):
     log = open(tmp_path / f"{tag}.{i}.log", "w")
     logs.append(log)
     procs.append(subprocess.Popen(
-        [sys.executable, WORKER, "multihost", "--process_id", str(i),
-         "--num_processes", "2", "--port", str(port), "--workdir", str(tmp_path / "run"),
-         "--checkpoint_every", "4", "--out", str(tmp_path / "out.npz"), *extra],
+        [sys.executable, WORKER, mode, "--process_id", str(i), "--num_processes", "2",
+         "--port", str(port), "--workdir", str(tmp_path / "run"),
+         "--out", str(tmp_path / "out.npz"), *extra],
         env=env, stdout=log, stderr=subprocess.STDOUT))
   return procs, logs
 
@@ -84,6 +89,14 @@ def _kill(procs, logs):
     log.close()
 
 
+def _wait(procs, logs):
+  try:
+    for p in procs:
+      p.wait(timeout=TIMEOUT_S)
+  finally:
+    _kill(procs, logs)
+
+
 def _ocdbt_keys(directory):
   """The keys of an OCDBT store (orbax's array format) under ``directory``."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
@@ -98,7 +111,7 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
 
   # 1. Checkpoints every 4 steps; each data pipeline stalls before batch 10, so
   # neither process gets past step 10. Once step 8 is on disk, SIGKILL both.
-  procs, logs = _launch(tmp_path, "killed", "--block_at", "10")
+  procs, logs = _launch(tmp_path, "killed", "--checkpoint_every", "4", "--block_at", "10")
   try:
     markers = [f"{tmp_path / 'out.npz'}.blocked{i}" for i in range(2)]
     deadline = time.monotonic() + TIMEOUT_S
@@ -116,12 +129,8 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
   os.makedirs(ckpt / "12.orbax-checkpoint-tmp-1234" / "state")
 
   # 2. The same command again, without the stall: both resume from step 8.
-  procs, logs = _launch(tmp_path, "resumed")
-  try:
-    for p in procs:
-      p.wait(timeout=TIMEOUT_S)
-  finally:
-    _kill(procs, logs)
+  procs, logs = _launch(tmp_path, "resumed", "--checkpoint_every", "4")
+  _wait(procs, logs)
   assert [p.returncode for p in procs] == [0, 0], _logs(tmp_path, "resumed")
   got = np.load(tmp_path / "out.npz")
   assert int(got["resumed"]) == 8 and int(got["step"]) == num_steps
@@ -165,3 +174,25 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
   assert set(flat) == set(uninterrupted)
   for k in flat:
     np.testing.assert_array_equal(flat[k], got[k], err_msg=k)
+
+
+def test_two_processes_fall_back_together_from_a_corrupt_newest_checkpoint(tmp_path):
+  # The worker saves small_state(1), small_state(2) as steps 1, 2; process 0
+  # garbles step 2; both restore, save step 2 again and restore it.
+  procs, logs = _launch(tmp_path, "ckpt", mode="checkpoint")
+  _wait(procs, logs)
+  assert [p.returncode for p in procs] == [0, 0], _logs(tmp_path, "ckpt")
+  for i in range(2):
+    got = np.load(tmp_path / f"out.npz.{i}.npz")
+    # Both processes resumed from step 1 with its meta and said why.
+    assert int(got["step"]) == 1 and int(got["data_step"]) == 1
+    (warned,) = got["warned"]
+    assert "step 2" in warned and "could not be restored" in warned
+    assert list(got["listed"]) == ["1", "2.corrupt"]  # moved aside, not deleted
+    assert list(got["steps_after"]) == [1, 2] and int(got["step_again"]) == 2
+    for prefix, seed in (("fallback/", 1), ("again/", 2)):
+      want = _flat_host(small_state(seed))
+      want["key"] = np.asarray(jax.random.key_data(jax.random.key(seed)))
+      assert {k[len(prefix):] for k in got.files if k.startswith(prefix)} == set(want)
+      for k, v in want.items():
+        np.testing.assert_array_equal(got[prefix + k], v, err_msg=prefix + k)
