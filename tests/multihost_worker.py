@@ -3,7 +3,7 @@
 ``DigitsDataset`` is a small in-memory stand-in with the ``sslit.data.Dataset``
 interface (scikit-learn's bundled 8x8 digits), so training tests do not depend on
 prepared tfds files. Run as a script, this file trains a tiny MLP with
-``sslit.train.fit`` in one of two modes:
+``sslit.train.fit`` (or only checkpoints) in one of three modes:
 
 - ``resume``: single process; ``--kill_at N`` sends SIGKILL to itself when the
   data pipeline produces batch ``N`` (a crash in the middle of training); the
@@ -13,8 +13,9 @@ prepared tfds files. Run as a script, this file trains a tiny MLP with
   reading its own shard of every global batch. With ``--workdir`` all processes
   write checkpoints into that one directory every ``--checkpoint_every`` steps;
   ``--block_at N`` makes each process's data pipeline stop before batch ``N``: it
-  creates ``<out>.blocked<process_id>`` and waits forever, so that the caller can
-  SIGKILL every process in the middle of training at a known point.
+  creates ``<out>.blocked<process_id>`` and waits (at most 5 minutes, and only
+  while its parent lives), so that the caller can SIGKILL every process in the
+  middle of training at a known point.
 - ``checkpoint``: like ``multihost`` but without training: the processes save
   ``small_state(1)`` and ``small_state(2)`` as steps 1 and 2 into ``--workdir``,
   process 0 overwrites every file of step 2 with garbage, all restore (falling
@@ -137,13 +138,17 @@ def _killing(iterator, kill_at: int):
     yield batch
 
 
-def _blocking(iterator, block_at: int, marker: str):
+def _blocking(iterator, block_at: int, marker: str, max_wait_s: float = 300.0):
+  parent = os.getppid()
   for i, batch in enumerate(iterator):
     if i == block_at:
       with open(marker, "w") as f:
         f.write(str(os.getpid()))
-      while True:  # until the caller's SIGKILL
-        time.sleep(60)
+      # Until the caller's SIGKILL; never outlive a caller that died first.
+      deadline = time.monotonic() + max_wait_s
+      while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.2)
+      os._exit(3)  # pylint: disable=protected-access
     yield batch
 
 

@@ -5,7 +5,8 @@ gloo, one device each) train the tiny MLP of ``tests/multihost_worker.py`` with
 ``sslit.train.fit``, writing checkpoints into one shared workdir. Both are killed
 with SIGKILL in the middle of training, then the same command is started again.
 The oracle is an uninterrupted run in this process (one process, two devices, the
-same global batches, no checkpoints).
+same global batches, no checkpoints). A second test has the two processes fall
+back together from a corrupt newest checkpoint (no training, a small tree).
 """
 
 from __future__ import annotations
@@ -32,13 +33,9 @@ TIMEOUT_S = 120  # per launch; a hang (e.g. one process waiting in a barrier) fa
 
 
 def _flat(tree):
+  """``{"a/b": np.ndarray}`` of a pytree (device arrays fetched to the host)."""
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(parallel.to_host(tree))[0]}
-
-
-def _flat_host(tree):
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +166,7 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
   with checkpoint.CheckpointManager(ckpt) as m:
     raw, meta, step = m.restore_raw()
   assert step == num_steps and meta["step"] == num_steps
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
+  flat = _flat(raw["params"])
   assert set(flat) == set(uninterrupted)
   for k in flat:
     np.testing.assert_array_equal(flat[k], got[k], err_msg=k)
@@ -191,7 +187,7 @@ def test_two_processes_fall_back_together_from_a_corrupt_newest_checkpoint(tmp_p
     assert list(got["listed"]) == ["1", "2.corrupt"]  # moved aside, not deleted
     assert list(got["steps_after"]) == [1, 2] and int(got["step_again"]) == 2
     for prefix, seed in (("fallback/", 1), ("again/", 2)):
-      want = _flat_host(small_state(seed))
+      want = _flat(small_state(seed))
       want["key"] = np.asarray(jax.random.key_data(jax.random.key(seed)))
       assert {k[len(prefix):] for k in got.files if k.startswith(prefix)} == set(want)
       for k, v in want.items():
