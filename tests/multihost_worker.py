@@ -12,10 +12,10 @@ prepared tfds files. Run as a script, this file trains a tiny MLP with
   ``jax.distributed.initialize`` on localhost (CPU collectives over gloo), each
   reading its own shard of every global batch. With ``--workdir`` all processes
   write checkpoints into that one directory every ``--checkpoint_every`` steps;
-  ``--block_at N`` makes each process's data pipeline stop before batch ``N``: it
-  creates ``<out>.blocked<process_id>`` and waits (at most 5 minutes, and only
-  while its parent lives), so that the caller can SIGKILL every process in the
-  middle of training at a known point.
+  ``--stall_save_at N`` makes the save of step ``N`` stop after every process
+  has written its data and before the step is committed; process 0 then creates
+  ``<out>.stalled`` and all wait (at most 5 minutes, and only while their parent
+  lives), so that the caller can SIGKILL every process in the middle of a save.
 - ``checkpoint``: like ``multihost`` but without training: the processes save
   ``small_state(1)`` and ``small_state(2)`` as steps 1 and 2 into ``--workdir``,
   process 0 overwrites every file of step 2 with garbage, all restore (falling
@@ -138,18 +138,33 @@ def _killing(iterator, kill_at: int):
     yield batch
 
 
-def _blocking(iterator, block_at: int, marker: str, max_wait_s: float = 300.0):
+def _stall_in_save(step: int, marker: str, max_wait_s: float = 300.0) -> None:
+  """Make the save of checkpoint ``step`` stop just before it is committed.
+
+  Orbax saves in three phases: every process writes its part of the arrays into
+  ``<step>.orbax-checkpoint-tmp-*``; process 0 finalizes the items (merges the
+  per-process array indexes) and renames the directory; all meet at a barrier.
+  Process 0 stops at the start of the finalization of the ``state`` item, writes
+  ``marker`` and waits; the other processes wait at the barrier. What a SIGKILL
+  then leaves is a crash in the middle of a multi-host save.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  finalize = ocp.StandardCheckpointHandler.finalize
   parent = os.getppid()
-  for i, batch in enumerate(iterator):
-    if i == block_at:
+
+  def stalled(self, directory):
+    parts = os.path.normpath(os.fspath(directory)).split(os.sep)
+    if any(p.startswith(f"{step}.orbax-checkpoint-tmp") for p in parts):
       with open(marker, "w") as f:
-        f.write(str(os.getpid()))
+        f.write(os.fspath(directory))
       # Until the caller's SIGKILL; never outlive a caller that died first.
       deadline = time.monotonic() + max_wait_s
       while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.2)
       os._exit(3)  # pylint: disable=protected-access
-    yield batch
+    return finalize(self, directory)
+
+  ocp.StandardCheckpointHandler.finalize = stalled
 
 
 def main(argv=None) -> int:
@@ -162,7 +177,7 @@ def main(argv=None) -> int:
   p.add_argument("--num_processes", type=int, default=1)
   p.add_argument("--port", type=int, default=0)
   p.add_argument("--checkpoint_every", type=int, default=0)
-  p.add_argument("--block_at", type=int, default=-1)
+  p.add_argument("--stall_save_at", type=int, default=-1)
   args = p.parse_args(argv)
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -184,14 +199,8 @@ def main(argv=None) -> int:
       it = data.batch_iterator(ds, FIT_KWARGS["batch_size"], seed=FIT_KWARGS["seed"],
                                start_step=start)
       return _killing(it, args.kill_at - start)
-  if args.block_at >= 0:
-    marker = f"{args.out}.blocked{jax.process_index()}"
-
-    def iterator_fn(start):
-      it = data.batch_iterator(ds, FIT_KWARGS["batch_size"], seed=FIT_KWARGS["seed"],
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(), start_step=start)
-      return _blocking(it, args.block_at - start, marker)
+  if args.stall_save_at >= 0:
+    _stall_in_save(args.stall_save_at, f"{args.out}.stalled")
   kwargs = dict(FIT_KWARGS)
   if args.mode == "resume":
     kwargs["checkpoint_every"] = 4

@@ -101,18 +101,18 @@ def _ocdbt_keys(directory):
   return {k.decode() for k in kv.list().result()}
 
 
-def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
+def test_two_processes_killed_mid_save_resume_from_the_newest_complete_checkpoint(
     tmp_path, uninterrupted):
   ckpt = tmp_path / "run" / "checkpoints"
   num_steps = FIT_KWARGS["num_steps"]
 
-  # 1. Checkpoints every 4 steps; each data pipeline stalls before batch 10, so
-  # neither process gets past step 10. Once step 8 is on disk, SIGKILL both.
-  procs, logs = _launch(tmp_path, "killed", "--checkpoint_every", "4", "--block_at", "10")
+  # 1. Checkpoints every 4 steps; the save of step 8 stalls after both processes
+  # wrote their data, before the step is committed. Then SIGKILL both.
+  procs, logs = _launch(tmp_path, "killed", "--checkpoint_every", "4",
+                        "--stall_save_at", "8")
   try:
-    markers = [f"{tmp_path / 'out.npz'}.blocked{i}" for i in range(2)]
     deadline = time.monotonic() + TIMEOUT_S
-    while not (all(map(os.path.exists, markers)) and (ckpt / "8").is_dir()):
+    while not os.path.exists(f"{tmp_path / 'out.npz'}.stalled"):
       assert all(p.poll() is None for p in procs), _logs(tmp_path, "killed")
       assert time.monotonic() < deadline, "timed out\n" + _logs(tmp_path, "killed")
       time.sleep(0.05)
@@ -120,17 +120,21 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
     _kill(procs, logs)
   assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
   assert not (tmp_path / "out.npz").exists()
-  assert sorted(os.listdir(ckpt)) == ["4", "8"]
-  # A kill during a save leaves a temporary directory, never a step directory:
-  # plant a half-written step 12; the restart must ignore it and remove it.
-  os.makedirs(ckpt / "12.orbax-checkpoint-tmp-1234" / "state")
+  # Step 4 complete; step 8 only as the uncommitted temporary directory.
+  left = sorted(os.listdir(ckpt))
+  assert len(left) == 2 and left[0] == "4", left
+  assert left[1].startswith("8.orbax-checkpoint-tmp"), left
+  # Both processes had written their part of the arrays.
+  written = glob.glob(str(ckpt / left[1] / "state*" / "ocdbt.process_*" / "d" / "*"))
+  assert {os.path.basename(os.path.dirname(os.path.dirname(w))) for w in written} == {
+      "ocdbt.process_0", "ocdbt.process_1"}, written
 
-  # 2. The same command again, without the stall: both resume from step 8.
+  # 2. The same command again: both resume from step 4, the newest complete one.
   procs, logs = _launch(tmp_path, "resumed", "--checkpoint_every", "4")
   _wait(procs, logs)
   assert [p.returncode for p in procs] == [0, 0], _logs(tmp_path, "resumed")
   got = np.load(tmp_path / "out.npz")
-  assert int(got["resumed"]) == 8 and int(got["step"]) == num_steps
+  assert int(got["resumed"]) == 4 and int(got["step"]) == num_steps
   # Bitwise: with two devices every cross-device reduction is one addition
   # a + b, which is commutative in IEEE arithmetic, and each device sees the
   # same rows in one process with two devices as in two processes.
@@ -138,7 +142,8 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
   for k, v in uninterrupted.items():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
 
-  # 3. One complete copy per saved step (keep_checkpoints=3), no leftovers.
+  # 3. One complete copy per saved step (keep_checkpoints=3), no leftovers: the
+  # interrupted save's temporary directory is gone.
   assert sorted(os.listdir(ckpt)) == ["12", "16", "8"]
   for step in ("8", "12", "16"):
     d = ckpt / step
@@ -156,7 +161,7 @@ def test_two_processes_killed_mid_training_resume_from_their_shared_checkpoint(
     index = {k for k in _ocdbt_keys(d / "state") if not k.endswith(".zarray")}
     assert chunks[0] | chunks[1] == index
   assert not [p for p in glob.glob(str(tmp_path / "run" / "**"), recursive=True)
-              if "tmp" in os.path.basename(p)]
+              if "orbax-checkpoint-tmp" in os.path.basename(p)]
   # Process 0 alone wrote the metrics: no line twice, the resumed steps rewritten.
   steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "metrics.jsonl")]
   assert steps == [4, 8, 12, 16]
