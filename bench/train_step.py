@@ -4,7 +4,7 @@ The step, identical on both sides: two views of a float batch ([b, H, W, C]; the
 second view is the horizontal flip of the first, so no augmentation cost is
 measured), backbone + projector in training mode (BatchNorm batch statistics)
 on each view, VICReg 25/25/1, gradients, AdamW (lr 1e-3, weight decay 1e-4).
-float32. Models:
+float32 unless ``--dtype bfloat16``. Models:
 
 - ``convnet``: the default model of ``sslit train`` (ConvNet 16-32-64, 2x2
   average pooling, last map pooled to 2x2 bins, projector 1024-1024), 28x28x1.
@@ -12,11 +12,24 @@ float32. Models:
 - ``resnet18``: ResNet-18 with the CIFAR stem, projector 1024-1024, 32x32x3.
 
 sslit is timed through ``sslit.train.make_train_step`` (jitted, state donated;
-online probe and statistics off) on one device and on two virtual CPU devices
-(data parallel over a ``"data"`` mesh). PyTorch runs with 2 intra-op threads.
-Images/s counts one image per example (both views are included in the step).
+online probe and statistics off). Images/s counts one image per example (both
+views are included in the step).
 
-Usage: ``python bench/train_step.py [--quick] [--models convnet,mlp,resnet18]``.
+CPU (default): sslit on one device and on two virtual CPU devices (data parallel
+over a ``"data"`` mesh); PyTorch with 2 intra-op threads; median of per-step times.
+
+GPU (``--platform gpu``): both on the first CUDA device; time of ``--iters``
+back-to-back steps ended by one synchronisation. ``--dtype bfloat16``: sslit with a
+bfloat16 compute dtype (parameters float32) against PyTorch autocast(bfloat16) with
+channels-last tensors. Extra sslit rows: the step with the "vicreg" augmentation
+preset applied on device to uint8 images (the real per-epoch cost,
+50,000 / images/s), and model FLOP utilisation (MFU) from XLA's cost analysis of
+the compiled flip-view step over ``--peak_tflops`` (default: H100 SXM dense,
+989 for bfloat16, 495 for float32, which XLA and cuDNN run as TF32).
+
+Usage: ``python bench/train_step.py [--quick] [--models convnet,mlp,resnet18]``;
+``python bench/train_step.py --platform gpu --models resnet18 --batch 512
+--dtype bfloat16``.
 """
 
 from __future__ import annotations
@@ -26,18 +39,40 @@ import os
 import sys
 import time
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split()
-     if not f.startswith("--xla_force_host_platform_device_count")] +
-    ["--xla_force_host_platform_device_count=2"])
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+def _parse(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="small batches, few iterations")
+  p.add_argument("--models", default="convnet,mlp,resnet18")
+  p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--batch", type=int, default=None, help="batch size for every model")
+  p.add_argument("--iters", type=int, default=None)
+  p.add_argument("--torch_compile", action="store_true",
+                 help="also time the PyTorch step under torch.compile (GPU)")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="device peak for MFU (GPU); default H100 SXM dense")
+  return p.parse_args(argv)
+
+
+if __name__ == "__main__" and _parse().platform == "cpu":
+  os.environ["XLA_FLAGS"] = " ".join(
+      [f for f in os.environ.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")] +
+      ["--xla_force_host_platform_device_count=2"])
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from sslit import models, objectives, parallel, train  # noqa: E402
+from sslit import augment, models, objectives, parallel, train  # noqa: E402
+
+try:
+  from jax.extend.core import jaxprs_in_params as _jaxprs_in_params  # noqa: E402
+except ImportError:  # older jax
+  _jaxprs_in_params = jax.core.jaxprs_in_params
 
 PROJ = (1024, 1024)
 SPECS = {
@@ -52,13 +87,70 @@ def _flip_views(key, images):
   return images, images[:, :, ::-1, :]
 
 
-def bench_jax(name: str, batch: int, iters: int, devices) -> float:
+def _vicreg_views(image_size):
+  cfg_a, cfg_b = augment.preset("vicreg", image_size=image_size)
+  return lambda key, images: augment.two_views(key, images, cfg_a, cfg_b)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """Matmul and convolution FLOPs (2 per multiply-add) of a closed jaxpr, recursively.
+
+  The usual "model FLOPs" of MFU: independent of the XLA version and of the backend's
+  fusions (after GPU compilation convolutions are cuDNN calls that XLA's own cost
+  analysis may not count).
+  """
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lc, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[i] for i in lc])
+    elif eqn.primitive.name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      rhs_spec = eqn.params["dimension_numbers"].rhs_spec
+      # lhs dilation (the input gradient of a strided conv) multiplies inserted zeros:
+      # those are not model FLOPs.
+      total += (2.0 * np.prod(eqn.outvars[0].aval.shape) * rhs[rhs_spec[1]]
+                * np.prod([rhs[i] for i in rhs_spec[2:]])
+                / np.prod(eqn.params["lhs_dilation"] or (1,)))
+    elif eqn.primitive.name == "cond":  # the step's statistics branch is off: count
+      total += _jaxpr_flops(eqn.params["branches"][0].jaxpr)  # the false branch only
+      continue
+    for sub in _jaxprs_in_params(eqn.params):
+      total += _jaxpr_flops(sub)
+  return total
+
+
+def _time(run, iters: int, per_step: bool) -> float:
+  """Seconds per step: median of synchronised steps, or mean of back-to-back ones."""
+  if per_step:
+    times = []
+    for _ in range(iters):
+      t = time.perf_counter()
+      run(1)
+      times.append(time.perf_counter() - t)
+    return float(np.median(times))
+  t = time.perf_counter()
+  run(iters)
+  return (time.perf_counter() - t) / iters
+
+
+def bench_jax(name: str, batch: int, iters: int, devices, *, dtype=jnp.float32,
+              augmented: bool = False, per_step: bool = True) -> tuple[float, float]:
+  """(seconds per step, XLA flops per step) of sslit's step."""
   spec = SPECS[name]
   model = models.build_model(spec["backbone"], backbone_kwargs=spec["kwargs"],
-                             projector=PROJ)
+                             projector=PROJ, dtype=dtype)
   mesh = parallel.make_mesh(devices)
-  x = np.random.default_rng(0).random((batch, *spec["shape"]), np.float32)
-  v = models.init_variables(model, jax.random.key(0), jnp.asarray(x[:2]))
+  rng = np.random.default_rng(0)
+  if augmented:
+    x = rng.integers(0, 256, (batch, *spec["shape"]), dtype=np.uint8)
+    augment_fn = _vicreg_views(spec["shape"][0])
+  else:
+    x = rng.random((batch, *spec["shape"]), np.float32)
+    augment_fn = _flip_views
+  v = models.init_variables(model, jax.random.key(0),
+                            jnp.zeros((2, *spec["shape"]), jnp.float32))
   tx = optax.adamw(1e-3, weight_decay=1e-4)
   state = train.TrainState(
       step=jnp.zeros((), jnp.int32), params=v["params"], batch_stats=v["batch_stats"],
@@ -67,27 +159,34 @@ def bench_jax(name: str, batch: int, iters: int, devices) -> float:
   state = parallel.replicate(state, mesh)
   step = train.make_train_step(
       lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
-      objectives.get_objective("vicreg").fn, tx, augment_fn=_flip_views,
+      objectives.get_objective("vicreg").fn, tx, augment_fn=augment_fn,
       stats_every=10**9)
-  step = jax.jit(step, donate_argnums=0)
   b = parallel.shard_batch({"image": x, "label": np.zeros(batch, np.int32)}, mesh)
-  for _ in range(2):  # compile + warm-up
-    state, m = step(state, b)
-  jax.block_until_ready(m["loss"])
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    state, m = step(state, b)
+  flops = _jaxpr_flops(jax.make_jaxpr(step)(state, b).jaxpr)
+  step = jax.jit(step, donate_argnums=0).lower(state, b).compile()
+  box = [state]
+
+  def run(k):
+    for _ in range(k):
+      box[0], m = step(box[0], b)
     jax.block_until_ready(m["loss"])
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+
+  run(3)  # compile + warm-up
+  return _time(run, iters, per_step), flops
 
 
-def bench_torch(name: str, batch: int, iters: int) -> float:
+def bench_torch(name: str, batch: int, iters: int, *, gpu: bool = False,
+                bf16: bool = False, compile_step: bool = False) -> float:
+  """Seconds per step of the same step in PyTorch (CPU: 2 threads; GPU: cuda:0)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(2)
+  if gpu:
+    torch.backends.cudnn.benchmark = True
+  else:
+    torch.set_num_threads(2)
   torch.manual_seed(0)
+  dev = torch.device("cuda" if gpu else "cpu")
+  fmt = torch.channels_last if bf16 else torch.contiguous_format
   spec = SPECS[name]
 
   def projector(d):
@@ -146,49 +245,86 @@ def bench_torch(name: str, batch: int, iters: int) -> float:
     off = lambda c: (c.pow(2).sum() - c.diagonal().pow(2).sum()) / d
     return 25 * inv + 25 * var + off(ca) + off(cb)
 
+  net = net.to(dev, memory_format=fmt)
   opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-  x = torch.rand(batch, spec["shape"][2], spec["shape"][0], spec["shape"][1])
+  x = torch.rand(batch, spec["shape"][2], spec["shape"][0], spec["shape"][1], device=dev)
+  x = x.contiguous(memory_format=fmt)
   net.train()
+
+  def forward(v):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+      return net(v).float()  # the objective in float32, as sslit's
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = vicreg(net(x), net(torch.flip(x, dims=[3])))
+    loss = vicreg(forward(x), forward(torch.flip(x, dims=[3])))
     loss.backward()
     opt.step()
     return loss
 
-  for _ in range(2):
-    step()
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  if compile_step:
+    step = torch.compile(step)
+
+  def run(k):
+    for _ in range(k):
+      loss = step()
+    if gpu:
+      torch.cuda.synchronize()
+    return loss
+
+  run(3)
+  return _time(run, iters, per_step=not gpu)
+
+
+PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 495.0}  # H100 SXM dense (TF32 for float32)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--quick", action="store_true", help="small batches, few iterations")
-  p.add_argument("--models", default="convnet,mlp,resnet18")
-  args = p.parse_args(argv)
+  args = _parse(argv)
+  gpu = args.platform == "gpu"
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  bf16 = args.dtype == "bfloat16"
+  if bf16 and not gpu:
+    raise SystemExit("--dtype bfloat16 is for --platform gpu (PyTorch autocast on CUDA)")
   sizes = {"convnet": 256, "mlp": 256, "resnet18": 128}
   iters = 10
   if args.quick:
     sizes = {"convnet": 256, "mlp": 256, "resnet18": 32}
     iters = 3
-  print(f"jax {jax.__version__}, devices {jax.devices()}, cpu count {os.cpu_count()}")
-  print(f"{'model':9s} {'batch':>5s} {'impl':14s} {'ms/step':>9s} {'img/s':>8s} "
-        f"{'vs torch':>8s}")
+  if gpu:
+    sizes, iters = {"convnet": 512, "mlp": 512, "resnet18": 512}, 50
+  if args.batch:
+    sizes = {k: args.batch for k in sizes}
+  iters = args.iters or iters
+  peak = args.peak_tflops or PEAK_TFLOPS[args.dtype]
+  print(f"jax {jax.__version__}, devices {jax.devices()}, cpu count {os.cpu_count()}, "
+        f"dtype {args.dtype}, {iters} steps")
+  print(f"{'model':9s} {'batch':>5s} {'impl':22s} {'ms/step':>9s} {'img/s':>8s} "
+        f"{'vs torch':>8s} {'epoch 50k':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
   for name in args.models.split(","):
     b = sizes[name]
-    t_torch = bench_torch(name, b, iters)
-    rows = [("torch (2 thr)", t_torch)]
-    rows.append(("sslit 1 dev", bench_jax(name, b, iters, jax.devices()[:1])))
-    rows.append(("sslit 2 dev", bench_jax(name, b, iters, jax.devices()[:2])))
-    for impl, t in rows:
-      print(f"{name:9s} {b:5d} {impl:14s} {1e3 * t:9.1f} {b / t:8.0f} "
-            f"{t_torch / t:7.2f}x", flush=True)
+    t_torch = bench_torch(name, b, iters, gpu=gpu, bf16=bf16)
+    rows = [("torch" + (" (cuda)" if gpu else " (2 thr)"), t_torch, float("nan"))]
+    if args.torch_compile:
+      rows.append(("torch.compile", bench_torch(name, b, iters, gpu=gpu, bf16=bf16,
+                                                compile_step=True), float("nan")))
+    if gpu:
+      dev = jax.devices()[:1]
+      rows.append(("sslit", *bench_jax(name, b, iters, dev, dtype=dtype, per_step=False)))
+      rows.append(("sslit + vicreg augment",
+                   *bench_jax(name, b, iters, dev, dtype=dtype, augmented=True,
+                              per_step=False)))
+    else:
+      rows.append(("sslit 1 dev", *bench_jax(name, b, iters, jax.devices()[:1])))
+      rows.append(("sslit 2 dev", *bench_jax(name, b, iters, jax.devices()[:2])))
+    model_flops = rows[-2][2]  # the flip-view step's (the same math for PyTorch)
+    for impl, t, flops in rows:
+      flops = model_flops if impl.startswith("torch") else flops
+      tflops = flops / t / 1e12
+      mfu = f"{100 * tflops / peak:5.1f}%" if gpu and flops == flops else "-"
+      print(f"{name:9s} {b:5d} {impl:22s} {1e3 * t:9.2f} {b / t:8.0f} "
+            f"{t_torch / t:7.2f}x {5e4 * t / b:8.2f}s {tflops:8.2f} {mfu:>6s}",
+            flush=True)
   return 0
 
 
