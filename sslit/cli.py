@@ -532,9 +532,13 @@ def cmd_eval(args, overrides) -> int:
 def cmd_analyze(args, overrides) -> int:
   config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
   from sslit import models  # pylint: disable=g-import-not-at-top
+  # Output noise τ = 0.1·σ·(RMS slope): finite CPA bounds when slopes are rank
+  # deficient (dead ReLUs, k > d); see docs/cpa.md.
+  rho = 0.1
   monitor = _monitor(config, model, train_ds, test_ds,
                      num_examples=args.num_examples or 1024,
-                     cpa_fn=lambda v: models.single_input_fn(model, v, "rep"))
+                     cpa_fn=lambda v: models.single_input_fn(model, v, "rep"),
+                     cpa_kwargs={"relative_output_noise": rho})
   result = {k: (float(v) if hasattr(v, "__float__") else v)
             for k, v in dict(monitor(step, variables)).items()}
   result["step"] = step
@@ -543,6 +547,10 @@ def cmd_analyze(args, overrides) -> int:
   _append_metrics(workdir, result)
   for k in sorted(result):
     print(f"{k}: {result[k]}")
+  if "monitor/cpa/output_noise" in result:
+    print(f"CPA model z = f(x + sigma eps) + tau eta: sigma = "
+          f"{result.get('monitor/cpa/sigma')}, output noise tau = "
+          f"{result['monitor/cpa/output_noise']:.4g} (= {rho} x sigma x RMS slope)")
   return 0
 
 

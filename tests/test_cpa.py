@@ -173,6 +173,11 @@ def test_sharded_equals_single_device(rng):
   for key in info:
     np.testing.assert_allclose(info_s[key], info[key], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(info_m[key], info[key], rtol=1e-5, atol=1e-5)
+  noisy = cpa.representation_information(fn, x, sigma=0.1, relative_output_noise=0.1)
+  noisy_m = cpa.representation_information(fn, xs, sigma=0.1, relative_output_noise=0.1,
+                                           mesh=mesh, chunk_size=3)
+  for key in noisy:
+    np.testing.assert_allclose(noisy_m[key], noisy[key], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------
