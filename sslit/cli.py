@@ -372,16 +372,11 @@ def _fit_kwargs(config, *, eval_every: int | None = None) -> dict:
       max_train_seconds=float(config.max_train_seconds) or None)
 
 
-def _append_metrics(workdir: str, record: dict) -> None:
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
 def _offline_eval(config, model, variables, train_ds, test_ds, *, step: int,
                   workdir: str) -> dict:
   """Linear probe (+ kNN) of the trained net and the baselines; results.json."""
   import jax  # pylint: disable=g-import-not-at-top
-  from sslit import evaluate, models  # pylint: disable=g-import-not-at-top
+  from sslit import evaluate, models, train  # pylint: disable=g-import-not-at-top
   ev = config.eval
   apply_fn = models.make_apply_fn(model, "rep")
   common = dict(num_classes=int(train_ds.num_classes), batch_size=int(ev.batch_size),
@@ -413,7 +408,7 @@ def _offline_eval(config, model, variables, train_ds, test_ds, *, step: int,
     if isinstance(res, dict):
       record.update({f"eval/{name}/{k}": v for k, v in res.items()
                      if isinstance(v, (int, float))})
-  _append_metrics(workdir, record)
+  train.append_metrics(workdir, record)
   return results
 
 
@@ -531,7 +526,7 @@ def cmd_eval(args, overrides) -> int:
 
 def cmd_analyze(args, overrides) -> int:
   config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
-  from sslit import models  # pylint: disable=g-import-not-at-top
+  from sslit import models, train  # pylint: disable=g-import-not-at-top
   # Output noise τ = 0.1·σ·(RMS slope): finite CPA bounds when slopes are rank
   # deficient (dead ReLUs, k > d); see docs/cpa.md.
   rho = 0.1
@@ -544,7 +539,7 @@ def cmd_analyze(args, overrides) -> int:
   result["step"] = step
   with open(os.path.join(workdir, "analysis.json"), "w") as f:
     json.dump(result, f, indent=2)
-  _append_metrics(workdir, result)
+  train.append_metrics(workdir, result)
   for k in sorted(result):
     print(f"{k}: {result[k]}")
   if "monitor/cpa/output_noise" in result:

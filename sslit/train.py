@@ -489,6 +489,35 @@ class _TensorBoardWriter:
       self._writer = None
 
 
+def append_metrics(workdir: str | os.PathLike, record: Mapping[str, Any], *,
+                   tensorboard: bool = True) -> None:
+  """Append one record to a finished run's ``metrics.jsonl`` (and TensorBoard events).
+
+  For results computed after ``fit`` (offline evaluation, ``sslit analyze``), so they
+  sit beside the training metrics in both places.
+
+  Args:
+    workdir: the run directory.
+    record: ``{"step": int, name: value, ...}``; non-numeric values go to the JSON
+      line only.
+    tensorboard: also write the numeric values as scalar events under
+      ``<workdir>/tensorboard/`` when tensorboard is installed.
+  """
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(dict(record)) + "\n")
+  if not tensorboard:
+    return
+  try:
+    writer = _TensorBoardWriter(os.path.join(workdir, "tensorboard"),
+                                resume_step=int(record["step"]))
+  except ImportError:
+    return
+  try:
+    writer.write(record)
+  finally:
+    writer.close()
+
+
 def _to_python(tree: Mapping[str, Any]) -> dict:
   return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
           for k, v in tree.items()}
