@@ -534,8 +534,11 @@ def cmd_analyze(args, overrides) -> int:
                      num_examples=args.num_examples or 1024,
                      cpa_fn=lambda v: models.single_input_fn(model, v, "rep"),
                      cpa_kwargs={"relative_output_noise": rho})
-  result = {k: (float(v) if hasattr(v, "__float__") else v)
-            for k, v in dict(monitor(step, variables)).items()}
+  import jax  # pylint: disable=g-import-not-at-top
+  # Analysis in true float32 on every backend (GPUs default to TF32 matmuls).
+  with jax.default_matmul_precision("highest"):
+    measured = dict(monitor(step, variables))
+  result = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in measured.items()}
   result["step"] = step
   with open(os.path.join(workdir, "analysis.json"), "w") as f:
     json.dump(result, f, indent=2)

@@ -11,6 +11,14 @@ _FLAG = "--xla_force_host_platform_device_count=2"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ["JAX_PLATFORMS"] != "cpu":
+  # On an accelerator (JAX_PLATFORMS=cuda ...): float32 matmuls run as TF32 by default
+  # on GPUs (bfloat16 passes on TPUs), while the tests compare float32 results with
+  # float64 oracles at float32 tolerances (README.md, "Precision on accelerators");
+  # and bitwise resume needs deterministic reductions. Environment variables, so the
+  # tests' worker processes inherit them.
+  os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+  os.environ["XLA_FLAGS"] += " --xla_gpu_deterministic_ops=true"
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
 import jax  # noqa: E402

@@ -288,7 +288,8 @@ def test_jit_equals_eager(rng):
 
 
 def test_sharded_equals_unsharded(rng):
-  assert len(jax.devices()) >= 2
+  if len(jax.devices()) < 2:
+    pytest.skip("needs 2 devices (tests/conftest.py sets 2 fake CPU devices)")
   mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   rows = NamedSharding(mesh, P("data"))
   p = _linear_problem(rng)
