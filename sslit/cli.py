@@ -27,11 +27,12 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import ml_collections
 
-__all__ = ["main", "load_config", "apply_overrides", "UsageError", "CONFIG_DIR"]
+__all__ = ["main", "load_config", "apply_overrides", "UsageError", "CONFIG_DIR", "Run",
+           "open_run", "checkpoint_steps", "run_monitor"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "experiments", "configs")
@@ -490,11 +491,11 @@ def _load_run(args, overrides):
   return config, workdir
 
 
-def _restore_variables(workdir: str):
+def _restore_variables(workdir: str, step: int | None = None):
   from sslit import checkpoint  # pylint: disable=g-import-not-at-top
   manager = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"))
   try:
-    restored = manager.restore_raw()
+    restored = manager.restore_raw(step=step)
   finally:
     manager.close()
   if restored is None:
@@ -504,18 +505,62 @@ def _restore_variables(workdir: str):
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
 
 
-def _open_run(args, overrides):
-  """A finished run's config, data, model and newest variables (eval, analyze)."""
-  config, workdir = _load_run(args, overrides)
+class Run(NamedTuple):
+  """A finished (or checkpointed) run, opened for analysis."""
+  config: Any
+  workdir: str
+  train_ds: Any
+  test_ds: Any
+  model: Any
+  variables: dict
+  step: int
+
+
+def open_run(workdir: str | os.PathLike, *, step: int | None = None,
+             overrides: Sequence[tuple[str, str]] = ()) -> Run:
+  """Open a run directory written by ``sslit train``: config, data, model, variables.
+
+  Args:
+    workdir: the run directory (holds ``config.json`` and ``checkpoints/``).
+    step: the checkpoint to load (None: the newest complete one).
+    overrides: ``(field, value)`` config overrides, as ``--config.field=value``.
+
+  Returns:
+    ``Run(config, workdir, train_ds, test_ds, model, variables, step)``;
+    ``variables`` are host arrays ``{"params", "batch_stats"}``.
+  """
+  config, workdir = _load_run(
+      argparse.Namespace(workdir=None if workdir is None else os.fspath(workdir)),
+      list(overrides))
   _start_devices(config)
   train_ds, test_ds = _datasets(config)
   model = _build_model(config)
-  variables, step = _restore_variables(workdir)
-  return config, workdir, train_ds, test_ds, model, variables, step
+  variables, step = _restore_variables(workdir, step)
+  return Run(config, workdir, train_ds, test_ds, model, variables, step)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of the complete checkpoints kept in a run directory, ascending."""
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def run_monitor(run: Run, *, num_examples: int = 1024, **kwargs):
+  """The information/bound monitor of ``sslit analyze`` for an opened run.
+
+  Returns ``monitor(step, variables) -> {name: value}`` (see ``_monitor``).
+  """
+  return _monitor(run.config, run.model, run.train_ds, run.test_ds,
+                  num_examples=num_examples, **kwargs)
 
 
 def cmd_eval(args, overrides) -> int:
-  config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
+  config, workdir, train_ds, test_ds, model, variables, step = open_run(
+      args.workdir, overrides=overrides)
   results = _offline_eval(config, model, variables, train_ds, test_ds, step=step,
                           workdir=workdir)
   print(f"sslit eval: step {step}\n" + _summary(results))
@@ -525,7 +570,8 @@ def cmd_eval(args, overrides) -> int:
 
 
 def cmd_analyze(args, overrides) -> int:
-  config, workdir, train_ds, test_ds, model, variables, step = _open_run(args, overrides)
+  config, workdir, train_ds, test_ds, model, variables, step = open_run(
+      args.workdir, overrides=overrides)
   from sslit import models, train  # pylint: disable=g-import-not-at-top
   # Output noise τ = 0.1·σ·(RMS slope): finite CPA bounds when slopes are rank
   # deficient (dead ReLUs, k > d); see docs/cpa.md.

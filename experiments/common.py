@@ -1,0 +1,162 @@
+"""What every experiment script shares: scales, training runs, results and plots.
+
+An experiment (``experiments/<name>.py``) is ``main(argv) -> int``; it trains with
+the real ``sslit train`` pipeline (:func:`train_run`), opens the runs with
+``sslit.cli.open_run`` / ``checkpoint_steps`` / ``run_monitor``, and writes
+``results.json`` plus one or more PNG plots into its workdir
+(:func:`write_results`, :func:`save_figure`).
+
+Scales (SPEC §7):
+
+- ``smoke``: seconds; the bundled 8x8 digits and the tiny MLP of
+  ``configs/smoke.py``. Run by the tests.
+- ``cpu``: minutes on a laptop CPU; the embedded Fashion-MNIST and the main job's
+  ConvNet (``configs/default.py``), usually with fewer steps.
+- ``full``: accelerators; tfds CIFAR-10 (prepared in the tfds data dir) and
+  ResNet-18 with the CIFAR stem (``configs/full_cifar10.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+SCALES = ("smoke", "cpu", "full")
+# The config each scale starts from (a bare name: looked up in experiments/configs/).
+SCALE_CONFIG = {"smoke": "smoke", "cpu": "default", "full": "full_cifar10"}
+
+
+def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+  """The common command line of an experiment.
+
+  ``--scale {smoke,cpu,full}`` (default ``cpu``), ``--workdir`` (default
+  ``runs/reproduce/<name>-<scale>``), ``--seeds N`` (default 1), plus the
+  experiment's own options from ``add_arguments(parser)``.
+  """
+  p = argparse.ArgumentParser(prog=f"sslit reproduce {name}", description=description)
+  p.add_argument("--scale", choices=SCALES, default="cpu")
+  p.add_argument("--workdir", default=None,
+                 help=f"output directory (default runs/reproduce/{name}-<scale>)")
+  p.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
+  if add_arguments is not None:
+    add_arguments(p)
+  args = p.parse_args(list(argv or []))
+  if args.seeds < 1:
+    p.error(f"--seeds must be >= 1, got {args.seeds}")
+  args.workdir = os.path.abspath(
+      args.workdir or os.path.join("runs", "reproduce", f"{name}-{args.scale}"))
+  os.makedirs(args.workdir, exist_ok=True)
+  return args
+
+
+def _format(value: Any) -> str:
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  return str(value)
+
+
+def train_run(workdir: str, *, scale: str, overrides: Mapping[str, Any] | None = None,
+              config: str | None = None) -> str:
+  """Train (or resume, or find finished) one run with ``sslit train``.
+
+  Args:
+    workdir: the run directory; re-running with the same arguments resumes or,
+      when the run is complete, only re-evaluates as ``sslit train`` does.
+    scale: one of ``SCALES``: picks the base config (``SCALE_CONFIG``).
+    overrides: config fields to set, e.g. ``{"objective": "simclr", "seed": 1,
+      "eval.baselines": ()}``.
+    config: a base config name or path instead of the scale's.
+
+  Returns:
+    ``workdir``.
+
+  Raises:
+    RuntimeError: ``sslit train`` failed (its message was printed).
+  """
+  from sslit import cli  # pylint: disable=g-import-not-at-top
+  if scale not in SCALES:
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+  argv = ["train", "--config", config or SCALE_CONFIG[scale], "--workdir", workdir]
+  argv += [f"--config.{k}={_format(v)}" for k, v in (overrides or {}).items()]
+  code = cli.main(argv)
+  if code != 0:
+    raise RuntimeError(f"sslit {' '.join(argv)} exited with status {code}.")
+  return workdir
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of a run's ``metrics.jsonl`` (lines cut short by a kill skipped)."""
+  out = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return out
+
+
+def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+  """``(steps, values)`` of one metric over a run's records."""
+  steps, values = [], []
+  for r in records:
+    if key in r and isinstance(r[key], (int, float)):
+      steps.append(int(r["step"]))
+      values.append(float(r[key]))
+  return steps, values
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if hasattr(x, "tolist"):
+    return _jsonable(x.tolist())
+  if isinstance(x, float) and not math.isfinite(x):
+    return repr(x)  # JSON has no inf/nan; "inf", "-inf", "nan"
+  return x
+
+
+def write_results(workdir: str, results: Mapping[str, Any], *,
+                  name: str = "results.json") -> str:
+  """Write ``results`` (NumPy values allowed) as JSON, atomically; returns the path."""
+  path = os.path.join(workdir, name)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(results), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+def save_figure(fig: Any, workdir: str, name: str) -> str:
+  """Save a matplotlib figure as ``<workdir>/<name>.png`` and close it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, f"{name}.png")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (4.5, 3.5)):
+  """A matplotlib figure on the non-interactive backend: ``(fig, axes)``."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                           squeeze=False)
+  return fig, axes
+
+
+def say(message: str) -> None:
+  """Progress output of an experiment (stdout, flushed)."""
+  print(message, flush=True)
+  sys.stdout.flush()
