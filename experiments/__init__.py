@@ -11,9 +11,9 @@ from __future__ import annotations
 
 # name -> importable module path with main(argv) (None: not implemented yet).
 REGISTRY: dict[str, str | None] = {
-    "assumptions": None,    # SPEC 7.1: noise-model assumption validation vs sigma
-    "separation": None,     # SPEC 7.2: separation ratio and entropy bounds per epoch
-    "table1": None,         # SPEC 7.3: linear-probe top-1, base methods vs variants
-    "bound": None,          # SPEC 7.4: generalization bound terms per checkpoint
-    "vicreg_logdet": None,  # SPEC 7.5: VICReg terms vs log det and the estimators
+    "assumptions": "experiments.assumptions",  # SPEC 7.1: noise-model checks vs sigma
+    "separation": "experiments.separation",  # SPEC 7.2: separation and entropy bounds
+    "table1": "experiments.table1",  # SPEC 7.3: linear probes, methods vs variants
+    "bound": "experiments.bound",  # SPEC 7.4: generalization bound per checkpoint
+    "vicreg_logdet": "experiments.vicreg_logdet",  # SPEC 7.5: VICReg terms vs log det
 }

@@ -80,7 +80,6 @@ def _run(argv, capsys):
     (["train", "--bogus"], 2, "unknown option '--bogus'"),
     (["frobnicate"], 2, "unknown command 'frobnicate'"),
     (["reproduce", "no_such_experiment"], 2, "unknown experiment 'no_such_experiment'"),
-    (["reproduce", "table1"], 1, "registered but not implemented"),
     (["eval", "--workdir", "/nonexistent/run"], 2, "no config.json"),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_path,
@@ -92,6 +91,13 @@ def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_
   assert got == code, out
   assert __import__("re").search(message, out, flags=__import__("re").S), out
   assert not workdir.exists()  # nothing written before the inputs were checked
+
+
+def test_reproduce_of_an_empty_registry_entry_says_so(monkeypatch, capsys):
+  import experiments  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(experiments.REGISTRY, "planned", None)
+  code, out = _run(["reproduce", "planned"], capsys)
+  assert code == 1 and "registered but not implemented" in out
 
 
 def test_unwritable_workdir_exits_1(tmp_path, capsys):
