@@ -1,0 +1,217 @@
+"""Tests of ``sslit reproduce table1`` (experiments/table1.py) at the smoke scale.
+
+Oracles: every reported accuracy is read back from the run's own ``results.json``
+and one is recomputed from the saved checkpoint with a direct probe; means and
+standard deviations are recomputed with NumPy; the claim flags are recomputed from
+the reported means; finished runs are not touched by a second call (file mtimes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import table1
+
+# Tiny runs: 5 steps, a 20-iteration probe.
+ARGS = ["--scale", "smoke", "--steps", "5", "--eval-steps", "20"]
+PAIR = ("vicreg", "vicreg+logdet")
+
+
+def _load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _run_files(run_dir):
+  """Every file of a run directory (checkpoints included) with its mtime."""
+  out = {}
+  for root, _, files in os.walk(run_dir):
+    for name in files:
+      p = os.path.join(root, name)
+      out[p] = os.path.getmtime(p)
+  return out
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("table1")
+  code = table1.main(ARGS + ["--workdir", str(wd), "--methods", ",".join(PAIR)])
+  results = _load(wd / "results.json")
+  with open(wd / "table1.md") as f:
+    table = f.read()
+  return wd, code, results, table
+
+
+@pytest.fixture(scope="module")
+def second(first):
+  """The same workdir again with two seeds of vicreg: seed 0 reused, seed 1 trained."""
+  wd = first[0]
+  before = _run_files(wd / "vicreg" / "seed0")
+  code = table1.main(ARGS + ["--workdir", str(wd), "--methods", "vicreg", "--seeds", "2"])
+  after = _run_files(wd / "vicreg" / "seed0")
+  return code, _load(wd / "results.json"), before, after
+
+
+def test_first_call_reports_each_runs_own_accuracy(first):
+  wd, code, results, _ = first
+  assert code == 0
+  assert results["scale"] == "smoke" and results["seeds"] == 1
+  assert results["methods"] == list(PAIR)
+  assert results["num_steps"] == 5 and results["dataset"] == "digits"
+  for m in PAIR:
+    run = _load(wd / m / "seed0" / "results.json")
+    config = _load(wd / m / "seed0" / "config.json")
+    assert run["step"] == 5
+    assert config["objective"] == m and config["seed"] == 0
+    assert config["eval"]["baselines"] == []  # only the trained net was probed
+    assert set(run) >= {"trained"} and "random_init" not in run
+    acc = results["accuracy"][m]
+    assert acc["per_seed"] == [run["trained"]["linear_top1"]]
+    assert acc["mean"] == pytest.approx(run["trained"]["linear_top1"])
+    assert acc["std"] is None  # one seed: no sample std
+    assert 0.0 <= acc["mean"] <= 100.0
+    assert results["runs"][m]["seed0"]["config"] == config
+
+
+def test_accuracy_recomputed_from_the_checkpoint(first):
+  from sslit import cli, evaluate, models
+  wd, _, results, _ = first
+  run = cli.open_run(wd / "vicreg+logdet" / "seed0")
+  assert run.step == 5
+  out = evaluate.evaluate_representation(
+      models.make_apply_fn(run.model, "rep"), run.variables, run.train_ds, run.test_ds,
+      num_classes=run.train_ds.num_classes, batch_size=int(run.config.eval.batch_size),
+      l2=float(run.config.eval.l2), steps=20, ks=())
+  # The probe is deterministic; allow one test example of float noise.
+  one_example = 100.0 / len(run.test_ds)
+  assert abs(out["linear_top1"] - results["accuracy"]["vicreg+logdet"]["mean"]) \
+      <= one_example + 1e-6
+
+
+def test_claim_flag_is_the_comparison_of_the_reported_means(first):
+  wd, _, results, table = first
+  accs = {m: _load(wd / m / "seed0" / "results.json")["trained"]["linear_top1"]
+          for m in PAIR}
+  c = results["claims"]["vicreg+logdet"]
+  assert set(results["claims"]) == {"vicreg+logdet"}  # only variants with their base
+  assert c["base"] == "vicreg"
+  assert c["difference"] == pytest.approx(accs["vicreg+logdet"] - accs["vicreg"])
+  assert c["beats_base"] == (accs["vicreg+logdet"] > accs["vicreg"])
+  assert c["exceeds_seed_std"] is None and c["seed_std"] is None
+  assert results["claim_held"] == c["beats_base"]
+  # The Markdown table carries the same numbers.
+  rows = {line.split("|")[1].strip(): line for line in table.splitlines()
+          if line.startswith("| ") and "---" not in line}
+  assert f"{accs['vicreg']:.2f}" in rows["VICReg"]
+  assert f"{accs['vicreg+logdet']:.2f}" in rows["VICReg + LogDet"]
+  assert f"{c['difference']:+.2f}" in rows["VICReg + LogDet"]
+  assert ("yes" if c["beats_base"] else "no") in rows["VICReg + LogDet"]
+
+
+def test_plot_is_a_valid_png(first):
+  import matplotlib.image as mpimg
+  wd = first[0]
+  with open(wd / "table1.png", "rb") as f:
+    head = f.read(24)
+  assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+  width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+  image = mpimg.imread(wd / "table1.png")
+  assert image.shape[:2] == (height, width) and width > 100 and height > 100
+
+
+def test_second_call_reuses_finished_runs_and_adds_a_seed(first, second):
+  wd = first[0]
+  code, results, before, after = second
+  assert code == 0
+  assert before == after  # seed 0: nothing rewritten (checkpoints, results)
+  assert results["runs_reused"] == 1 and results["runs_trained"] == 1
+  assert results["runs"]["vicreg"]["seed0"]["reused"] is True
+  accs = [_load(wd / "vicreg" / f"seed{s}" / "results.json")["trained"]["linear_top1"]
+          for s in (0, 1)]
+  acc = results["accuracy"]["vicreg"]
+  assert acc["per_seed"] == accs
+  assert acc["mean"] == pytest.approx(np.mean(accs))
+  assert acc["std"] == pytest.approx(np.std(accs, ddof=1))
+  assert _load(wd / "vicreg" / "seed1" / "config.json")["seed"] == 1
+  assert results["claims"] == {} and results["claim_held"] is None
+
+
+def test_claims_with_seeds_against_hand_numbers():
+  acc = {"vicreg": {"mean": 90.0, "std": 0.4}, "vicreg+logdet": {"mean": 91.0, "std": 0.5},
+         "vicreg+pairdist": {"mean": 90.3, "std": 0.2}, "byol": {"mean": 80.0, "std": 1.0},
+         "byol+logdet": {"mean": 79.0, "std": 0.1}}
+  c = table1.claims(acc)
+  assert set(c) == {"vicreg+logdet", "vicreg+pairdist", "byol+logdet"}
+  assert c["vicreg+logdet"]["difference"] == pytest.approx(1.0)
+  assert c["vicreg+logdet"]["beats_base"] and c["vicreg+logdet"]["exceeds_seed_std"]
+  assert c["vicreg+pairdist"]["beats_base"]
+  assert not c["vicreg+pairdist"]["exceeds_seed_std"]  # 0.3 < max(0.2, 0.4)
+  assert c["vicreg+pairdist"]["seed_std"] == pytest.approx(0.4)
+  assert not c["byol+logdet"]["beats_base"] and not c["byol+logdet"]["exceeds_seed_std"]
+  assert table1.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.sqrt(7 / 3)))
+  assert table1.mean_std([3.0]) == (3.0, None)
+
+
+def test_full_scale_table_shows_the_spec_sanity_targets():
+  methods = list(table1.METHODS)
+  results = {"scale": "full", "dataset": "cifar100", "num_steps": 195000, "seeds": 1,
+             "methods": methods,
+             "accuracy": {m: {"mean": 50.0, "std": None, "per_seed": [50.0]}
+                          for m in methods}}
+  results["claims"] = table1.claims(results["accuracy"])
+  rows = {line.split("|")[1].strip(): line
+          for line in table1.markdown_table(results).splitlines() if line.startswith("| ")}
+  assert "CIFAR-100" in rows["method"] and "target" in rows["method"]
+  # SPEC 7.3, CIFAR-100: VICReg 68.54, Barlow 70.90, BYOL 70.46, SimCLR 65.78.
+  for label, target in (("VICReg", "68.54"), ("Barlow Twins", "70.90"),
+                        ("BYOL", "70.46"), ("SimCLR", "65.78")):
+    assert target in rows[label]
+  assert "| – |" in rows["VICReg + LogDet"]
+  header = table1._target_header("cifar10")  # pylint: disable=protected-access
+  for number in ("92.07", "92.10", "92.58", "90.74", "68.54", "70.90", "70.46", "65.78"):
+    assert number in header
+
+
+@pytest.mark.parametrize("method", table1.METHODS)
+def test_full_scale_is_configuration_only(method):
+  from sslit import cli, objectives
+  overrides = table1.run_overrides(method, 2, scale="full")
+  config = table1._resolved_config("full", overrides)  # pylint: disable=protected-access
+  assert config["objective"] == method and config["seed"] == 2
+  assert config["model"]["backbone"] == "resnet18" and config["dataset"] == "cifar10"
+  assert config["eval"]["baselines"] == [] and config["monitor_every"] == 0
+  assert objectives.get_objective(method, **config["objective_kwargs"]).name == method
+  import ml_collections
+  model = cli._build_model(ml_collections.ConfigDict(config))  # pylint: disable=protected-access
+  # BYOL and its variants get the online predictor, the others none.
+  assert (model.predictor is not None) == ("byol" in method)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "vicreg,nope"], "nope"),
+    (["--methods", ","], "at least one"),
+    (["--methods", "vicreg,vicreg"], "twice"),
+    (["--steps", "0"], "positive integer"),
+    (["--seeds", "0"], "--seeds"),
+    (["--scale", "huge"], "huge"),
+])
+def test_bad_options_exit_non_zero_with_a_message(argv, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    table1.main(["--workdir", str(tmp_path)] + argv)
+  assert e.value.code != 0
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_workdir_holding_another_config_fails_clearly(first, capsys):
+  wd = first[0]
+  before = _run_files(wd / "vicreg" / "seed0")
+  code = table1.main(["--scale", "smoke", "--steps", "6", "--eval-steps", "20",
+                      "--workdir", str(wd), "--methods", "vicreg"])
+  assert code == 1
+  assert "different config" in capsys.readouterr().err
+  assert _run_files(wd / "vicreg" / "seed0") == before
