@@ -1,0 +1,150 @@
+"""experiments/bound.py (SPEC §7.4) at smoke scale, checked against oracles.
+
+One tiny run (VICReg, 6 steps, monitor every 2) is shared by the module. Oracles
+that do not share the experiment's code: the metrics read back with ``json`` (the
+bound is the sum of its terms, the flags are the comparisons of the numbers), and
+the measured test loss recomputed from the saved checkpoint with a float64 NumPy
+least-squares head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import bound as bound_exp
+
+TERMS = ("invariance_term", "unlabeled_term", "labeled_term", "complexity_term",
+         "confidence_term")
+ARGS = ["--scale", "smoke", "--methods", "vicreg", "--steps", "6",
+        "--monitor-every", "2", "--monitor-examples", "300"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("bound")
+  code = bound_exp.main(ARGS + ["--workdir", str(workdir)])
+  assert code == 0
+  with open(workdir / "results.json") as f:
+    results = json.load(f)
+  return workdir, results
+
+
+def _monitor_records(run_dir):
+  out = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if "monitor/rep/bound/bound" in r:
+        out[r["step"]] = r
+  return out
+
+
+def test_series_are_the_metrics_and_the_bound_is_the_sum_of_its_terms(experiment):
+  workdir, results = experiment
+  assert results["scale"] == "smoke" and results["methods"] == ["vicreg"]
+  assert results["outputs"] == ["rep", "proj"]
+  records = _monitor_records(workdir / "vicreg-seed0")
+  assert sorted(records) == [2, 4, 6]
+  for o in ("rep", "proj"):
+    s = results["results"]["vicreg"][o]["seeds"][0]["series"]
+    assert s["steps"] == [2, 4, 6]
+    for i, step in enumerate(s["steps"]):
+      r = records[step]
+      for key in ("bound", "test_loss") + TERMS:
+        assert s[key][i] == pytest.approx(r[f"monitor/{o}/bound/{key}"], rel=1e-12)
+      total = sum(r[f"monitor/{o}/bound/{t}"] for t in TERMS)
+      assert s["bound"][i] == pytest.approx(total, rel=1e-5)
+      assert all(s[t][i] >= 0 for t in TERMS)
+      assert s["holds"][i] == (s["bound"][i] >= s["test_loss"][i])
+
+
+def test_flags_are_the_comparisons_of_the_reported_numbers(experiment):
+  _, results = experiment
+  per_output = results["results"]["vicreg"]
+  for o, e in per_output.items():
+    s = e["seeds"][0]["series"]
+    expected = all(b >= t for b, t in zip(s["bound"], s["test_loss"]))
+    assert e["held_every_checkpoint"] == expected
+    assert e["checkpoints"] == len(s["steps"])
+    assert e["min_margin"] == pytest.approx(
+        min(b - t for b, t in zip(s["bound"], s["test_loss"])))
+  held = all(e["held_every_checkpoint"] for e in per_output.values())
+  assert results["held_every_checkpoint"] == {"vicreg": held}
+  assert results["claim_held"] == held
+  # The config of the run is recorded, with the experiment's settings.
+  config = results["runs"]["vicreg-seed0"]["config"]
+  assert config["objective"] == "vicreg" and config["num_steps"] == 6
+  assert config["monitor_every"] == 2 and config["augment"] != "none"
+
+
+def test_test_loss_matches_a_numpy_least_squares_head_on_the_checkpoint(experiment):
+  workdir, results = experiment
+  from sslit import cli, evaluate, models  # pylint: disable=g-import-not-at-top
+  run = cli.open_run(str(workdir / "vicreg-seed0"))
+  assert run.step == 6
+  images, labels = run.test_ds.get(np.arange(len(run.test_ds)))
+  assert len(labels) == 300  # the whole digits test split: the monitor's subset
+  x = evaluate.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  z = np.asarray(models.make_apply_fn(run.model, "rep")(run.variables, x), np.float64)
+  y = np.eye(10)[np.asarray(labels)]
+  half = 150
+  # The library's documented cut-off on relative singular values (float32).
+  rcond = 10 * np.sqrt(np.finfo(np.float32).eps)
+  w = np.linalg.lstsq(z[:half], y[:half], rcond=rcond)[0]
+  test_loss = np.mean(np.linalg.norm(z[half:] @ w - y[half:], axis=1))
+  res_s = np.linalg.norm(z[:half] @ w - y[:half]) / np.sqrt(half)
+  s = results["results"]["vicreg"]["rep"]["seeds"][0]["series"]
+  assert s["test_loss"][-1] == pytest.approx(test_loss, rel=2e-3)
+  assert s["labeled_term"][-1] == pytest.approx(res_s, rel=2e-3)
+
+
+def test_plots_are_valid_pngs(experiment):
+  workdir, results = experiment
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  assert sorted(results["plots"]) == ["bound.png", "bound_terms.png"]
+  for name in results["plots"]:
+    path = workdir / name
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_second_call_reuses_the_finished_run(experiment):
+  workdir, results = experiment
+  assert results["trained"] == ["vicreg-seed0"]
+  run_dir = workdir / "vicreg-seed0"
+  watched = [run_dir / "metrics.jsonl", run_dir / "config.json"] + sorted(
+      (run_dir / "checkpoints").iterdir())
+  before = {p: p.stat().st_mtime_ns for p in watched}
+  assert bound_exp.main(ARGS + ["--workdir", str(workdir)]) == 0
+  assert {p: p.stat().st_mtime_ns for p in watched} == before
+  with open(workdir / "results.json") as f:
+    again = json.load(f)
+  assert again["trained"] == []
+  assert again["results"] == results["results"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "vicreg,nonsense"], "unknown method"),
+    (["--methods", ","], "comma-separated"),
+    (["--steps", "0"], "positive integer"),
+    (["--monitor-examples", "4"], ">= 8"),
+    (["--scale", "huge"], "invalid choice"),
+])
+def test_bad_options_exit_non_zero_with_a_message(extra, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    bound_exp.main(["--scale", "smoke", "--workdir", str(tmp_path)] + extra)
+  assert e.value.code != 0
+  assert message in capsys.readouterr().err
+
+
+def test_monitor_period_longer_than_the_run_is_refused(tmp_path, capsys):
+  code = bound_exp.main(["--scale", "smoke", "--workdir", str(tmp_path), "--steps", "4",
+                         "--monitor-every", "10"])
+  assert code != 0
+  assert "--monitor-every" in capsys.readouterr().out
+  assert not (tmp_path / "vicreg-seed0").exists()
