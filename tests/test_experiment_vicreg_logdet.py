@@ -1,0 +1,168 @@
+"""experiments/vicreg_logdet.py (SPEC §7.5) at smoke scale, checked against oracles.
+
+One tiny VICReg run (8 steps, monitor every 2: 4 points) is shared by the module.
+Oracles that do not share the experiment's code: the series read back from
+``metrics.jsonl`` with ``json``; Spearman's rho recomputed as the Pearson
+correlation of NumPy ranks; ``log det`` of the correlation matrix recomputed in
+float64 (``np.corrcoef``, ``slogdet``) from the saved checkpoint's features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import vicreg_logdet as exp
+
+ARGS = ["--scale", "smoke", "--steps", "8", "--monitor-every", "2",
+        "--monitor-examples", "300"]
+QUANTITIES = ("logdet_corr", "entropy_gaussian", "entropy_logdet",
+              "entropy_pairwise_kl", "entropy_pairwise_bhattacharyya")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("vicreg_logdet")
+  assert exp.main(ARGS + ["--workdir", str(workdir)]) == 0
+  with open(workdir / "results.json") as f:
+    results = json.load(f)
+  return workdir, results
+
+
+def _records(run_dir):
+  out = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if "monitor/proj/logdet_corr" in r:
+        out[r["step"]] = r
+  return out
+
+
+def _spearman_oracle(x, y):
+  rank = lambda v: np.argsort(np.argsort(v)).astype(np.float64)
+  return float(np.corrcoef(rank(np.asarray(x)), rank(np.asarray(y)))[0, 1])
+
+
+def _as_float(v):
+  return float(v)  # results.json writes inf/nan as the strings "inf", "-inf", "nan"
+
+
+def test_series_are_the_monitor_records(experiment):
+  workdir, results = experiment
+  assert results["scale"] == "smoke" and results["outputs"] == ["proj", "rep"]
+  records = _records(workdir / "vicreg-seed0")
+  assert sorted(records) == [2, 4, 6, 8]
+  for o in ("proj", "rep"):
+    s = results["seeds"][0]["outputs"][o]["series"]
+    assert s["steps"] == [2, 4, 6, 8]
+    for i, step in enumerate(s["steps"]):
+      r = records[step]
+      for t in ("invariance", "variance", "covariance", "loss"):
+        assert s[t][i] == pytest.approx(r[f"monitor/{o}/vicreg/{t}"], rel=1e-12)
+      for q in QUANTITIES:
+        assert _as_float(s[q][i]) == pytest.approx(r[f"monitor/{o}/{q}"], rel=1e-12)
+      # Invariants of the estimators: log det R <= 0, Bhattacharyya <= KL bound.
+      assert _as_float(s["logdet_corr"][i]) <= 1e-4
+      assert s["entropy_pairwise_bhattacharyya"][i] <= s["entropy_pairwise_kl"][i] + 1e-4
+
+
+def test_rank_correlations_match_numpy_ranks(experiment):
+  _, results = experiment
+  checked = 0
+  for o, r in results["seeds"][0]["outputs"].items():
+    s = r["series"]
+    for t in ("covariance", "variance"):
+      for q in QUANTITIES:
+        c = r["spearman"][t][q]
+        x = np.asarray(s[t], np.float64)
+        y = np.asarray([_as_float(v) for v in s[q]], np.float64)
+        ok = np.isfinite(x) & np.isfinite(y)
+        assert c["n"] == int(ok.sum()) and c["dropped"] == int((~ok).sum())
+        if c["rho"] is None:
+          assert ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0
+          continue
+        assert -1.0 <= c["rho"] <= 1.0 and 0.0 <= c["pvalue"] <= 1.0
+        assert c["rho"] == pytest.approx(_spearman_oracle(x[ok], y[ok]), abs=1e-9)
+        checked += 1
+  assert checked >= 10  # most pairs are defined on a trained MLP
+
+
+def test_claim_flag_is_the_sign_of_the_reported_correlations(experiment):
+  _, results = experiment
+  assert results["claim_pairs"] == [["covariance", "logdet_corr"],
+                                    ["variance", "entropy_logdet"]]
+  for o, r in results["seeds"][0]["outputs"].items():
+    rhos = [r["spearman"][t][q]["rho"] for t, q in results["claim_pairs"]]
+    expected = None if None in rhos else all(v < 0 for v in rhos)
+    assert r["claim_held"] == expected
+    assert results["claim_held_per_output"][o] == expected
+  assert results["headline_output"] == "proj"
+  assert results["claim_held"] == results["claim_held_per_output"]["proj"]
+
+
+def test_logdet_corr_matches_float64_numpy_on_the_checkpoint(experiment):
+  workdir, results = experiment
+  from sslit import cli, evaluate, models  # pylint: disable=g-import-not-at-top
+  run = cli.open_run(str(workdir / "vicreg-seed0"))
+  assert run.step == 8
+  images, _ = run.test_ds.get(np.arange(len(run.test_ds)))
+  x = evaluate.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  for o in ("proj", "rep"):
+    z = np.asarray(models.make_apply_fn(run.model, o)(run.variables, x), np.float64)
+    reported = _as_float(results["seeds"][0]["outputs"][o]["series"]["logdet_corr"][-1])
+    if np.any(z.std(axis=0) == 0):  # a dead unit: R is singular
+      assert reported == -np.inf
+      continue
+    sign, logdet = np.linalg.slogdet(np.corrcoef(z, rowvar=False))
+    assert sign > 0
+    assert reported == pytest.approx(logdet, rel=1e-3)
+
+
+def test_plot_is_a_valid_png(experiment):
+  workdir, results = experiment
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  assert results["plots"] == ["vicreg_logdet.png"]
+  path = workdir / "vicreg_logdet.png"
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  img = matplotlib.image.imread(str(path))
+  assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_second_call_reuses_the_finished_run(experiment):
+  workdir, results = experiment
+  assert results["trained"] == ["vicreg-seed0"]
+  run_dir = workdir / "vicreg-seed0"
+  watched = [run_dir / "metrics.jsonl", run_dir / "config.json"] + sorted(
+      (run_dir / "checkpoints").iterdir())
+  before = {p: p.stat().st_mtime_ns for p in watched}
+  assert exp.main(ARGS + ["--workdir", str(workdir)]) == 0
+  assert {p: p.stat().st_mtime_ns for p in watched} == before
+  with open(workdir / "results.json") as f:
+    again = json.load(f)
+  assert again["trained"] == [] and again["seeds"] == results["seeds"]
+
+
+def test_spearman_helper_on_known_series():
+  # Closed forms: a monotone map has rho = +1 / -1; non-finite points are dropped.
+  assert exp.spearman([1, 2, 3, 4], [10, 20, 30, 45])["rho"] == pytest.approx(1.0)
+  assert exp.spearman([1, 2, 3, 4], [4, 3, 2, 1])["rho"] == pytest.approx(-1.0)
+  c = exp.spearman([1, 2, 3, 4, 5], [-np.inf, 1, 2, 3, 4])
+  assert c["n"] == 4 and c["dropped"] == 1 and c["rho"] == pytest.approx(1.0)
+  assert exp.spearman([1, 2], [1, 2])["rho"] is None  # too few points
+  assert exp.spearman([1, 1, 1], [1, 2, 3])["rho"] is None  # constant series
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--monitor-every", "-3"], "positive integer"),
+    (["--monitor-examples", "7"], ">= 8"),
+])
+def test_bad_options_exit_non_zero_with_a_message(extra, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    exp.main(["--scale", "smoke", "--workdir", str(tmp_path)] + extra)
+  assert e.value.code != 0
+  assert message in capsys.readouterr().err
