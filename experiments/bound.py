@@ -251,6 +251,7 @@ def _plot(workdir: str, methods: Sequence[str], outputs: Sequence[str],
     if j == 0:
       ax.set_ylabel("label units (log)")
       ax.legend(fontsize=7)
+  fig.tight_layout()
   paths.append(common.save_figure(fig, workdir, "bound"))
 
   fig, axes = common.figure(ncols=len(methods), nrows=len(outputs))
@@ -265,6 +266,7 @@ def _plot(workdir: str, methods: Sequence[str], outputs: Sequence[str],
       ax.set_xlabel("step")
       if i == 0 and j == 0:
         ax.legend(fontsize=6, loc="upper right")
+  fig.tight_layout()
   paths.append(common.save_figure(fig, workdir, "bound_terms"))
   return paths
 

@@ -138,7 +138,7 @@ def _normalised(v: Sequence[float]) -> np.ndarray:
 
 
 def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> str:
-  fig, axes = common.figure(ncols=len(outputs), nrows=2, size=(5.0, 3.6))
+  fig, axes = common.figure(ncols=len(outputs), nrows=2, size=(5.5, 4.0))
   for j, o in enumerate(outputs):
     s = series[o]
     ax = axes[0][j]
@@ -162,6 +162,7 @@ def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> st
               ms=3)
     twin.set_ylabel("log det corr (nats)", color="C3")
     ax.set_title(f"{o}: covariance term vs log det R")
+  fig.tight_layout()
   return common.save_figure(fig, workdir, "vicreg_logdet")
 
 
