@@ -20,8 +20,13 @@ the covariance and variance terms and each of those quantities (non-finite point
 e.g. ``log det = −inf`` of a numerically singular float32 correlation matrix, are left
 out and counted).
 
-The claim's flag, per output: ``rho(covariance, logdet_corr) < 0`` (the term and the
-log det it expands move in opposite directions) and ``rho(variance, entropy_logdet)
+The monitor computes in float32, where the correlation matrix of a 1024-d projector
+output is numerically singular (``log det = −inf``); the run therefore keeps a
+checkpoint at every monitored step and the script recomputes ``logdet_corr_f64`` and
+``entropy_gaussian_f64`` in float64 from the features of the same subset.
+
+The claim's flag, per output: ``rho(covariance, logdet_corr_f64) < 0`` (the term and
+the log det it expands move in opposite directions) and ``rho(variance, entropy_logdet)
 < 0`` (the hinge and the log det of the covariance it raises); ``None``
 (undetermined) when fewer than 3 finite points or a constant series leave a
 correlation undefined. The headline is the projector output, the one VICReg trains.
@@ -41,7 +46,7 @@ N``, ``--workdir DIR``.
 
 Outputs: ``results.json`` (the series, the correlations, the flags, the run configs,
 the scale), ``vicreg_logdet.png`` (min-max normalised series per output; twin axes of
-the covariance term against ``logdet_corr``), the run directory ``vicreg-seed<s>``
+the covariance term against ``logdet_corr_f64``), the run directory ``vicreg-seed<s>``
 (reused when finished).
 
 What smoke can and cannot show: the path end to end (training, monitor, series,
@@ -69,11 +74,15 @@ TERMS = ("invariance", "variance", "covariance", "loss")  # monitor/<o>/vicreg/<
 QUANTITIES = ("logdet_corr", "entropy_gaussian", "entropy_logdet",
               "entropy_pairwise_kl", "entropy_pairwise_bhattacharyya",
               "effective_rank", "std_mean")
+# Recomputed here in float64 from the checkpoint of each monitored step (features
+# of the same held-out subset, upcast): the float32 log det of a 1024-d projector's
+# correlation matrix is -inf (numerically singular) on the monitor's side.
+F64_QUANTITIES = ("logdet_corr_f64", "entropy_gaussian_f64")
 # Rank correlations reported: each of these terms against each of these quantities.
 CORR_TERMS = ("covariance", "variance")
-CORR_QUANTITIES = QUANTITIES[:5]
+CORR_QUANTITIES = QUANTITIES[:5] + F64_QUANTITIES
 # The pairs whose sign is the claim (see the module docstring).
-CLAIM_PAIRS = (("covariance", "logdet_corr"), ("variance", "entropy_logdet"))
+CLAIM_PAIRS = (("covariance", "logdet_corr_f64"), ("variance", "entropy_logdet"))
 
 SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {"num_steps": 30, "monitor_every": 5, "monitor_examples": 300,
@@ -116,6 +125,98 @@ def output_series(records: Sequence[Mapping[str, Any]], output: str) -> dict[str
   return out
 
 
+def monitor_subset(num_examples: int, size: int, seed: int) -> np.ndarray:
+  """Indices of the monitor's held-out subset: ``num_examples`` seeded, sorted.
+
+  The rule of ``sslit.evaluate.make_monitor`` (all of the split when it is smaller).
+  """
+  if num_examples >= size:
+    return np.arange(size)
+  return np.sort(np.random.default_rng(seed).choice(size, int(num_examples),
+                                                    replace=False))
+
+
+def _variables_at(run_dir: str, step: int) -> dict:
+  """Eval variables of one kept checkpoint (host arrays)."""
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  manager = checkpoint.CheckpointManager(os.path.join(run_dir, "checkpoints"))
+  try:
+    state, _, _ = manager.restore_raw(step=step)
+  finally:
+    manager.close()
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
+                   ) -> dict[str, dict[str, list[float]]]:
+  """log det R and the Gaussian surrogate in float64 at every checkpointed step.
+
+  Features of the monitor's clean subset from the checkpoint of each step (eval
+  mode, float32 network), upcast to float64; ``estimators.correlation_logdet`` and
+  ``gaussian_surrogate_entropy`` under 64-bit JAX. NaN where no checkpoint was kept.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sslit import cli, estimators, evaluate, models  # pylint: disable=g-import-not-at-top
+  kept = set(cli.checkpoint_steps(run_dir))
+  out = {o: {q: [] for q in F64_QUANTITIES} for o in outputs}
+  if not kept & set(steps):
+    for o in outputs:
+      for q in F64_QUANTITIES:
+        out[o][q] = [float("nan")] * len(steps)
+    return out
+  run = cli.open_run(run_dir)  # config, data and model once; variables per step
+  idx = monitor_subset(int(run.config.monitor_examples), len(run.test_ds),
+                       int(run.config.seed))
+  images, _ = run.test_ds.get(idx)
+  fns = {o: jax.jit(models.make_apply_fn(run.model, o)) for o in outputs}
+  for step in steps:
+    if step not in kept:
+      for o in outputs:
+        for q in F64_QUANTITIES:
+          out[o][q].append(float("nan"))
+      continue
+    variables = run.variables if step == run.step else _variables_at(run_dir, step)
+    feats = {o: [] for o in outputs}
+    for i in range(0, len(idx), 512):
+      x = evaluate.preprocess(images[i:i + 512], run.train_ds.mean, run.train_ds.std)
+      for o in outputs:
+        feats[o].append(np.asarray(fns[o](variables, x)).reshape(len(x), -1))
+    for o in outputs:
+      z = np.concatenate(feats[o]).astype(np.float64)
+      with jax.enable_x64(True):
+        z64 = jnp.asarray(z, jnp.float64)
+        out[o]["logdet_corr_f64"].append(float(estimators.correlation_logdet(z64)))
+        out[o]["entropy_gaussian_f64"].append(
+            float(estimators.gaussian_surrogate_entropy(z64)))
+  return out
+
+
+def cached_float64_series(workdir: str, name: str, run_dir: str,
+                          steps: Sequence[int], outputs: Sequence[str],
+                          trained: bool) -> dict[str, dict[str, list[float]]]:
+  """``float64_series``, cached in ``<workdir>/float64_<name>.json``.
+
+  The cache is used when the run was not (re)trained in this call and it holds the
+  same steps and outputs.
+  """
+  path = os.path.join(workdir, f"float64_{name}.json")
+  if not trained and os.path.exists(path):
+    with open(path) as f:
+      try:
+        cached = json.load(f)
+      except json.JSONDecodeError:
+        cached = {}
+    if cached.get("steps") == list(steps) and sorted(cached.get("series", {})) == \
+        sorted(outputs):
+      return {o: {q: [float(v) for v in vals] for q, vals in d.items()}
+              for o, d in cached["series"].items()}
+  series = float64_series(run_dir, steps, outputs)
+  common.write_results(workdir, {"steps": list(steps), "series": series},
+                       name=f"float64_{name}.json")
+  return series
+
+
 def analyse(series: Mapping[str, Any]) -> dict[str, Any]:
   """Rank correlations of one output's series and the claim's flag."""
   corr = {t: {q: spearman(series[t], series[q]) for q in CORR_QUANTITIES}
@@ -143,7 +244,7 @@ def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> st
     s = series[o]
     ax = axes[0][j]
     for name, style in (("covariance", "-o"), ("variance", "-s"),
-                        ("invariance", "-^"), ("logdet_corr", "--o"),
+                        ("invariance", "-^"), ("logdet_corr_f64", "--o"),
                         ("entropy_gaussian", "--s"), ("entropy_logdet", "--^"),
                         ("entropy_pairwise_kl", ":v"),
                         ("entropy_pairwise_bhattacharyya", ":d")):
@@ -157,10 +258,10 @@ def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> st
     ax.set_ylabel("VICReg covariance term", color="C0")
     ax.set_xlabel("step")
     twin = ax.twinx()
-    ld = np.asarray(s["logdet_corr"], np.float64)
+    ld = np.asarray(s["logdet_corr_f64"], np.float64)
     twin.plot(s["steps"], np.where(np.isfinite(ld), ld, np.nan), "--s", color="C3",
               ms=3)
-    twin.set_ylabel("log det corr (nats)", color="C3")
+    twin.set_ylabel("log det R, float64 (nats)", color="C3")
     ax.set_title(f"{o}: covariance term vs log det R")
   fig.tight_layout()
   return common.save_figure(fig, workdir, "vicreg_logdet")
@@ -178,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"sslit reproduce {NAME}: error: {e}", flush=True)
     return 2
+  # A checkpoint at every monitored step (all kept) for the float64 recomputation.
+  config = bound_exp.base_config(args.scale)
+  every = int(settings.get("monitor_every", config.monitor_every))
+  num_steps = int(settings.get("num_steps", config.num_steps))
+  settings["checkpoint_every"] = every
+  settings["keep_checkpoints"] = -(-num_steps // every) + 1
   common.say(f"VICReg terms vs log det: scale {args.scale}, {args.seeds} seed(s), "
              f"workdir {args.workdir}")
   runs, trained, per_seed = {}, [], []
@@ -186,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = os.path.join(args.workdir, name)
     overrides = {**settings, "objective": "vicreg", "seed": seed}
     common.say(f"[{seed + 1}/{args.seeds}] {name}")
-    if bound_exp.ensure_run(run_dir, scale=args.scale, overrides=overrides):
+    fresh = bound_exp.ensure_run(run_dir, scale=args.scale, overrides=overrides)
+    if fresh:
       trained.append(name)
     with open(os.path.join(run_dir, "config.json")) as f:
       runs[name] = {"seed": seed, "workdir": run_dir, "config": json.load(f)}
@@ -195,7 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     for o in OUTPUTS:
       s = output_series(records, o)
       if s["steps"]:
-        entry["outputs"][o] = {"series": s, **analyse(s)}
+        entry["outputs"][o] = {"series": s}
+    if entry["outputs"]:
+      common.say(f"  float64 log det at {len(s['steps'])} checkpoints of {name}")
+      outs = list(entry["outputs"])
+      f64 = cached_float64_series(args.workdir, name, run_dir,
+                                  entry["outputs"][outs[0]]["series"]["steps"], outs,
+                                  fresh)
+      for o in outs:
+        entry["outputs"][o]["series"].update(f64[o])
+        entry["outputs"][o].update(analyse(entry["outputs"][o]["series"]))
     per_seed.append(entry)
 
   outputs = [o for o in OUTPUTS if all(o in e["outputs"] for e in per_seed)]
@@ -215,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
       "scale": args.scale,
       "claim": "over VICReg training the covariance and variance terms fall while "
                "log det of the correlation matrix and the entropy estimates rise: "
-               "Spearman rho(covariance, logdet_corr) < 0 and rho(variance, "
+               "Spearman rho(covariance, logdet_corr_f64) < 0 and rho(variance, "
                "entropy_logdet) < 0 over the monitored steps",
       "claim_pairs": [list(p) for p in CLAIM_PAIRS],
       "claim_held": headline,
@@ -242,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{fl['covariance']['last']:.4g}; variance "
                f"{fl['variance']['first']:.4g} -> {fl['variance']['last']:.4g}; "
                f"logdet_corr {fl['logdet_corr']['first']:.4g} -> "
-               f"{fl['logdet_corr']['last']:.4g}")
+               f"{fl['logdet_corr']['last']:.4g} (float64: "
+               f"{fl['logdet_corr_f64']['first']:.4g} -> "
+               f"{fl['logdet_corr_f64']['last']:.4g})")
   verdict = {True: "HELD", False: "NOT HELD", None: "UNDETERMINED"}
   common.say(f"paper's claim (covariance/variance down <-> log det / entropy up) on "
              f"{outputs[0]}: {verdict[headline]}; per output "

@@ -21,6 +21,7 @@ ARGS = ["--scale", "smoke", "--steps", "8", "--monitor-every", "2",
         "--monitor-examples", "300"]
 QUANTITIES = ("logdet_corr", "entropy_gaussian", "entropy_logdet",
               "entropy_pairwise_kl", "entropy_pairwise_bhattacharyya")
+F64 = ("logdet_corr_f64", "entropy_gaussian_f64")  # recomputed from checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_rank_correlations_match_numpy_ranks(experiment):
   for o, r in results["seeds"][0]["outputs"].items():
     s = r["series"]
     for t in ("covariance", "variance"):
-      for q in QUANTITIES:
+      for q in QUANTITIES + F64:
         c = r["spearman"][t][q]
         x = np.asarray(s[t], np.float64)
         y = np.asarray([_as_float(v) for v in s[q]], np.float64)
@@ -93,7 +94,7 @@ def test_rank_correlations_match_numpy_ranks(experiment):
 
 def test_claim_flag_is_the_sign_of_the_reported_correlations(experiment):
   _, results = experiment
-  assert results["claim_pairs"] == [["covariance", "logdet_corr"],
+  assert results["claim_pairs"] == [["covariance", "logdet_corr_f64"],
                                     ["variance", "entropy_logdet"]]
   for o, r in results["seeds"][0]["outputs"].items():
     rhos = [r["spearman"][t][q]["rho"] for t, q in results["claim_pairs"]]
@@ -104,22 +105,36 @@ def test_claim_flag_is_the_sign_of_the_reported_correlations(experiment):
   assert results["claim_held"] == results["claim_held_per_output"]["proj"]
 
 
-def test_logdet_corr_matches_float64_numpy_on_the_checkpoint(experiment):
+@pytest.mark.parametrize("index", [0, -1])
+def test_logdet_corr_matches_float64_numpy_on_the_checkpoint(experiment, index):
   workdir, results = experiment
   from sslit import cli, evaluate, models  # pylint: disable=g-import-not-at-top
-  run = cli.open_run(str(workdir / "vicreg-seed0"))
-  assert run.step == 8
-  images, _ = run.test_ds.get(np.arange(len(run.test_ds)))
+  run_dir = workdir / "vicreg-seed0"
+  # A checkpoint was kept at every monitored step.
+  assert cli.checkpoint_steps(str(run_dir)) == [2, 4, 6, 8]
+  step = [2, 4, 6, 8][index]
+  run = cli.open_run(str(run_dir), step=step)
+  assert run.step == step
+  images, _ = run.test_ds.get(np.arange(len(run.test_ds)))  # all 300: the subset
   x = evaluate.preprocess(images, run.train_ds.mean, run.train_ds.std)
   for o in ("proj", "rep"):
     z = np.asarray(models.make_apply_fn(run.model, o)(run.variables, x), np.float64)
-    reported = _as_float(results["seeds"][0]["outputs"][o]["series"]["logdet_corr"][-1])
-    if np.any(z.std(axis=0) == 0):  # a dead unit: R is singular
-      assert reported == -np.inf
+    s = results["seeds"][0]["outputs"][o]["series"]
+    f32 = _as_float(s["logdet_corr"][index])
+    f64 = _as_float(s["logdet_corr_f64"][index])
+    h64 = _as_float(s["entropy_gaussian_f64"][index])
+    if np.any(z.std(axis=0) == 0):  # a dead unit: R and the covariance are singular
+      assert f32 == -np.inf and f64 == -np.inf and h64 == -np.inf
       continue
     sign, logdet = np.linalg.slogdet(np.corrcoef(z, rowvar=False))
     assert sign > 0
-    assert reported == pytest.approx(logdet, rel=1e-3)
+    assert f64 == pytest.approx(logdet, rel=1e-6)
+    if np.isfinite(f32):  # float32 on the monitor's side, where it is resolved
+      assert f32 == pytest.approx(logdet, rel=1e-2)
+    k = z.shape[1]
+    _, logdet_cov = np.linalg.slogdet(np.cov(z, rowvar=False))
+    assert h64 == pytest.approx(0.5 * (k * np.log(2 * np.pi * np.e) + logdet_cov),
+                                rel=1e-6)
 
 
 def test_plot_is_a_valid_png(experiment):
@@ -136,8 +151,10 @@ def test_second_call_reuses_the_finished_run(experiment):
   workdir, results = experiment
   assert results["trained"] == ["vicreg-seed0"]
   run_dir = workdir / "vicreg-seed0"
-  watched = [run_dir / "metrics.jsonl", run_dir / "config.json"] + sorted(
-      (run_dir / "checkpoints").iterdir())
+  # The float64 recomputation is cached next to results.json and reused too.
+  watched = [run_dir / "metrics.jsonl", run_dir / "config.json",
+             workdir / "float64_vicreg-seed0.json"] + sorted(
+                 (run_dir / "checkpoints").iterdir())
   before = {p: p.stat().st_mtime_ns for p in watched}
   assert exp.main(ARGS + ["--workdir", str(workdir)]) == 0
   assert {p: p.stat().st_mtime_ns for p in watched} == before
