@@ -210,10 +210,10 @@ def _plot(results: dict, workdir: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("sigma (input noise std, standardised pixels)")
     ax.set_title(titles[key])
-    if key != "stay_mean":
-      ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)
   axes[0, 0].legend(fontsize=8)
   fig.suptitle(f"A1 check vs sigma ({results['scale']}; dotted: Monte-Carlo floor)")
+  fig.tight_layout()
   return common.save_figure(fig, workdir, "assumptions")
 
 

@@ -223,6 +223,7 @@ def _plot(results: dict, workdir: str) -> str:
   for ax in axes.ravel():
     ax.set_xlabel("training step")
   fig.suptitle(f"Separation during VICReg training ({results['scale']})")
+  fig.tight_layout()
   return common.save_figure(fig, workdir, "separation")
 
 
