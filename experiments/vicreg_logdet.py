@@ -227,7 +227,13 @@ def analyse(series: Mapping[str, Any]) -> dict[str, Any]:
   for name in CORR_TERMS + CORR_QUANTITIES:
     v = series[name]
     change[name] = {"first": v[0], "last": v[-1]} if v else None
-  return {"spearman": corr, "claim_held": claim, "first_last": change}
+  # Descriptive, not the claim: did training lower both terms and raise the log
+  # dets they stand for, from the first to the last monitored step?
+  trend = {f"{t}_fell": change[t]["last"] < change[t]["first"] for t in CORR_TERMS}
+  trend.update({f"{q}_rose": change[q]["last"] > change[q]["first"]
+                for _, q in CLAIM_PAIRS})
+  return {"spearman": corr, "claim_held": claim, "first_last": change,
+          "trend": trend, "terms_fell_and_log_dets_rose": all(trend.values())}
 
 
 def _normalised(v: Sequence[float]) -> np.ndarray:
@@ -335,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                "Spearman rho(covariance, logdet_corr_f64) < 0 and rho(variance, "
                "entropy_logdet) < 0 over the monitored steps",
       "claim_pairs": [list(p) for p in CLAIM_PAIRS],
+      "terms_fell_and_log_dets_rose": {
+          o: all(e["outputs"][o]["terms_fell_and_log_dets_rose"] for e in per_seed)
+          for o in outputs},
       "claim_held": headline,
       "claim_held_per_output": claim,
       "headline_output": outputs[0],
@@ -361,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                f"logdet_corr {fl['logdet_corr']['first']:.4g} -> "
                f"{fl['logdet_corr']['last']:.4g} (float64: "
                f"{fl['logdet_corr_f64']['first']:.4g} -> "
-               f"{fl['logdet_corr_f64']['last']:.4g})")
+               f"{fl['logdet_corr_f64']['last']:.4g}); terms fell and log dets "
+               f"rose: {r['terms_fell_and_log_dets_rose']} {r['trend']}")
   verdict = {True: "HELD", False: "NOT HELD", None: "UNDETERMINED"}
   common.say(f"paper's claim (covariance/variance down <-> log det / entropy up) on "
              f"{outputs[0]}: {verdict[headline]}; per output "

@@ -101,6 +101,17 @@ def test_claim_flag_is_the_sign_of_the_reported_correlations(experiment):
     expected = None if None in rhos else all(v < 0 for v in rhos)
     assert r["claim_held"] == expected
     assert results["claim_held_per_output"][o] == expected
+    fl = r["first_last"]
+    trend = {"covariance_fell": fl["covariance"]["last"] < fl["covariance"]["first"],
+             "variance_fell": fl["variance"]["last"] < fl["variance"]["first"],
+             "logdet_corr_f64_rose": _as_float(fl["logdet_corr_f64"]["last"]) >
+                                     _as_float(fl["logdet_corr_f64"]["first"]),
+             "entropy_logdet_rose": fl["entropy_logdet"]["last"] >
+                                    fl["entropy_logdet"]["first"]}
+    assert r["trend"] == trend
+    assert results["terms_fell_and_log_dets_rose"][o] == all(trend.values())
+    s = r["series"]
+    assert fl["covariance"] == {"first": s["covariance"][0], "last": s["covariance"][-1]}
   assert results["headline_output"] == "proj"
   assert results["claim_held"] == results["claim_held_per_output"]["proj"]
 
