@@ -55,13 +55,31 @@ import numpy as np
 from experiments import common
 
 NAME = "assumptions"
-# Per scale: (inputs, Monte-Carlo copies per input, number of σ values).
-_DEFAULTS = {"smoke": (16, 64, 3), "cpu": (64, 512, 5), "full": (128, 1024, 5)}
+# Per scale: (inputs, Monte-Carlo copies per input, number of σ values, smallest σ).
+# The ConvNet and ResNet have ~10^4-10^6 ReLUs: their copies leave the exact region
+# already at σ = 1e-4 (measured), so their grid starts at 1e-6 (one σ per decade).
+_DEFAULTS = {"smoke": (16, 64, 3, 1e-3), "cpu": (64, 512, 6, 1e-6),
+             "full": (128, 1024, 6, 1e-6)}
 _SUMMARY_KEYS = ("stay_mean", "cov_error_median", "mean_error_median",
                  "normal_reject_rate")
 _STAY_MIN = 0.9        # stay fraction required at the smallest σ
 _STAY_TOL = 0.02       # allowed increase of stay between consecutive σ (MC noise)
 _FLOOR_FACTOR = 1.25   # covariance error at the smallest σ vs its MC floor
+
+
+# jaxlib 0.10.2 on CPU: batched LAPACK kernels (Cholesky, eigh) split their batch
+# over XLA's intra-op pool and block on it; when the thunk executor runs as many such
+# kernels concurrently as the pool has threads (2 on a 2-core machine), every worker
+# waits and the program hangs (seen in representation_information's pairwise bounds;
+# jax 0.11.2 compiles that path out). Scheduling the HLO without the concurrency
+# optimisation serialises them. Effective when set before JAX's CPU backend starts.
+_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _avoid_lapack_deadlock() -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " " + _XLA_FLAG).strip()
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,10 +89,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                  help="held-out inputs checked (0: scale default 16/64/128)")
   p.add_argument("--num_samples", type=int, default=0,
                  help="noisy copies per input and σ, >= 20 (0: scale default)")
-  p.add_argument("--sigma_min", type=float, default=1e-3)
+  p.add_argument("--sigma_min", type=float, default=0.0,
+                 help="smallest σ (0: scale default 1e-3 / 1e-6 / 1e-6)")
   p.add_argument("--sigma_max", type=float, default=1e-1)
   p.add_argument("--num_sigmas", type=int, default=0,
-                 help="log-spaced σ values (0: scale default 3/5/5)")
+                 help="log-spaced σ values (0: scale default 3/6/6)")
   p.add_argument("--methods", default="simclr,vicreg",
                  help="comma list of objectives to train")
   p.add_argument("--chunk_size", type=int, default=16,
@@ -88,7 +107,7 @@ def _check_args(p_error, args) -> None:
     p_error(f"--num_inputs must be >= 2 (or 0 for the default), got {args.num_inputs}")
   if args.num_samples and args.num_samples < 20:
     p_error(f"--num_samples must be >= 20 (normality test), got {args.num_samples}")
-  if not (0 < args.sigma_min <= args.sigma_max):
+  if not (0 <= args.sigma_min <= args.sigma_max and args.sigma_max > 0):
     p_error(f"need 0 < --sigma_min <= --sigma_max, got {args.sigma_min}, "
             f"{args.sigma_max}")
   if args.num_sigmas < 0:
@@ -219,6 +238,7 @@ def _plot(results: dict, workdir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Run the experiment; returns the exit status."""
+  _avoid_lapack_deadlock()
   holder = {}
 
   def add(p):
@@ -228,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                            add_arguments=add)
   _check_args(holder["p"].error, args)
   t0 = time.perf_counter()
-  d_inputs, d_samples, d_sigmas = _DEFAULTS[args.scale]
+  d_inputs, d_samples, d_sigmas, d_sigma_min = _DEFAULTS[args.scale]
   num_inputs = args.num_inputs or d_inputs
   num_samples = args.num_samples or d_samples
   num_sigmas = args.num_sigmas or d_sigmas
-  sigmas = np.geomspace(args.sigma_min, args.sigma_max, num_sigmas).tolist()
+  sigmas = np.geomspace(args.sigma_min or d_sigma_min, args.sigma_max,
+                        num_sigmas).tolist()
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
   from sslit import cli, evaluate  # pylint: disable=g-import-not-at-top

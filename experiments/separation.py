@@ -66,6 +66,21 @@ _MONITOR_KEYS = ("entropy_gaussian", "entropy_logdet", "entropy_pairwise_kl",
                  "mi_pairwise_bhattacharyya", "effective_rank")
 
 
+# jaxlib 0.10.2 on CPU: batched LAPACK kernels (Cholesky, eigh) split their batch
+# over XLA's intra-op pool and block on it; when the thunk executor runs as many such
+# kernels concurrently as the pool has threads (2 on a 2-core machine), every worker
+# waits and the program hangs (seen in representation_information's pairwise bounds;
+# jax 0.11.2 compiles that path out). Scheduling the HLO without the concurrency
+# optimisation serialises them. Effective when set before JAX's CPU backend starts.
+_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _avoid_lapack_deadlock() -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " " + _XLA_FLAG).strip()
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--steps", type=int, default=0,
                  help="training steps (0: the scale config's num_steps)")
@@ -229,6 +244,7 @@ def _plot(results: dict, workdir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Run the experiment; returns the exit status."""
+  _avoid_lapack_deadlock()
   holder = {}
 
   def add(p):
