@@ -251,7 +251,7 @@ def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> st
     ax = axes[0][j]
     for name, style in (("covariance", "-o"), ("variance", "-s"),
                         ("invariance", "-^"), ("logdet_corr_f64", "--o"),
-                        ("entropy_gaussian", "--s"), ("entropy_logdet", "--^"),
+                        ("entropy_gaussian_f64", "--s"), ("entropy_logdet", "--^"),
                         ("entropy_pairwise_kl", ":v"),
                         ("entropy_pairwise_bhattacharyya", ":d")):
       ax.plot(s["steps"], _normalised(s[name]), style, ms=3, label=name)
