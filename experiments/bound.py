@@ -18,7 +18,8 @@ Commands:
 - ``sslit reproduce bound --scale smoke`` (seconds per method: 8x8 digits, tiny MLP,
   30 steps, monitor every 5 steps on the whole 300-image test split);
 - ``sslit reproduce bound --scale cpu`` (Fashion-MNIST ConvNet, 800 steps per method,
-  monitor every 200 steps on 1024 test images; about 15 minutes on a 2-core CPU);
+  monitor every 200 steps on 1024 test images; 37 min measured on the shared 2-core
+  CPU under load, about 10 min estimated on a quiet one);
 - ``sslit reproduce bound --scale full`` (CIFAR-10 ResNet-18, the full schedule,
   monitor every 50 epochs on 8192 test images; accelerators, not run here).
 

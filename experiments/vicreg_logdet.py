@@ -37,7 +37,8 @@ Commands:
   30 steps, monitor every 5 steps on the 300 test images);
 - ``sslit reproduce vicreg_logdet --scale cpu`` (Fashion-MNIST ConvNet, the main
   job's 1600 steps, monitor every 200 steps on 2048 test images, so that ``n``
-  exceeds the projector's 1024 dimensions; about 10 minutes on a 2-core CPU);
+  exceeds the projector's 1024 dimensions; 25 min measured on the shared 2-core CPU
+  under load, about 6 min estimated on a quiet one);
 - ``sslit reproduce vicreg_logdet --scale full`` (CIFAR-10 ResNet-18, the full
   schedule, monitor every 50 epochs on 4096 test images; accelerators, not run here).
 
