@@ -219,6 +219,7 @@ def _plot(results: dict, workdir: str) -> str:
     ax.plot(st, [r["mi_upper"] for r in rs], "s--", color=f"C{i}",
             label=f"upper (KL), sigma {s}")
   ax.axhline(np.log(results["num_inputs"]), color="k", ls=":", lw=1, label="log n")
+  ax.set_ylim(0, 1.05 * np.log(results["num_inputs"]))  # float32 noise at log n
   ax.set_title("I(Z; X') bounds, nats")
   ax.legend(fontsize=7)
   ax = axes[1, 0]
