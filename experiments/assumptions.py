@@ -53,6 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import common
+from sslit import parallel
 
 NAME = "assumptions"
 # Per scale: (inputs, Monte-Carlo copies per input, number of σ values, smallest σ).
@@ -65,21 +66,6 @@ _SUMMARY_KEYS = ("stay_mean", "cov_error_median", "mean_error_median",
 _STAY_MIN = 0.9        # stay fraction required at the smallest σ
 _STAY_TOL = 0.02       # allowed increase of stay between consecutive σ (MC noise)
 _FLOOR_FACTOR = 1.25   # covariance error at the smallest σ vs its MC floor
-
-
-# jaxlib 0.10.2 on CPU: batched LAPACK kernels (Cholesky, eigh) split their batch
-# over XLA's intra-op pool and block on it; when the thunk executor runs as many such
-# kernels concurrently as the pool has threads (2 on a 2-core machine), every worker
-# waits and the program hangs (seen in representation_information's pairwise bounds;
-# jax 0.11.2 compiles that path out). Scheduling the HLO without the concurrency
-# optimisation serialises them. Effective when set before JAX's CPU backend starts.
-_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
-def _avoid_lapack_deadlock() -> None:
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " " + _XLA_FLAG).strip()
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,7 +224,7 @@ def _plot(results: dict, workdir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Run the experiment; returns the exit status."""
-  _avoid_lapack_deadlock()
+  parallel.serialize_cpu_lapack()
   holder = {}
 
   def add(p):

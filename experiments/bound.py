@@ -201,22 +201,8 @@ def monitored_series(records: Sequence[Mapping[str, Any]], prefix: str,
 # This experiment.
 
 
-def _methods(text: str) -> tuple[str, ...]:
-  from sslit import objectives  # pylint: disable=g-import-not-at-top
-  names = tuple(m.strip() for m in text.split(",") if m.strip())
-  if not names:
-    raise argparse.ArgumentTypeError("expected a comma-separated list of methods")
-  unknown = [m for m in names if m not in objectives.list_objectives()]
-  if unknown:
-    raise argparse.ArgumentTypeError(
-        f"unknown method(s) {unknown}; choose from {objectives.list_objectives()}")
-  if len(set(names)) != len(names):
-    raise argparse.ArgumentTypeError(f"a method is repeated in {list(names)}")
-  return names
-
-
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--methods", type=_methods, default=DEFAULT_METHODS,
+  p.add_argument("--methods", type=common.method_list(), default=DEFAULT_METHODS,
                  help="comma-separated objectives (default: "
                       f"{','.join(DEFAULT_METHODS)})")
   add_run_options(p)

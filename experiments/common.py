@@ -55,7 +55,8 @@ def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
   return args
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+  """A config value as ``--config.field=<value>`` text (tuples as Python literals)."""
   if isinstance(value, bool):
     return "true" if value else "false"
   if isinstance(value, (tuple, list)):
@@ -85,11 +86,34 @@ def train_run(workdir: str, *, scale: str, overrides: Mapping[str, Any] | None =
   if scale not in SCALES:
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
   argv = ["train", "--config", config or SCALE_CONFIG[scale], "--workdir", workdir]
-  argv += [f"--config.{k}={_format(v)}" for k, v in (overrides or {}).items()]
+  argv += [f"--config.{k}={format_value(v)}" for k, v in (overrides or {}).items()]
   code = cli.main(argv)
   if code != 0:
     raise RuntimeError(f"sslit {' '.join(argv)} exited with status {code}.")
   return workdir
+
+
+def method_list(allowed: Sequence[str] | None = None) -> Callable[[str], tuple[str, ...]]:
+  """An argparse ``type`` for ``--methods a,b,...``: known, distinct objective names.
+
+  Args:
+    allowed: the accepted names (None: every ``sslit.objectives.list_objectives()``).
+  """
+  def parse(text: str) -> tuple[str, ...]:
+    from sslit import objectives  # pylint: disable=g-import-not-at-top
+    choices = tuple(allowed) if allowed is not None else tuple(
+        objectives.list_objectives())
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+      raise argparse.ArgumentTypeError("--methods needs at least one method.")
+    unknown = [m for m in names if m not in choices]
+    if unknown:
+      raise argparse.ArgumentTypeError(
+          f"unknown method(s) {unknown}; choose from {', '.join(choices)}.")
+    if len(set(names)) != len(names):
+      raise argparse.ArgumentTypeError(f"--methods lists a method twice: {text!r}.")
+    return names
+  return parse
 
 
 def read_metrics(workdir: str) -> list[dict]:

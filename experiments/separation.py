@@ -54,6 +54,7 @@ import time
 import numpy as np
 
 from experiments import common
+from sslit import parallel
 
 NAME = "separation"
 # Per scale: (inputs, checkpoint_every).
@@ -64,21 +65,6 @@ _INFO_KEYS = ("separation_ratio", "h_lower", "h_upper", "mi_lower", "mi_upper",
 _MONITOR_KEYS = ("entropy_gaussian", "entropy_logdet", "entropy_pairwise_kl",
                  "entropy_pairwise_bhattacharyya", "mi_pairwise_kl",
                  "mi_pairwise_bhattacharyya", "effective_rank")
-
-
-# jaxlib 0.10.2 on CPU: batched LAPACK kernels (Cholesky, eigh) split their batch
-# over XLA's intra-op pool and block on it; when the thunk executor runs as many such
-# kernels concurrently as the pool has threads (2 on a 2-core machine), every worker
-# waits and the program hangs (seen in representation_information's pairwise bounds;
-# jax 0.11.2 compiles that path out). Scheduling the HLO without the concurrency
-# optimisation serialises them. Effective when set before JAX's CPU backend starts.
-_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
-def _avoid_lapack_deadlock() -> None:
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " " + _XLA_FLAG).strip()
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -245,7 +231,7 @@ def _plot(results: dict, workdir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Run the experiment; returns the exit status."""
-  _avoid_lapack_deadlock()
+  parallel.serialize_cpu_lapack()
   holder = {}
 
   def add(p):

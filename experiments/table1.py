@@ -94,19 +94,6 @@ FULL_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def _method_list(text: str) -> tuple[str, ...]:
-  names = tuple(m.strip() for m in text.split(",") if m.strip())
-  if not names:
-    raise argparse.ArgumentTypeError("--methods needs at least one method.")
-  unknown = [m for m in names if m not in METHODS]
-  if unknown:
-    raise argparse.ArgumentTypeError(
-        f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
-  if len(set(names)) != len(names):
-    raise argparse.ArgumentTypeError(f"--methods lists a method twice: {text!r}.")
-  return names
-
-
 def _positive_int(text: str) -> int:
   try:
     value = int(text)
@@ -119,7 +106,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--methods", type=_method_list, default=METHODS,
+  p.add_argument("--methods", type=common.method_list(METHODS), default=METHODS,
                  help="comma-separated methods (default all eight: "
                       f"{','.join(METHODS)})")
   p.add_argument("--steps", type=_positive_int, default=None,
@@ -175,7 +162,7 @@ def _resolved_config(scale: str, overrides: Mapping[str, Any]) -> dict:
   """The ``config.json`` that ``sslit train`` writes for these overrides."""
   from sslit import cli  # pylint: disable=g-import-not-at-top
   config = _base_config(scale)
-  cli.apply_overrides(config, [(k, common._format(v)) for k, v in overrides.items()])  # pylint: disable=protected-access
+  cli.apply_overrides(config, [(k, common.format_value(v)) for k, v in overrides.items()])
   return json.loads(json.dumps(config.to_dict()))
 
 

@@ -622,6 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     command, args, overrides = _parse(argv)
+    if command in ("analyze", "reproduce"):
+      # CPA analysis runs batched LAPACK kernels (see parallel.serialize_cpu_lapack).
+      from sslit import parallel  # pylint: disable=g-import-not-at-top
+      parallel.serialize_cpu_lapack()
     if command == "reproduce":
       return cmd_reproduce(args)
     return {"train": cmd_train, "eval": cmd_eval, "analyze": cmd_analyze}[command](

@@ -59,6 +59,37 @@ def set_cpu_device_count(n: int) -> bool:
   return not started
 
 
+_SERIAL_LAPACK_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def serialize_cpu_lapack() -> bool:
+  """Work around a jaxlib < 0.11 hang of batched LAPACK kernels on small CPUs.
+
+  On jaxlib 0.10, batched Cholesky/eigh kernels split their batch over XLA's intra-op
+  pool and block on it; when the scheduler runs as many of them at once as the pool
+  has threads (2 on a 2-core machine), every worker waits and the program hangs. It
+  was seen in ``cpa.representation_information``'s pairwise bounds. Scheduling the
+  program without the concurrency optimisation serialises them. Like
+  ``set_cpu_device_count``, only effective before the backend starts; a no-op on
+  jaxlib >= 0.11 (that path is gone there, and the flag may be too).
+
+  Returns:
+    True if the flag is now set (or was already), False otherwise.
+  """
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  try:
+    major, minor = (int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2])
+  except Exception:  # pylint: disable=broad-except
+    return False
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
+    return True
+  if (major, minor) >= (0, 11) or _backend_started():
+    return False
+  os.environ["XLA_FLAGS"] = (flags + " " + _SERIAL_LAPACK_FLAG).strip()
+  return True
+
+
 def _backend_started() -> bool:
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top

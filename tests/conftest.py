@@ -21,9 +21,19 @@ if os.environ["JAX_PLATFORMS"] != "cpu":
   os.environ["XLA_FLAGS"] += " --xla_gpu_deterministic_ops=true"
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
+from sslit import parallel  # noqa: E402  (imports jax; the backend starts later)
+
+# jaxlib < 0.11: batched LAPACK kernels can deadlock a 2-thread CPU pool (see
+# parallel.serialize_cpu_lapack); the CPA tests and experiments run them.
+parallel.serialize_cpu_lapack()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Start the backend now, with the flags above: a test that runs the CLI first (its
+# configs ask for 1 CPU device) must not change the device count of the others.
+jax.devices()
 
 
 @pytest.fixture

@@ -10,11 +10,6 @@ import pytest
 
 from experiments import separation
 
-# At collection, before any test starts JAX's CPU backend: the scheduling flag that
-# keeps jaxlib 0.10.2's batched LAPACK kernels from deadlocking a 2-thread pool (see
-# experiments/separation.py); main() sets it too, too late if the backend is up.
-separation._avoid_lapack_deadlock()  # pylint: disable=protected-access
-
 _ARGS = ["--scale", "smoke", "--steps", "10", "--checkpoint_every", "5",
          "--num_inputs", "8", "--sigmas", "0.05,1"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +92,20 @@ def test_set_cpu_device_count_after_start_reports_false():
   assert parallel.set_cpu_device_count(2) is False
   with pytest.raises(ValueError, match=">= 1"):
     parallel.set_cpu_device_count(0)
+
+
+def test_serialize_cpu_lapack_only_before_the_backend_and_only_once(monkeypatch):
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  jax.devices()  # the backend is up: too late to add the flag
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert parallel.serialize_cpu_lapack() is False
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+  monkeypatch.setenv("XLA_FLAGS", flag)  # already set (conftest does this): kept once
+  assert parallel.serialize_cpu_lapack() is True
+  assert os.environ["XLA_FLAGS"] == flag
+  old = tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11)
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setattr(parallel, "_backend_started", lambda: False)
+  assert parallel.serialize_cpu_lapack() is old
+  assert (os.environ.get("XLA_FLAGS") == flag) is old
