@@ -225,14 +225,8 @@ def _plot(results: dict, workdir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
   """Run the experiment; returns the exit status."""
   parallel.serialize_cpu_lapack()
-  holder = {}
-
-  def add(p):
-    _add_arguments(p)
-    holder["p"] = p
   args = common.parse_args(NAME, argv, description=__doc__.split("\n")[0],
-                           add_arguments=add)
-  _check_args(holder["p"].error, args)
+                           add_arguments=_add_arguments, check=_check_args)
   t0 = time.perf_counter()
   d_inputs, d_samples, d_sigmas, d_sigma_min = _DEFAULTS[args.scale]
   num_inputs = args.num_inputs or d_inputs

@@ -31,13 +31,15 @@ SCALE_CONFIG = {"smoke": "smoke", "cpu": "default", "full": "full_cifar10"}
 
 
 def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
-               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-               ) -> argparse.Namespace:
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+               check: Callable[[Callable[[str], Any], argparse.Namespace], None] | None
+               = None) -> argparse.Namespace:
   """The common command line of an experiment.
 
   ``--scale {smoke,cpu,full}`` (default ``cpu``), ``--workdir`` (default
   ``runs/reproduce/<name>-<scale>``), ``--seeds N`` (default 1), plus the
-  experiment's own options from ``add_arguments(parser)``.
+  experiment's own options from ``add_arguments(parser)``; ``check(error, args)``
+  validates them together (``error(message)`` exits with status 2 and the usage).
   """
   p = argparse.ArgumentParser(prog=f"sslit reproduce {name}", description=description)
   p.add_argument("--scale", choices=SCALES, default="cpu")
@@ -49,6 +51,8 @@ def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
   args = p.parse_args(list(argv or []))
   if args.seeds < 1:
     p.error(f"--seeds must be >= 1, got {args.seeds}")
+  if check is not None:
+    check(p.error, args)
   args.workdir = os.path.abspath(
       args.workdir or os.path.join("runs", "reproduce", f"{name}-{args.scale}"))
   os.makedirs(args.workdir, exist_ok=True)
