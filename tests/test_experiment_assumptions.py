@@ -9,23 +9,20 @@ import numpy as np
 import pytest
 
 from experiments import assumptions
+from tests.experiment_utils import file_mtimes, run_experiment
 
 _ARGS = ["--scale", "smoke", "--steps", "6", "--num_inputs", "6", "--num_samples", "24",
          "--num_sigmas", "2", "--sigma_min", "1e-3", "--sigma_max", "1e-1"]
 
 
 def _ckpt_mtimes(run_dir):
-  root = os.path.join(run_dir, "checkpoints")
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-          for d, _, files in os.walk(root) for f in files}
+  return file_mtimes(os.path.join(run_dir, "checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("assumptions"))
-  assert assumptions.main(_ARGS + ["--workdir", workdir]) == 0
-  with open(os.path.join(workdir, "results.json")) as f:
-    return workdir, json.load(f)
+  return workdir, run_experiment(assumptions, _ARGS, workdir)
 
 
 def test_rows_and_ranges(done):

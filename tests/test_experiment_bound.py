@@ -10,12 +10,12 @@ least-squares head.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from experiments import bound as bound_exp
+from tests.experiment_utils import monitor_records, run_experiment
 
 TERMS = ("invariance_term", "unlabeled_term", "labeled_term", "complexity_term",
          "confidence_term")
@@ -26,21 +26,11 @@ ARGS = ["--scale", "smoke", "--methods", "vicreg", "--steps", "6",
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("bound")
-  code = bound_exp.main(ARGS + ["--workdir", str(workdir)])
-  assert code == 0
-  with open(workdir / "results.json") as f:
-    results = json.load(f)
-  return workdir, results
+  return workdir, run_experiment(bound_exp, ARGS, workdir)
 
 
 def _monitor_records(run_dir):
-  out = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "monitor/rep/bound/bound" in r:
-        out[r["step"]] = r
-  return out
+  return monitor_records(run_dir, "monitor/rep/bound/bound")
 
 
 def test_series_are_the_metrics_and_the_bound_is_the_sum_of_its_terms(experiment):

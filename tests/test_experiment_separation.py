@@ -9,23 +9,20 @@ import numpy as np
 import pytest
 
 from experiments import separation
+from tests.experiment_utils import file_mtimes, run_experiment
 
 _ARGS = ["--scale", "smoke", "--steps", "10", "--checkpoint_every", "5",
          "--num_inputs", "8", "--sigmas", "0.05,1"]
 
 
 def _ckpt_mtimes(run_dir):
-  root = os.path.join(run_dir, "checkpoints")
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
-          for d, _, files in os.walk(root) for f in files}
+  return file_mtimes(os.path.join(run_dir, "checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("separation"))
-  assert separation.main(_ARGS + ["--workdir", workdir]) == 0
-  with open(os.path.join(workdir, "results.json")) as f:
-    return workdir, json.load(f)
+  return workdir, run_experiment(separation, _ARGS, workdir)
 
 
 def test_every_checkpoint_kept_and_analysed(done):

@@ -10,12 +10,12 @@ float64 (``np.corrcoef``, ``slogdet``) from the saved checkpoint's features.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from experiments import vicreg_logdet as exp
+from tests.experiment_utils import monitor_records, run_experiment
 
 ARGS = ["--scale", "smoke", "--steps", "8", "--monitor-every", "2",
         "--monitor-examples", "300"]
@@ -27,20 +27,11 @@ F64 = ("logdet_corr_f64", "entropy_gaussian_f64")  # recomputed from checkpoints
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vicreg_logdet")
-  assert exp.main(ARGS + ["--workdir", str(workdir)]) == 0
-  with open(workdir / "results.json") as f:
-    results = json.load(f)
-  return workdir, results
+  return workdir, run_experiment(exp, ARGS, workdir)
 
 
 def _records(run_dir):
-  out = {}
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "monitor/proj/logdet_corr" in r:
-        out[r["step"]] = r
-  return out
+  return monitor_records(run_dir, "monitor/proj/logdet_corr")
 
 
 def _spearman_oracle(x, y):
