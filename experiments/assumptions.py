@@ -128,16 +128,6 @@ def _train(run_dir: str, scale: str, overrides: dict) -> bool:
   return True
 
 
-def held_out_inputs(run, num_inputs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Seeded test images preprocessed as training does: ``(x [n, H, W, C], indices)``."""
-  from sslit import evaluate  # pylint: disable=g-import-not-at-top
-  n = min(num_inputs, len(run.test_ds))
-  idx = np.sort(np.random.default_rng(seed).choice(len(run.test_ds), n, replace=False))
-  images, _ = run.test_ds.get(idx)
-  return np.asarray(evaluate.preprocess(np.asarray(images), run.train_ds.mean,
-                                        run.train_ds.std)), idx
-
-
 def monte_carlo_floor(slopes: np.ndarray, num_samples: int, seed: int
                       ) -> dict[str, float]:
   """The check's covariance/mean errors when A1 holds exactly (Gaussian draws).
@@ -251,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
       if _train(run_dir, args.scale, overrides):
         trained.append(run_dir)
       run = cli.open_run(run_dir)
-      x, idx = held_out_inputs(run, num_inputs, seed)
+      x, idx = common.held_out_inputs(run, num_inputs, seed)
       common.say(f"[{NAME}] {method} seed {seed}: noise check on {len(x)} inputs, "
                  f"{num_samples} copies, sigmas {['%.3g' % s for s in sigmas]}")
       row = {"method": method, "seed": seed, "step": run.step, "run": run_dir,

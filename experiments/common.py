@@ -120,6 +120,20 @@ def method_list(allowed: Sequence[str] | None = None) -> Callable[[str], tuple[s
   return parse
 
 
+def held_out_inputs(run: Any, num_inputs: int, seed: int) -> tuple[Any, Any]:
+  """Seeded test images preprocessed as training does: ``(x [n, H, W, C], indices)``.
+
+  ``run`` is a ``sslit.cli.open_run`` result; the indices follow
+  ``sslit.evaluate.subset_indices`` (the monitor's rule).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sslit import evaluate  # pylint: disable=g-import-not-at-top
+  idx = evaluate.subset_indices(len(run.test_ds), num_inputs, seed)
+  images, _ = run.test_ds.get(idx)
+  return np.asarray(evaluate.preprocess(np.asarray(images), run.train_ds.mean,
+                                        run.train_ds.std)), idx
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """The records of a run's ``metrics.jsonl`` (lines cut short by a kill skipped)."""
   out = []

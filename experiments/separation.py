@@ -117,31 +117,6 @@ def _finished(run_dir: str) -> bool:
   return bool(steps) and steps[-1] >= num_steps
 
 
-def held_out_inputs(run, num_inputs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Seeded test images preprocessed as training does: ``(x [n, H, W, C], indices)``."""
-  from sslit import evaluate  # pylint: disable=g-import-not-at-top
-  n = min(num_inputs, len(run.test_ds))
-  idx = np.sort(np.random.default_rng(seed).choice(len(run.test_ds), n, replace=False))
-  images, _ = run.test_ds.get(idx)
-  return np.asarray(evaluate.preprocess(np.asarray(images), run.train_ds.mean,
-                                        run.train_ds.std)), idx
-
-
-def restore_variables(run_dir: str, step: int) -> dict:
-  """``{"params", "batch_stats"}`` of one kept checkpoint, as host arrays."""
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
-  manager = checkpoint.CheckpointManager(os.path.join(run_dir, "checkpoints"),
-                                         max_to_keep=None)
-  try:
-    restored = manager.restore_raw(step=step)
-  finally:
-    manager.close()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint at step {step} in {run_dir}/checkpoints.")
-  state = restored[0]
-  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-
-
 def information(model, variables, x: np.ndarray, *, sigma: float, rho: float,
                 chunk_size: int) -> dict[str, float]:
   """``cpa.representation_information`` of the representation (float32, highest)."""
@@ -259,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
       common.train_run(run_dir, scale=args.scale, overrides=overrides)
       trained.append(run_dir)
     run = cli.open_run(run_dir)
-    x, idx = held_out_inputs(run, num_inputs, seed)
+    x, idx = common.held_out_inputs(run, num_inputs, seed)
     # Step 0: the same architecture at random initialisation (BatchNorm statistics
     # calibrated); the run's own initial parameters are not checkpointed.
     init = evaluate.random_init_variables(
@@ -271,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         [(0, init)] + [(s, None) for s in steps]):
       t1 = time.perf_counter()
       if variables is None:
-        variables = restore_variables(run_dir, step)
+        variables, _ = cli.restore_variables(run_dir, step)
       for s in args.sigmas:
         info = information(run.model, variables, x, sigma=s,
                            rho=args.relative_output_noise, chunk_size=args.chunk_size)

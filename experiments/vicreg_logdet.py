@@ -126,28 +126,6 @@ def output_series(records: Sequence[Mapping[str, Any]], output: str) -> dict[str
   return out
 
 
-def monitor_subset(num_examples: int, size: int, seed: int) -> np.ndarray:
-  """Indices of the monitor's held-out subset: ``num_examples`` seeded, sorted.
-
-  The rule of ``sslit.evaluate.make_monitor`` (all of the split when it is smaller).
-  """
-  if num_examples >= size:
-    return np.arange(size)
-  return np.sort(np.random.default_rng(seed).choice(size, int(num_examples),
-                                                    replace=False))
-
-
-def _variables_at(run_dir: str, step: int) -> dict:
-  """Eval variables of one kept checkpoint (host arrays)."""
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
-  manager = checkpoint.CheckpointManager(os.path.join(run_dir, "checkpoints"))
-  try:
-    state, _, _ = manager.restore_raw(step=step)
-  finally:
-    manager.close()
-  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-
-
 def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
                    ) -> dict[str, dict[str, list[float]]]:
   """log det R and the Gaussian surrogate in float64 at every checkpointed step.
@@ -167,8 +145,8 @@ def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
         out[o][q] = [float("nan")] * len(steps)
     return out
   run = cli.open_run(run_dir)  # config, data and model once; variables per step
-  idx = monitor_subset(int(run.config.monitor_examples), len(run.test_ds),
-                       int(run.config.seed))
+  idx = evaluate.subset_indices(len(run.test_ds), int(run.config.monitor_examples),
+                                 int(run.config.seed))
   images, _ = run.test_ds.get(idx)
   fns = {o: jax.jit(models.make_apply_fn(run.model, o)) for o in outputs}
   for step in steps:
@@ -177,7 +155,8 @@ def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
         for q in F64_QUANTITIES:
           out[o][q].append(float("nan"))
       continue
-    variables = run.variables if step == run.step else _variables_at(run_dir, step)
+    variables = (run.variables if step == run.step
+                 else cli.restore_variables(run_dir, step)[0])
     feats = {o: [] for o in outputs}
     for i in range(0, len(idx), 512):
       x = evaluate.preprocess(images[i:i + 512], run.train_ds.mean, run.train_ds.std)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Sequence
 import ml_collections
 
 __all__ = ["main", "load_config", "apply_overrides", "UsageError", "CONFIG_DIR", "Run",
-           "open_run", "checkpoint_steps", "run_monitor"]
+           "open_run", "restore_variables", "checkpoint_steps", "run_monitor"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "experiments", "configs")
@@ -478,10 +478,10 @@ def cmd_train(args, overrides) -> int:
   return 0
 
 
-def _load_run(args, overrides):
-  if args.workdir is None:
+def _load_run(workdir, overrides):
+  if workdir is None:
     raise UsageError("this command needs --workdir DIR (a run directory).")
-  workdir = os.path.abspath(args.workdir)
+  workdir = os.path.abspath(os.fspath(workdir))
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UsageError(f"{workdir} has no config.json: not a run directory.")
@@ -491,9 +491,17 @@ def _load_run(args, overrides):
   return config, workdir
 
 
-def _restore_variables(workdir: str, step: int | None = None):
+def restore_variables(workdir: str | os.PathLike, step: int | None = None
+                      ) -> tuple[dict, int]:
+  """``({"params", "batch_stats"}, step)`` of a run's checkpoint, as host arrays.
+
+  Args:
+    workdir: the run directory.
+    step: the checkpoint (None: the newest complete one).
+  """
   from sslit import checkpoint  # pylint: disable=g-import-not-at-top
-  manager = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"),
+                                         max_to_keep=None)
   try:
     restored = manager.restore_raw(step=step)
   finally:
@@ -529,13 +537,11 @@ def open_run(workdir: str | os.PathLike, *, step: int | None = None,
     ``Run(config, workdir, train_ds, test_ds, model, variables, step)``;
     ``variables`` are host arrays ``{"params", "batch_stats"}``.
   """
-  config, workdir = _load_run(
-      argparse.Namespace(workdir=None if workdir is None else os.fspath(workdir)),
-      list(overrides))
+  config, workdir = _load_run(workdir, list(overrides))
   _start_devices(config)
   train_ds, test_ds = _datasets(config)
   model = _build_model(config)
-  variables, step = _restore_variables(workdir, step)
+  variables, step = restore_variables(workdir, step)
   return Run(config, workdir, train_ds, test_ds, model, variables, step)
 
 
@@ -570,20 +576,19 @@ def cmd_eval(args, overrides) -> int:
 
 
 def cmd_analyze(args, overrides) -> int:
-  config, workdir, train_ds, test_ds, model, variables, step = open_run(
-      args.workdir, overrides=overrides)
+  run = open_run(args.workdir, overrides=overrides)
+  workdir, step = run.workdir, run.step
   from sslit import models, train  # pylint: disable=g-import-not-at-top
   # Output noise τ = 0.1·σ·(RMS slope): finite CPA bounds when slopes are rank
   # deficient (dead ReLUs, k > d); see docs/cpa.md.
   rho = 0.1
-  monitor = _monitor(config, model, train_ds, test_ds,
-                     num_examples=args.num_examples or 1024,
-                     cpa_fn=lambda v: models.single_input_fn(model, v, "rep"),
-                     cpa_kwargs={"relative_output_noise": rho})
+  monitor = run_monitor(run, num_examples=args.num_examples or 1024,
+                        cpa_fn=lambda v: models.single_input_fn(run.model, v, "rep"),
+                        cpa_kwargs={"relative_output_noise": rho})
   import jax  # pylint: disable=g-import-not-at-top
   # Analysis in true float32 on every backend (GPUs default to TF32 matmuls).
   with jax.default_matmul_precision("highest"):
-    measured = dict(monitor(step, variables))
+    measured = dict(monitor(step, run.variables))
   result = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in measured.items()}
   result["step"] = step
   with open(os.path.join(workdir, "analysis.json"), "w") as f:

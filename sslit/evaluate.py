@@ -932,14 +932,20 @@ def _num_classes(src, labels):
 # --------------------------------------------------------------------------- #
 
 
+def subset_indices(size: int, num: int | None, seed: int) -> np.ndarray:
+  """The sorted indices of the seeded subset the evaluators and the monitor use.
+
+  ``num`` of ``range(size)`` drawn without replacement (all of it when ``num`` is
+  None or at least ``size``).
+  """
+  if num is None or num >= size:
+    return np.arange(size)
+  return np.sort(np.random.default_rng(seed).choice(size, int(num), replace=False))
+
+
 def _subset(src, num: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """A fixed seeded subset (sorted indices) of a data set, loaded into memory."""
-  n = len(src)
-  if num is None or num >= n:
-    idx = np.arange(n)
-  else:
-    idx = np.sort(np.random.default_rng(seed).choice(n, int(num), replace=False))
-  images, labels = src.get(idx)
+  images, labels = src.get(subset_indices(len(src), num, seed))
   return np.asarray(images), np.asarray(labels)
 
 

@@ -410,12 +410,7 @@ class _MetricsWriter:
     self.path = path if enabled else None
     self.tensorboard = None
     if enabled and tensorboard_dir is not None:
-      try:
-        self.tensorboard = _TensorBoardWriter(tensorboard_dir, resume_step=resume_step)
-      except ImportError:
-        import logging  # pylint: disable=g-import-not-at-top
-        logging.getLogger(__name__).info(
-            "tensorboard is not installed: metrics go to metrics.jsonl only.")
+      self.tensorboard = _open_tensorboard(tensorboard_dir, resume_step=resume_step)
     if self.path is None:
       return
     if os.path.exists(self.path):
@@ -443,6 +438,17 @@ class _MetricsWriter:
   def close(self) -> None:
     if self.tensorboard is not None:
       self.tensorboard.close()
+
+
+def _open_tensorboard(logdir: str, *, resume_step: int) -> "_TensorBoardWriter | None":
+  """A TensorBoard writer, or None (one INFO line) when tensorboard is not installed."""
+  try:
+    return _TensorBoardWriter(logdir, resume_step=resume_step)
+  except ImportError:
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger(__name__).info(
+        "tensorboard is not installed: metrics go to metrics.jsonl only.")
+    return None
 
 
 class _TensorBoardWriter:
@@ -507,15 +513,13 @@ def append_metrics(workdir: str | os.PathLike, record: Mapping[str, Any], *,
     f.write(json.dumps(dict(record)) + "\n")
   if not tensorboard:
     return
-  try:
-    writer = _TensorBoardWriter(os.path.join(workdir, "tensorboard"),
-                                resume_step=int(record["step"]))
-  except ImportError:
-    return
-  try:
-    writer.write(record)
-  finally:
-    writer.close()
+  writer = _open_tensorboard(os.path.join(workdir, "tensorboard"),
+                             resume_step=int(record["step"]))
+  if writer is not None:
+    try:
+      writer.write(record)
+    finally:
+      writer.close()
 
 
 def _to_python(tree: Mapping[str, Any]) -> dict:
