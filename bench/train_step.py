@@ -12,11 +12,15 @@ float32 unless ``--dtype bfloat16``. Models:
 - ``resnet18``: ResNet-18 with the CIFAR stem, projector 1024-1024, 32x32x3.
 
 sslit is timed through ``sslit.train.make_train_step`` (jitted, state donated;
-online probe and statistics off). Images/s counts one image per example (both
-views are included in the step).
+online probe and statistics off), compiled with ``sslit.parallel.
+step_compiler_options`` as ``sslit.train.fit`` does. Images/s counts one image per
+example (both views are included in the step).
 
 CPU (default): sslit on one device and on two virtual CPU devices (data parallel
-over a ``"data"`` mesh); PyTorch with 2 intra-op threads; median of per-step times.
+over a ``"data"`` mesh), and on one device compiled with XLA's default library
+fusions (the row "XLA default": what the step options change); PyTorch with 2
+intra-op threads; median of per-step times. ``--dtype bfloat16`` on CPU: PyTorch
+autocast(bfloat16) on the CPU against sslit's bfloat16 compute dtype.
 
 GPU (``--platform gpu``): both on the first CUDA device; time of ``--iters``
 back-to-back steps ended by one synchronisation. ``--dtype bfloat16``: sslit with a
@@ -27,7 +31,11 @@ preset applied on device to uint8 images (the real per-epoch cost,
 the compiled flip-view step over ``--peak_tflops`` (default: H100 SXM dense,
 989 for bfloat16, 495 for float32, which XLA and cuDNN run as TF32).
 
-Usage: ``python bench/train_step.py [--quick] [--models convnet,mlp,resnet18]``;
+``--rounds R`` repeats every row R times in turn (torch, then each sslit variant, then
+again) and reports the median over the rounds: on a machine whose speed drifts this
+is the fairer comparison.
+
+Usage: ``python bench/train_step.py [--quick] [--rounds R] [--models convnet,mlp,resnet18]``;
 ``python bench/train_step.py --platform gpu --models resnet18 --batch 512
 --dtype bfloat16``.
 """
@@ -48,6 +56,8 @@ def _parse(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--batch", type=int, default=None, help="batch size for every model")
   p.add_argument("--iters", type=int, default=None)
+  p.add_argument("--rounds", type=int, default=1,
+                 help="interleaved rounds per model (each row: median over rounds)")
   p.add_argument("--torch_compile", action="store_true",
                  help="also time the PyTorch step under torch.compile (GPU)")
   p.add_argument("--peak_tflops", type=float, default=None,
@@ -136,7 +146,8 @@ def _time(run, iters: int, per_step: bool) -> float:
 
 
 def bench_jax(name: str, batch: int, iters: int, devices, *, dtype=jnp.float32,
-              augmented: bool = False, per_step: bool = True) -> tuple[float, float]:
+              augmented: bool = False, per_step: bool = True,
+              compiler_options: dict | None = None) -> tuple[float, float]:
   """(seconds per step, XLA flops per step) of sslit's step."""
   spec = SPECS[name]
   model = models.build_model(spec["backbone"], backbone_kwargs=spec["kwargs"],
@@ -163,7 +174,10 @@ def bench_jax(name: str, batch: int, iters: int, devices, *, dtype=jnp.float32,
       stats_every=10**9)
   b = parallel.shard_batch({"image": x, "label": np.zeros(batch, np.int32)}, mesh)
   flops = _jaxpr_flops(jax.make_jaxpr(step)(state, b).jaxpr)
-  step = jax.jit(step, donate_argnums=0).lower(state, b).compile()
+  if compiler_options is None:  # what sslit.train.fit uses
+    compiler_options = parallel.step_compiler_options(mesh)
+  step = jax.jit(step, donate_argnums=0).lower(state, b).compile(
+      compiler_options=compiler_options)
   box = [state]
 
   def run(k):
@@ -252,7 +266,7 @@ def bench_torch(name: str, batch: int, iters: int, *, gpu: bool = False,
   net.train()
 
   def forward(v):
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
       return net(v).float()  # the objective in float32, as sslit's
 
   def step():
@@ -284,8 +298,6 @@ def main(argv=None) -> int:
   gpu = args.platform == "gpu"
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   bf16 = args.dtype == "bfloat16"
-  if bf16 and not gpu:
-    raise SystemExit("--dtype bfloat16 is for --platform gpu (PyTorch autocast on CUDA)")
   sizes = {"convnet": 256, "mlp": 256, "resnet18": 128}
   iters = 10
   if args.quick:
@@ -298,26 +310,42 @@ def main(argv=None) -> int:
   iters = args.iters or iters
   peak = args.peak_tflops or PEAK_TFLOPS[args.dtype]
   print(f"jax {jax.__version__}, devices {jax.devices()}, cpu count {os.cpu_count()}, "
-        f"dtype {args.dtype}, {iters} steps")
+        f"dtype {args.dtype}, {iters} steps, {args.rounds} round(s)")
   print(f"{'model':9s} {'batch':>5s} {'impl':22s} {'ms/step':>9s} {'img/s':>8s} "
         f"{'vs torch':>8s} {'epoch 50k':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
   for name in args.models.split(","):
     b = sizes[name]
-    t_torch = bench_torch(name, b, iters, gpu=gpu, bf16=bf16)
-    rows = [("torch" + (" (cuda)" if gpu else " (2 thr)"), t_torch, float("nan"))]
+    runs = [("torch" + (" (cuda)" if gpu else " (2 thr)"),
+             lambda: (bench_torch(name, b, iters, gpu=gpu, bf16=bf16), float("nan")))]
     if args.torch_compile:
-      rows.append(("torch.compile", bench_torch(name, b, iters, gpu=gpu, bf16=bf16,
-                                                compile_step=True), float("nan")))
+      runs.append(("torch.compile", lambda: (bench_torch(
+          name, b, iters, gpu=gpu, bf16=bf16, compile_step=True), float("nan"))))
     if gpu:
       dev = jax.devices()[:1]
-      rows.append(("sslit", *bench_jax(name, b, iters, dev, dtype=dtype, per_step=False)))
-      rows.append(("sslit + vicreg augment",
-                   *bench_jax(name, b, iters, dev, dtype=dtype, augmented=True,
-                              per_step=False)))
+      runs.append(("sslit", lambda: bench_jax(name, b, iters, dev, dtype=dtype,
+                                              per_step=False)))
+      runs.append(("sslit + vicreg augment", lambda: bench_jax(
+          name, b, iters, dev, dtype=dtype, augmented=True, per_step=False)))
     else:
-      rows.append(("sslit 1 dev", *bench_jax(name, b, iters, jax.devices()[:1])))
-      rows.append(("sslit 2 dev", *bench_jax(name, b, iters, jax.devices()[:2])))
-    model_flops = rows[-2][2]  # the flip-view step's (the same math for PyTorch)
+      one, two = jax.devices()[:1], jax.devices()[:2]
+      runs.append(("sslit 1 dev, XLA default", lambda: bench_jax(
+          name, b, iters, one, dtype=dtype, compiler_options={})))
+      runs.append(("sslit 1 dev", lambda: bench_jax(name, b, iters, one, dtype=dtype)))
+      # last: a two-device program slowed the one-device step timed right after it
+      runs.append(("sslit 2 dev", lambda: bench_jax(name, b, iters, two, dtype=dtype)))
+    # --rounds: every implementation once per round, in turn, so that a slow spell of
+    # the machine hits all of them; each row is the median over the rounds.
+    times = {impl: [] for impl, _ in runs}
+    flops_of = {}
+    for _ in range(args.rounds):
+      for impl, run in runs:
+        t, f = run()
+        times[impl].append(t)
+        flops_of[impl] = f
+    rows = [(impl, float(np.median(times[impl])), flops_of[impl]) for impl, _ in runs]
+    t_torch = rows[0][1]
+    # the flip-view step's FLOPs (the same math for PyTorch)
+    model_flops = next(f for impl, _, f in rows if impl in ("sslit", "sslit 1 dev"))
     for impl, t, flops in rows:
       flops = model_flops if impl.startswith("torch") else flops
       tflops = flops / t / 1e12

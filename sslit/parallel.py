@@ -18,6 +18,7 @@ array with ``jax.make_array_from_process_local_data``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "DATA_AXIS", "initialize", "make_mesh", "data_sharding", "replicated_sharding",
     "shard_batch", "replicate", "process_index", "process_count",
     "process_local_batch_size", "check_batch_size", "to_host", "set_cpu_device_count",
+    "serialize_cpu_lapack", "step_compiler_options", "CPU_STEP_LIBRARY_FUSIONS",
 ]
 
 
@@ -38,9 +40,10 @@ def set_cpu_device_count(n: int) -> bool:
   """Ask XLA to split the host CPU into ``n`` virtual devices.
 
   Only effective before the JAX backend starts (the flag is read once); returns
-  whether it could still take effect. Two virtual devices use both cores of a
-  2-core machine for convolutional nets (measured 1.9x); for small MLPs they slow
-  the step down, so this is a per-model choice.
+  whether it could still take effect. Whether two virtual devices beat one on a
+  2-core machine depends on the model (CALIBRATION.md measured 1.9x for a 32-64-128
+  ConvNet; the default 16-32-64 ConvNet and the MLP were slower on two, see
+  bench/RESULTS_train_step.md), so this is a per-config choice.
 
   Args:
     n: number of virtual CPU devices (>= 1).
@@ -88,6 +91,53 @@ def serialize_cpu_lapack() -> bool:
     return False
   os.environ["XLA_FLAGS"] = (flags + " " + _SERIAL_LAPACK_FLAG).strip()
   return True
+
+
+# XLA:CPU hands parts of a program to the YNNPACK library ("library fusions"). For
+# a training step, jaxlib 0.10's default also gives it the convolutions and the
+# element-wise fusions. Measured on the 2-core CPU (bench/RESULTS_train_step.md):
+# YNNPACK's convolution gradients for the ConvNet's 16- to 64-channel layers ran on
+# one core, 1.5-2x slower than XLA's own (Eigen) convolutions, and its element-wise
+# fusions materialised broadcast constants. Keeping only its dots and reductions
+# made the ConvNet's VICReg step 19 % faster and ResNet-18's 16 %, and left the MLP
+# step as it was; forward-only programs (evaluation) did not change.
+CPU_STEP_LIBRARY_FUSIONS = ("INDIVIDUAL_DOT", "REDUCE")
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def step_compiler_options(mesh: Mesh | None = None) -> dict[str, str]:
+  """XLA compiler options for jitting a training step on ``mesh``'s devices.
+
+  On CPU: YNNPACK library fusions limited to ``CPU_STEP_LIBRARY_FUSIONS`` (see the
+  comment above it); pass the result as ``jax.jit(..., compiler_options=...)``.
+  Empty (XLA's defaults) on other platforms, when ``XLA_FLAGS`` already chooses
+  the YNNPACK fusions (``--xla_cpu_experimental_ynn_fusion_type=...``: that is
+  also how to opt out), or when this jaxlib does not know the option.
+
+  Args:
+    mesh: the step's mesh (default: all devices).
+
+  Returns:
+    A new dict of option name to value; possibly empty.
+  """
+  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
+  if any(d.platform != "cpu" for d in devices):
+    return {}
+  if _YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+    return {}
+  return dict(_cpu_step_options())
+
+
+@functools.cache
+def _cpu_step_options() -> tuple[tuple[str, str], ...]:
+  options = {_YNN_OPTION: ",".join(f"LIBRARY_FUSION_TYPE_{t}"
+                                   for t in CPU_STEP_LIBRARY_FUSIONS)}
+  try:  # an older or newer jaxlib may not know the option or a fusion type
+    x = jax.device_put(np.zeros(2, np.float32), jax.local_devices(backend="cpu")[0])
+    jax.jit(lambda x: x + 1).lower(x).compile(compiler_options=options)
+  except Exception:  # pylint: disable=broad-except
+    return ()
+  return tuple(options.items())
 
 
 def _backend_started() -> bool:

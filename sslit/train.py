@@ -691,7 +691,8 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
       learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
       probe_optimizer=probe_tx, stats_every=log_every)
   jstep = jax.jit(step_fn, donate_argnums=0,
-                  out_shardings=(state_sharding, replicated))
+                  out_shardings=(state_sharding, replicated),
+                  compiler_options=parallel.step_compiler_options(mesh))
 
   writer = _MetricsWriter(metrics_path, resume_step=start, enabled=is_chief,
                           tensorboard_dir=tensorboard_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -109,3 +110,38 @@ def test_serialize_cpu_lapack_only_before_the_backend_and_only_once(monkeypatch)
   monkeypatch.setattr(parallel, "_backend_started", lambda: False)
   assert parallel.serialize_cpu_lapack() is old
   assert (os.environ.get("XLA_FLAGS") == flag) is old
+
+
+def _conv_dot_grads(x, w, a):
+  def loss(w, a):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    z = jax.nn.relu(y).mean((1, 2)) @ a
+    return jnp.sum(z ** 2)
+  return jax.grad(loss, argnums=(0, 1))(w, a)
+
+
+def test_step_compiler_options_keep_convolutions_out_of_library_fusions(rng):
+  options = parallel.step_compiler_options()
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+      "LIBRARY_FUSION_TYPE_" + t for t in parallel.CPU_STEP_LIBRARY_FUSIONS)}
+  x = jnp.asarray(rng.normal(size=(64, 14, 14, 16)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 16, 32)) / 12, jnp.float32)
+  a = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+  tuned = jax.jit(_conv_dot_grads).lower(x, w, a).compile(compiler_options=options)
+  # Every library ("kCustom") fusion of the tuned program is a dot or a reduction:
+  # the convolutions (and their gradients) stay XLA's own.
+  text = tuned.as_text()
+  bodies = dict(re.findall(r"^%?([\w.\-]+) \([^\n]*\{\n(.*?)^\}", text, re.M | re.S))
+  library = re.findall(r"kind=kCustom, calls=%?([\w.\-]+)", text)
+  assert "convolution(" in text
+  assert all(name in bodies for name in library)
+  assert not any("convolution(" in bodies[name] for name in library)
+  # Different kernels, the same gradients as under XLA's defaults.
+  for got, want in zip(tuned(x, w, a), jax.jit(_conv_dot_grads)(x, w, a)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_step_compiler_options_leave_a_users_xla_flags_alone(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  assert parallel.step_compiler_options() == {}
