@@ -1011,6 +1011,15 @@ def _as_output_map(apply_fn_map: Any) -> Callable[[Variables, Array], dict]:
   return as_dict
 
 
+def _float64_determinants(z: Any) -> dict:
+  """``entropy_gaussian`` and ``logdet_corr`` of ``z`` upcast to float64."""
+  from sslit import estimators  # pylint: disable=import-outside-toplevel
+  with jax.enable_x64(True):
+    z64 = jnp.asarray(np.asarray(z, np.float64))
+    return {"entropy_gaussian": float(estimators.gaussian_surrogate_entropy(z64)),
+            "logdet_corr": float(estimators.correlation_logdet(z64))}
+
+
 def _scalar_items(d: Mapping, prefix: str) -> dict:
   """Flattens a (nested) dict of results to ``{prefix + key: float}`` scalars."""
   out = {}
@@ -1047,6 +1056,7 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
                  cpa_fn: Callable[[Variables], Callable] | None = None,
                  cpa_examples: int = 8, cpa_sigma: float = 0.05,
                  cpa_kwargs: Mapping | None = None,
+                 float64_determinants: bool = True,
                  prefix: str = "monitor/") -> Evaluator:
   """An evaluator recording information quantities on a fixed held-out subset.
 
@@ -1059,7 +1069,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
   * ``effective_rank`` (``estimators.effective_rank``), ``std_mean`` (mean
     per-dimension std);
   * ``entropy_gaussian`` (``gaussian_surrogate_entropy``, −inf when the covariance
-    is singular, e.g. ``n ≤ k``), ``entropy_logdet`` (``logdet_entropy``, β =
+    is singular, e.g. ``n ≤ k``; in float64, see ``float64_determinants``),
+    ``entropy_logdet`` (``logdet_entropy``, β =
     ``logdet_beta``);
   * pairwise mixture bounds on an equal-weight mixture of isotropic Gaussians centred
     on the clean embeddings with per-dimension variance ``σ² = bandwidth² · Σ_j
@@ -1074,7 +1085,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     ``pairwise_var`` (``σ²``);
   * ``vicreg/...``: ``objectives.vicreg_loss`` and its aux terms on the two views;
   * ``logdet_corr``: ``estimators.correlation_logdet`` (log det of the correlation
-    matrix, whose second-order expansion VICReg's covariance term is);
+    matrix, whose second-order expansion VICReg's covariance term is; in float64,
+    see ``float64_determinants``);
   * ``bound/...``: every entry of ``bound.generalization_bound(z_u_a, z_u_b, z_s,
     y_s, z_t, y_t, y_u=...)`` with the views of S as the unlabeled pairs (their
     source labels as ``y_u``), clean S as the labeled set and clean T as held-out
@@ -1110,6 +1122,10 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     cpa_examples: inputs for the CPA quantities.
     cpa_sigma: input-noise σ for ``representation_information``.
     cpa_kwargs: extra keyword arguments of ``representation_information``.
+    float64_determinants: compute ``entropy_gaussian`` and ``logdet_corr`` from the
+      float32 embeddings upcast to float64 (under ``jax.enable_x64``). In float32
+      the log-determinant of an ill-conditioned 1024-d projector's correlation
+      matrix came out −inf although it is finite; the rest stays float32.
     prefix: key prefix.
 
   Returns:
@@ -1189,7 +1205,10 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     for o in names:
       z = jnp.asarray(clean[o])
       p = f"{prefix}{o}/"
-      result.update(_scalar_items(stats(z), p))
+      values = stats(z)
+      if float64_determinants:
+        values.update(_float64_determinants(clean[o]))
+      result.update(_scalar_items(values, p))
       if views_fn is not None:
         z_a, z_b = jnp.asarray(za_all[o]), jnp.asarray(zb_all[o])
         loss, aux = objectives.vicreg_loss(z_a, z_b, **vicreg_kwargs)

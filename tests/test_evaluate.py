@@ -366,3 +366,31 @@ def test_bad_input_errors(rng):
     ev.preprocess(np.zeros((2, 2, 2, 1), np.uint8), 0.5, 0.0)
   with pytest.raises(ValueError, match="mean must be a scalar or"):
     ev.preprocess(np.zeros((2, 2, 2, 3), np.uint8), np.zeros(2), 1.0)
+
+
+def test_monitor_determinants_are_float64_on_ill_conditioned_features(rng):
+  # The features are 12 input pixels, passed through exactly (float images, mean 0,
+  # std 1, no arithmetic), that are nearly copies of each other: the correlation
+  # matrix is close to singular, which float32 resolves poorly.
+  pytest.importorskip("sslit.estimators")
+  base = rng.normal(size=(40, 1))
+  pixels = np.concatenate([np.repeat(base, 12, axis=1) + 1e-4 * rng.normal(size=(40, 12)),
+                           rng.normal(size=(40, 4))], axis=1)
+  images = pixels.reshape(40, 4, 4, 1).astype(np.float32)
+  ds = ArrayDataset(images, (np.arange(40) % 4).astype(np.int32), 4)
+  apply_fn = lambda v, x: {"rep": x.reshape(x.shape[0], -1)[:, :12]}
+  kw = dict(num_examples=40, augment=None, bound=False, batch_size=40, mean=0.0,
+            std=1.0)
+  out64 = ev.make_monitor(apply_fn, ds, **kw)(0, {})
+  out32 = ev.make_monitor(apply_fn, ds, float64_determinants=False, **kw)(0, {})
+  # Oracle: NumPy float64 on the same float32 features (all 40 examples; the
+  # determinants do not depend on their order).
+  z = images.reshape(40, -1)[:, :12].astype(np.float64)
+  sign, logdet_r = np.linalg.slogdet(np.corrcoef(z, rowvar=False))
+  assert sign > 0
+  sign, logdet_c = np.linalg.slogdet(np.cov(z, rowvar=False))
+  h = 0.5 * logdet_c + 0.5 * z.shape[1] * np.log(2 * np.pi * np.e)
+  assert out64["monitor/rep/logdet_corr"] == pytest.approx(logdet_r, rel=1e-8)
+  assert out64["monitor/rep/entropy_gaussian"] == pytest.approx(h, rel=1e-8)
+  # float32 misses the oracle by far more than that (or gives -inf).
+  assert not out32["monitor/rep/logdet_corr"] == pytest.approx(logdet_r, rel=1e-6)
