@@ -1176,10 +1176,9 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     h_cond = estimators.mixture_conditional_entropy(sigma2, k=k)
     h_kl = estimators.pairwise_entropy(z, sigma2, distance="kl")
     h_bhat = estimators.pairwise_entropy(z, sigma2, distance="bhattacharyya")
-    return {
+    out = {
         "effective_rank": estimators.effective_rank(z),
         "std_mean": jnp.mean(jnp.sqrt(var)),
-        "entropy_gaussian": estimators.gaussian_surrogate_entropy(z),
         "entropy_logdet": estimators.logdet_entropy(z, beta=logdet_beta),
         "entropy_pairwise_kl": h_kl,
         "entropy_pairwise_bhattacharyya": h_bhat,
@@ -1187,8 +1186,11 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
         "mi_pairwise_kl": h_kl - h_cond,
         "mi_pairwise_bhattacharyya": h_bhat - h_cond,
         "pairwise_var": sigma2,
-        "logdet_corr": estimators.correlation_logdet(z),
     }
+    if not float64_determinants:  # else from _float64_determinants, on the host
+      out["entropy_gaussian"] = estimators.gaussian_surrogate_entropy(z)
+      out["logdet_corr"] = estimators.correlation_logdet(z)
+    return out
 
   def monitor(step: int, variables: Variables) -> dict:
     del step

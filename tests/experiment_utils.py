@@ -28,3 +28,23 @@ def monitor_records(run_dir, key: str) -> dict:
       if key in r:
         out[r["step"]] = r
   return out
+
+
+def checkpoint_mtimes(run_dir) -> dict:
+  """``file_mtimes`` of a run's ``checkpoints/`` directory."""
+  return file_mtimes(os.path.join(run_dir, "checkpoints"))
+
+
+def path_mtimes(paths) -> dict:
+  """``{path: st_mtime_ns}`` of the given files (reuse checks)."""
+  return {p: os.stat(p).st_mtime_ns for p in paths}
+
+
+def assert_png(path, min_size: int = 100):
+  """``path`` is a PNG that decodes to an image of at least ``min_size`` pixels a side."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+  image = matplotlib.image.imread(str(path))
+  assert image.ndim == 3 and min(image.shape[:2]) > min_size, image.shape
+  return image

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from experiments import assumptions
-from tests.experiment_utils import file_mtimes, run_experiment
+from tests.experiment_utils import assert_png, checkpoint_mtimes, run_experiment
 
 _ARGS = ["--scale", "smoke", "--steps", "6", "--num_inputs", "6", "--num_samples", "24",
          "--num_sigmas", "2", "--sigma_min", "1e-3", "--sigma_max", "1e-1"]
-
-
-def _ckpt_mtimes(run_dir):
-  return file_mtimes(os.path.join(run_dir, "checkpoints"))
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +84,20 @@ def test_plot_is_png(done):
   workdir, res = done
   path = os.path.join(workdir, "assumptions.png")
   assert res["plot"] == path
-  with open(path, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  import matplotlib.image
-  assert matplotlib.image.imread(path).ndim == 3
+  assert_png(path)
 
 
 def test_second_call_reuses_runs(done):
   workdir, res = done
   assert sorted(os.path.basename(p) for p in res["trained_runs"]) == \
       ["simclr-seed0", "vicreg-seed0"]
-  before = {r["run"]: _ckpt_mtimes(r["run"]) for r in res["rows"] if r["run"]}
+  before = {r["run"]: checkpoint_mtimes(r["run"]) for r in res["rows"] if r["run"]}
   assert assumptions.main(_ARGS + ["--workdir", workdir, "--num_sigmas", "1"]) == 0
   with open(os.path.join(workdir, "results.json")) as f:
     again = json.load(f)
   assert again["trained_runs"] == []
   for run, mtimes in before.items():
-    assert _ckpt_mtimes(run) == mtimes
+    assert checkpoint_mtimes(run) == mtimes
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from experiments import bound as bound_exp
-from tests.experiment_utils import monitor_records, run_experiment
+from tests.experiment_utils import (assert_png, monitor_records, path_mtimes,
+                                    run_experiment)
 
 TERMS = ("invariance_term", "unlabeled_term", "labeled_term", "complexity_term",
          "confidence_term")
@@ -94,13 +95,9 @@ def test_test_loss_matches_a_numpy_least_squares_head_on_the_checkpoint(experime
 
 def test_plots_are_valid_pngs(experiment):
   workdir, results = experiment
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
   assert sorted(results["plots"]) == ["bound.png", "bound_terms.png"]
   for name in results["plots"]:
-    path = workdir / name
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    img = matplotlib.image.imread(str(path))
-    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert_png(workdir / name)
 
 
 def test_second_call_reuses_the_finished_run(experiment):
@@ -109,9 +106,9 @@ def test_second_call_reuses_the_finished_run(experiment):
   run_dir = workdir / "vicreg-seed0"
   watched = [run_dir / "metrics.jsonl", run_dir / "config.json"] + sorted(
       (run_dir / "checkpoints").iterdir())
-  before = {p: p.stat().st_mtime_ns for p in watched}
+  before = path_mtimes(watched)
   assert bound_exp.main(ARGS + ["--workdir", str(workdir)]) == 0
-  assert {p: p.stat().st_mtime_ns for p in watched} == before
+  assert path_mtimes(watched) == before
   with open(workdir / "results.json") as f:
     again = json.load(f)
   assert again["trained"] == []

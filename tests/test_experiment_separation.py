@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from experiments import separation
-from tests.experiment_utils import file_mtimes, run_experiment
+from tests.experiment_utils import assert_png, checkpoint_mtimes, run_experiment
 
 _ARGS = ["--scale", "smoke", "--steps", "10", "--checkpoint_every", "5",
          "--num_inputs", "8", "--sigmas", "0.05,1"]
-
-
-def _ckpt_mtimes(run_dir):
-  return file_mtimes(os.path.join(run_dir, "checkpoints"))
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +108,19 @@ def test_plot_is_png(done):
   workdir, res = done
   path = os.path.join(workdir, "separation.png")
   assert res["plot"] == path
-  with open(path, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert_png(path)
 
 
 def test_second_call_reuses_run(done):
   workdir, res = done
   run = res["per_seed"][0]["run"]
   assert res["trained_runs"] == [run]
-  before = _ckpt_mtimes(run)
+  before = checkpoint_mtimes(run)
   assert separation.main(_ARGS[:-2] + ["--sigmas", "0.05", "--workdir", workdir]) == 0
   with open(os.path.join(workdir, "results.json")) as f:
     again = json.load(f)
   assert again["trained_runs"] == []
-  assert _ckpt_mtimes(run) == before
+  assert checkpoint_mtimes(run) == before
   # Same checkpoints, inputs and sigma: the same numbers.
   np.testing.assert_allclose([r["separation_ratio"] for r in again["rows"]],
                              [r["separation_ratio"] for r in res["rows"]], rtol=1e-5)

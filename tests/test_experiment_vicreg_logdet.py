@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from experiments import vicreg_logdet as exp
-from tests.experiment_utils import monitor_records, run_experiment
+from tests.experiment_utils import (assert_png, monitor_records, path_mtimes,
+                                    run_experiment)
 
 ARGS = ["--scale", "smoke", "--steps", "8", "--monitor-every", "2",
         "--monitor-examples", "300"]
@@ -141,12 +142,8 @@ def test_logdet_corr_matches_float64_numpy_on_the_checkpoint(experiment, index):
 
 def test_plot_is_a_valid_png(experiment):
   workdir, results = experiment
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
   assert results["plots"] == ["vicreg_logdet.png"]
-  path = workdir / "vicreg_logdet.png"
-  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  img = matplotlib.image.imread(str(path))
-  assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+  assert_png(workdir / "vicreg_logdet.png")
 
 
 def test_second_call_reuses_the_finished_run(experiment):
@@ -157,9 +154,9 @@ def test_second_call_reuses_the_finished_run(experiment):
   watched = [run_dir / "metrics.jsonl", run_dir / "config.json",
              workdir / "float64_vicreg-seed0.json"] + sorted(
                  (run_dir / "checkpoints").iterdir())
-  before = {p: p.stat().st_mtime_ns for p in watched}
+  before = path_mtimes(watched)
   assert exp.main(ARGS + ["--workdir", str(workdir)]) == 0
-  assert {p: p.stat().st_mtime_ns for p in watched} == before
+  assert path_mtimes(watched) == before
   with open(workdir / "results.json") as f:
     again = json.load(f)
   assert again["trained"] == [] and again["seeds"] == results["seeds"]
