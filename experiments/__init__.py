@@ -1,16 +1,16 @@
 """Experiments: configs (``experiments/configs/*.py``) and one script per table/figure.
 
 ``REGISTRY`` maps an experiment name to the module that reproduces it, run by
-``sslit reproduce <name> [args...]``. Each module provides
-``main(argv: list[str]) -> int`` accepting at least ``--scale {smoke,cpu,full}`` and
-``--workdir DIR``. An entry whose value is None is announced but not yet
-implemented; the command says so instead of failing obscurely.
+``python -m experiments <name> [args...]`` (or ``sslit reproduce <name> ...`` from
+the repository root). Each module provides ``main(argv: list[str]) -> int``
+accepting at least ``--scale {smoke,cpu,full}`` and ``--workdir DIR``. The
+experiments use the library through ``sslit.runs`` with config objects.
 """
 
 from __future__ import annotations
 
-# name -> importable module path with main(argv) (None: not implemented yet).
-REGISTRY: dict[str, str | None] = {
+# name -> importable module path with main(argv).
+REGISTRY: dict[str, str] = {
     "assumptions": "experiments.assumptions",  # SPEC 7.1: noise-model checks vs sigma
     "separation": "experiments.separation",  # SPEC 7.2: separation and entropy bounds
     "table1": "experiments.table1",  # SPEC 7.3: linear probes, methods vs variants

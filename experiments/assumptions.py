@@ -106,14 +106,14 @@ def _check_args(p_error, args) -> None:
 
 def _finished(run_dir: str) -> bool:
   """A run whose final checkpoint and offline results exist (nothing to redo)."""
-  from sslit import cli  # pylint: disable=g-import-not-at-top
+  from sslit import runs  # pylint: disable=g-import-not-at-top
   cfg_path = os.path.join(run_dir, "config.json")
   if not (os.path.exists(cfg_path) and
           os.path.exists(os.path.join(run_dir, "results.json"))):
     return False
   with open(cfg_path) as f:
     num_steps = int(json.load(f)["num_steps"])
-  steps = cli.checkpoint_steps(run_dir) if os.path.isdir(
+  steps = runs.checkpoint_steps(run_dir) if os.path.isdir(
       os.path.join(run_dir, "checkpoints")) else []
   return bool(steps) and steps[-1] >= num_steps
 
@@ -226,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                         num_sigmas).tolist()
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
-  from sslit import cli, evaluate  # pylint: disable=g-import-not-at-top
+  from sslit import features, runs  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  rows, runs, trained = [], {}, []
+  rows, run_dirs, trained = [], {}, []
   for seed in range(args.seeds):
     for method in methods:
       run_dir = os.path.join(args.workdir, f"{method}-seed{seed}")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["num_steps"] = args.steps
       if _train(run_dir, args.scale, overrides):
         trained.append(run_dir)
-      run = cli.open_run(run_dir)
+      run = runs.open_run(run_dir)
       x, idx = common.held_out_inputs(run, num_inputs, seed)
       common.say(f"[{NAME}] {method} seed {seed}: noise check on {len(x)} inputs, "
                  f"{num_samples} copies, sigmas {['%.3g' % s for s in sigmas]}")
@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
       row.update(claim_flags(row))
       rows.append(row)
       with open(os.path.join(run_dir, "config.json")) as f:
-        runs[run_dir] = json.load(f)
+        run_dirs[run_dir] = json.load(f)
     # Reference row: the same architecture at random initialisation (BatchNorm
     # statistics calibrated as for the random-init probe baseline).
     common.say(f"[{NAME}] random init seed {seed}: noise check")
-    variables = evaluate.random_init_variables(
+    variables = features.random_init_variables(
         run.model, jax.random.key(seed), run.train_ds,
         num_batches=int(run.config.eval.calibration_batches))
     row = {"method": "random_init", "seed": seed, "step": 0, "run": None,
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stay_mean non-increasing in sigma (tolerance %.2f), covariance "
                 "error at the smallest sigma <= %.2f x its Monte-Carlo floor"
                 % (_STAY_MIN, _STAY_TOL, _FLOOR_FACTOR)),
-      "configs": runs, "trained_runs": trained,
+      "configs": run_dirs, "trained_runs": trained,
       "wall_seconds": time.perf_counter() - t0,
   }
   results["plot"] = _plot(results, args.workdir)

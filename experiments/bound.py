@@ -45,7 +45,6 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from experiments import common
 
@@ -108,8 +107,8 @@ def finished_run(workdir: str, overrides: Mapping[str, Any]) -> bool:
       return False
   if not all(_same(_config_value(config, k), v) for k, v in overrides.items()):
     return False
-  from sslit import cli  # pylint: disable=g-import-not-at-top
-  steps = cli.checkpoint_steps(workdir)
+  from sslit import runs  # pylint: disable=g-import-not-at-top
+  steps = runs.checkpoint_steps(workdir)
   return bool(steps) and max(steps) >= int(config["num_steps"])
 
 
@@ -124,9 +123,8 @@ def ensure_run(workdir: str, *, scale: str, overrides: Mapping[str, Any]) -> boo
 
 
 def base_config(scale: str):
-  """The scale's config (``experiments/configs/<SCALE_CONFIG[scale]>.py``)."""
-  from sslit import cli  # pylint: disable=g-import-not-at-top
-  return cli.load_config(common.SCALE_CONFIG[scale])
+  """The scale's config (``common.SCALE_CONFIG[scale]``)."""
+  return common.scale_config(scale)
 
 
 def run_settings(scale: str, defaults: Mapping[str, Mapping[str, Any]],
@@ -287,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
   for method in methods:
     results[method] = {}
     for seed in range(args.seeds):
-      records = common.read_metrics(runs[f"{method}-seed{seed}"]["workdir"])
+      records = common.read_records(runs[f"{method}-seed{seed}"]["workdir"])
       for o in OUTPUTS:
         s = bound_series(records, o)
         if not s["steps"]:

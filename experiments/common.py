@@ -1,8 +1,8 @@
 """What every experiment script shares: scales, training runs, results and plots.
 
 An experiment (``experiments/<name>.py``) is ``main(argv) -> int``; it trains with
-the real ``sslit train`` pipeline (:func:`train_run`), opens the runs with
-``sslit.cli.open_run`` / ``checkpoint_steps`` / ``run_monitor``, and writes
+the real ``sslit train`` pipeline (:func:`train_run`, ``sslit.runs.train``), opens the runs with
+``sslit.runs.open_run`` / ``checkpoint_steps`` / ``make_monitor``, and writes
 ``results.json`` plus one or more PNG plots into its workdir
 (:func:`write_results`, :func:`save_figure`).
 
@@ -59,18 +59,24 @@ def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
   return args
 
 
-def format_value(value: Any) -> str:
-  """A config value as ``--config.field=<value>`` text (tuples as Python literals)."""
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, (tuple, list)):
-    return repr(tuple(value))
-  return str(value)
+def scale_config(scale: str, overrides: Mapping[str, Any] | None = None):
+  """The base config of a scale (``SCALE_CONFIG``) with ``overrides`` applied.
+
+  A shipped name (``sslit/configs/``) or one of ``experiments/configs/``.
+  """
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
+  if scale not in SCALES:
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+  name = SCALE_CONFIG[scale]
+  local = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                       name + ".py")
+  config = config_lib.load_config(local if os.path.isfile(local) else name)
+  return config_lib.apply_overrides(config, overrides or {})
 
 
 def train_run(workdir: str, *, scale: str, overrides: Mapping[str, Any] | None = None,
-              config: str | None = None) -> str:
-  """Train (or resume, or find finished) one run with ``sslit train``.
+              config: Any = None) -> str:
+  """Train (or resume, or find finished) one run with ``sslit.runs.train``.
 
   Args:
     workdir: the run directory; re-running with the same arguments resumes or,
@@ -78,22 +84,26 @@ def train_run(workdir: str, *, scale: str, overrides: Mapping[str, Any] | None =
     scale: one of ``SCALES``: picks the base config (``SCALE_CONFIG``).
     overrides: config fields to set, e.g. ``{"objective": "simclr", "seed": 1,
       "eval.baselines": ()}``.
-    config: a base config name or path instead of the scale's.
+    config: a base config object instead of the scale's.
 
   Returns:
     ``workdir``.
 
   Raises:
-    RuntimeError: ``sslit train`` failed (its message was printed).
+    RuntimeError: training failed with a clear error (printed to stderr).
   """
-  from sslit import cli  # pylint: disable=g-import-not-at-top
-  if scale not in SCALES:
-    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
-  argv = ["train", "--config", config or SCALE_CONFIG[scale], "--workdir", workdir]
-  argv += [f"--config.{k}={format_value(v)}" for k, v in (overrides or {}).items()]
-  code = cli.main(argv)
-  if code != 0:
-    raise RuntimeError(f"sslit {' '.join(argv)} exited with status {code}.")
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
+  from sslit import runs  # pylint: disable=g-import-not-at-top
+  if config is None:
+    config = scale_config(scale, overrides)
+  else:
+    config = config_lib.apply_overrides(config, overrides or {})
+  try:
+    runs.train(config, workdir)
+  except (ValueError, OSError, FloatingPointError) as e:
+    # What `sslit train` reports as a clear error (exit 1 or 2) fails the run here.
+    print(f"sslit: error: {e}", file=sys.stderr)
+    raise RuntimeError(f"training {workdir} failed: {e}") from e
   return workdir
 
 
@@ -123,37 +133,27 @@ def method_list(allowed: Sequence[str] | None = None) -> Callable[[str], tuple[s
 def held_out_inputs(run: Any, num_inputs: int, seed: int) -> tuple[Any, Any]:
   """Seeded test images preprocessed as training does: ``(x [n, H, W, C], indices)``.
 
-  ``run`` is a ``sslit.cli.open_run`` result; the indices follow
-  ``sslit.evaluate.subset_indices`` (the monitor's rule).
+  ``run`` is a ``sslit.runs.open_run`` result; the indices follow
+  ``sslit.features.subset_indices`` (the monitor's rule).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sslit import evaluate  # pylint: disable=g-import-not-at-top
-  idx = evaluate.subset_indices(len(run.test_ds), num_inputs, seed)
+  from sslit import data, features  # pylint: disable=g-import-not-at-top
+  idx = features.subset_indices(len(run.test_ds), num_inputs, seed)
   images, _ = run.test_ds.get(idx)
-  return np.asarray(evaluate.preprocess(np.asarray(images), run.train_ds.mean,
+  return np.asarray(data.preprocess(np.asarray(images), run.train_ds.mean,
                                         run.train_ds.std)), idx
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_records(workdir: str) -> list[dict]:
   """The records of a run's ``metrics.jsonl`` (lines cut short by a kill skipped)."""
-  out = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return out
+  from sslit import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.read_records(workdir)[0]
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
   """``(steps, values)`` of one metric over a run's records."""
-  steps, values = [], []
-  for r in records:
-    if key in r and isinstance(r[key], (int, float)):
-      steps.append(int(r["step"]))
-      values.append(float(r[key]))
-  return steps, values
+  from sslit import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.series(records, key)
 
 
 def _jsonable(x: Any) -> Any:

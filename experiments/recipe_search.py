@@ -1,7 +1,7 @@
 """Search for the default training recipe: train a candidate, probe it, log a row.
 
 Runs exactly what ``sslit train`` runs for a config (the CLI's own config loading,
-overrides, model, data, device setup and ``train.fit`` keyword arguments), for a
+overrides, model, data, device setup and ``train.FitOptions``), for a
 given number of steps or seconds, then linear-probes (and optionally kNN) several
 representations of the trained network, of the same network at random
 initialisation (BatchNorm statistics calibrated) and of the raw pixels.
@@ -24,6 +24,7 @@ measured after compilation (and the load average), for clean timings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -76,25 +77,26 @@ def main(argv=None) -> int:
     print(table(args.out))
     return 0
   t_start = time.perf_counter()
-  from sslit import cli  # imports no JAX
-  config = cli.load_config(args.config or cli.DEFAULT_CONFIG)
-  cli.apply_overrides(config, overrides)
+  from sslit import config as config_lib  # imports no JAX
+  from sslit import runs
+  config = config_lib.load_config(args.config or config_lib.DEFAULT_CONFIG)
+  config_lib.apply_overrides(config, overrides)
   if args.steps:
     config.num_steps = int(args.steps)
   if args.timing:
     config.num_steps = int(args.timing)
   if args.seconds:
     config.max_train_seconds = float(args.seconds)
-  cli._start_devices(config)  # pylint: disable=protected-access
+  runs.start_devices(config)
 
   import jax
   import numpy as np
-  from sslit import evaluate, models, train
+  from sslit import evaluate, features, models, train
 
-  train_ds, test_ds = cli._datasets(config)  # pylint: disable=protected-access
-  model = cli._build_model(config)  # pylint: disable=protected-access
-  mesh = cli._mesh(config)  # pylint: disable=protected-access
-  kwargs = cli._fit_kwargs(config)  # pylint: disable=protected-access
+  train_ds, test_ds = runs.load_datasets(config)
+  model = runs.build_model(config)
+  mesh = runs.make_mesh(config)
+  options = runs.fit_options(config)
   num_classes = int(train_ds.num_classes)
   mean, std = train_ds.mean, train_ds.std
 
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     score_data = test_ds.get(np.arange(len(test_ds)))
 
   reps = [r for r in args.reps.split(",") if r]
-  bb = dict(cli._plain(config.model.backbone_kwargs))  # pylint: disable=protected-access
+  bb = dict(config_lib.plain(config.model.backbone_kwargs))
   conv = config.model.backbone == "convnet"
   import jax.numpy as jnp
   # Conv nets: embed the whole last map once ("none"), then pool it on the host
@@ -132,14 +134,14 @@ def main(argv=None) -> int:
       return np.einsum("ph,nhwc,qw->npqc", a, m, a).reshape(m.shape[0], -1)
     return feats
 
-  def features(variables):
+  def rep_features(variables):
     """{rep: (fit_x, fit_y, score_x, score_y)} for every probed representation."""
     ev_bs = int(config.eval.batch_size)
     out = {}
     def ext(fn):
-      f = evaluate.extract_features(fn, variables, fit_data, batch_size=ev_bs,
+      f = features.extract_features(fn, variables, fit_data, batch_size=ev_bs,
                                     mean=mean, std=std)
-      s = evaluate.extract_features(fn, variables, score_data, batch_size=ev_bs,
+      s = features.extract_features(fn, variables, score_data, batch_size=ev_bs,
                                     mean=mean, std=std)
       return f[0], f[1], s[0], s[1]
     if conv and any(r in ("gap", "2x2", "none", "model") for r in reps):
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
 
   def probe_all(variables, *, knn):
     out = {}
-    for rep, (fx, fy, sx, sy) in features(variables).items():
+    for rep, (fx, fy, sx, sy) in rep_features(variables).items():
       out[rep] = evaluate.evaluate_features(fx, fy, sx, sy, num_classes=num_classes,
                                             l2=float(config.eval.l2),
                                             steps=int(config.eval.steps),
@@ -172,12 +174,12 @@ def main(argv=None) -> int:
       print(f"  [eval step {step}] " + json.dumps(out), file=sys.stderr, flush=True)
       return out
     evaluators.append(evaluator)
-    kwargs["eval_every"] = int(args.eval_every)
+    options = dataclasses.replace(options, eval_every=int(args.eval_every))
 
-  kwargs["checkpoint_every"] = 0
+  options = dataclasses.replace(options, checkpoint_every=0, progress=False)
   t_fit = time.perf_counter()
   result = train.fit(model=model, dataset=train_ds, workdir=None, mesh=mesh,
-                     evaluators=evaluators, progress=False, **kwargs)
+                     evaluators=evaluators, options=options)
   fit_s = time.perf_counter() - t_fit
   hist = [h for h in result.history if "loss" in h]
   compile_s = next((h["compile_s"] for h in hist if "compile_s" in h), None)
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
   trained = probe_all(result.variables, knn=args.knn)
   key = f"{arch}|{args.split}|{args.fit_n}|knn={args.knn}"
   if not args.no_baselines and not all(f"{key}|{r}" in cache for r in reps):
-    rand = evaluate.random_init_variables(
+    rand = features.random_init_variables(
         model, jax.random.key(int(config.seed)), train_ds,
         num_batches=int(config.eval.calibration_batches))
     for rep, r in probe_all(rand, knn=args.knn).items():
@@ -233,8 +235,8 @@ def main(argv=None) -> int:
   if not args.no_baselines:
     key = f"raw|{args.split}|{args.fit_n}|knn={args.knn}"
     if key not in cache:
-      f_x, f_y = evaluate.raw_pixel_features(fit_data, mean=mean, std=std)
-      s_x, s_y = evaluate.raw_pixel_features(score_data, mean=mean, std=std)
+      f_x, f_y = features.raw_pixel_features(fit_data, mean=mean, std=std)
+      s_x, s_y = features.raw_pixel_features(score_data, mean=mean, std=std)
       cache[key] = evaluate.evaluate_features(
           f_x, f_y, s_x, s_y, num_classes=num_classes, l2=float(config.eval.l2),
           steps=int(config.eval.steps), ks=(20,) if args.knn else ())

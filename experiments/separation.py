@@ -106,14 +106,14 @@ def _check_args(p_error, args) -> None:
 
 def _finished(run_dir: str) -> bool:
   """A run whose final checkpoint exists (nothing to train)."""
-  from sslit import cli  # pylint: disable=g-import-not-at-top
+  from sslit import runs  # pylint: disable=g-import-not-at-top
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.exists(cfg_path) or not os.path.isdir(
       os.path.join(run_dir, "checkpoints")):
     return False
   with open(cfg_path) as f:
     num_steps = int(json.load(f)["num_steps"])
-  steps = cli.checkpoint_steps(run_dir)
+  steps = runs.checkpoint_steps(run_dir)
   return bool(steps) and steps[-1] >= num_steps
 
 
@@ -144,7 +144,7 @@ def _spearman(a, b) -> float:
 
 def monitor_series(run_dir: str) -> dict[str, dict[str, list]]:
   """The training monitor's representation entropy estimates per monitored step."""
-  records = common.read_metrics(run_dir)
+  records = common.read_records(run_dir)
   out = {}
   for key in _MONITOR_KEYS:
     steps, values = common.series(records, f"monitor/rep/{key}")
@@ -214,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
   num_inputs = args.num_inputs or d_inputs
   every = args.checkpoint_every or d_every
 
-  from sslit import cli, evaluate  # pylint: disable=g-import-not-at-top
+  from sslit import features, runs  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   seed_results, trained = [], []
   for seed in range(args.seeds):
     run_dir = os.path.join(args.workdir, f"vicreg-seed{seed}")
-    base = cli.load_config(common.SCALE_CONFIG[args.scale])
+    base = common.scale_config(args.scale)
     num_steps = args.steps or int(base.num_steps)
     overrides = {"objective": "vicreg", "seed": seed, "num_steps": num_steps,
                  "checkpoint_every": every,
@@ -233,20 +233,20 @@ def main(argv: list[str] | None = None) -> int:
                  f"{every})")
       common.train_run(run_dir, scale=args.scale, overrides=overrides)
       trained.append(run_dir)
-    run = cli.open_run(run_dir)
+    run = runs.open_run(run_dir)
     x, idx = common.held_out_inputs(run, num_inputs, seed)
     # Step 0: the same architecture at random initialisation (BatchNorm statistics
     # calibrated); the run's own initial parameters are not checkpointed.
-    init = evaluate.random_init_variables(
+    init = features.random_init_variables(
         run.model, jax.random.key(seed), run.train_ds,
         num_batches=int(run.config.eval.calibration_batches))
     by_sigma = {str(s): [] for s in args.sigmas}
-    steps = cli.checkpoint_steps(run_dir)
+    steps = runs.checkpoint_steps(run_dir)
     for i, (step, variables) in enumerate(
         [(0, init)] + [(s, None) for s in steps]):
       t1 = time.perf_counter()
       if variables is None:
-        variables, _ = cli.restore_variables(run_dir, step)
+        variables, _ = runs.restore_variables(run_dir, step)
       for s in args.sigmas:
         info = information(run.model, variables, x, sigma=s,
                            rho=args.relative_output_noise, chunk_size=args.chunk_size)

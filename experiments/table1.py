@@ -154,15 +154,13 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
 
 
 def _base_config(scale: str):
-  from sslit import cli  # pylint: disable=g-import-not-at-top
-  return cli.load_config(common.SCALE_CONFIG[scale])
+  return common.scale_config(scale)
 
 
 def _resolved_config(scale: str, overrides: Mapping[str, Any]) -> dict:
   """The ``config.json`` that ``sslit train`` writes for these overrides."""
-  from sslit import cli  # pylint: disable=g-import-not-at-top
-  config = _base_config(scale)
-  cli.apply_overrides(config, [(k, common.format_value(v)) for k, v in overrides.items()])
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.apply_overrides(_base_config(scale), overrides)
   return json.loads(json.dumps(config.to_dict()))
 
 

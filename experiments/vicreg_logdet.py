@@ -20,10 +20,12 @@ the covariance and variance terms and each of those quantities (non-finite point
 e.g. ``log det = −inf`` of a numerically singular float32 correlation matrix, are left
 out and counted).
 
-The monitor computes in float32, where the correlation matrix of a 1024-d projector
-output is numerically singular (``log det = −inf``); the run therefore keeps a
-checkpoint at every monitored step and the script recomputes ``logdet_corr_f64`` and
-``entropy_gaussian_f64`` in float64 from the features of the same subset.
+The monitor computes ``logdet_corr`` and ``entropy_gaussian`` in float64 from the
+float32 embeddings (in float32 the correlation matrix of a 1024-d projector output
+is numerically singular, ``log det = −inf``), and leaves them out, saying why, when
+the subset has no more examples than the output has dimensions; the run also keeps
+a checkpoint at every monitored step and the script recomputes ``logdet_corr_f64``
+and ``entropy_gaussian_f64`` in float64 from the features of the same subset.
 
 The claim's flag, per output: ``rho(covariance, logdet_corr_f64) < 0`` (the term and
 the log det it expands move in opposite directions) and ``rho(variance, entropy_logdet)
@@ -58,7 +60,6 @@ training dynamics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -136,16 +137,16 @@ def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from sslit import cli, estimators, evaluate, models  # pylint: disable=g-import-not-at-top
-  kept = set(cli.checkpoint_steps(run_dir))
+  from sslit import data, estimators, features, models, runs  # pylint: disable=g-import-not-at-top
+  kept = set(runs.checkpoint_steps(run_dir))
   out = {o: {q: [] for q in F64_QUANTITIES} for o in outputs}
   if not kept & set(steps):
     for o in outputs:
       for q in F64_QUANTITIES:
         out[o][q] = [float("nan")] * len(steps)
     return out
-  run = cli.open_run(run_dir)  # config, data and model once; variables per step
-  idx = evaluate.subset_indices(len(run.test_ds), int(run.config.monitor_examples),
+  run = runs.open_run(run_dir)  # config, data and model once; variables per step
+  idx = features.subset_indices(len(run.test_ds), int(run.config.monitor_examples),
                                  int(run.config.seed))
   images, _ = run.test_ds.get(idx)
   fns = {o: jax.jit(models.make_apply_fn(run.model, o)) for o in outputs}
@@ -156,10 +157,10 @@ def float64_series(run_dir: str, steps: Sequence[int], outputs: Sequence[str]
           out[o][q].append(float("nan"))
       continue
     variables = (run.variables if step == run.step
-                 else cli.restore_variables(run_dir, step)[0])
+                 else runs.restore_variables(run_dir, step)[0])
     feats = {o: [] for o in outputs}
     for i in range(0, len(idx), 512):
-      x = evaluate.preprocess(images[i:i + 512], run.train_ds.mean, run.train_ds.std)
+      x = data.preprocess(images[i:i + 512], run.train_ds.mean, run.train_ds.std)
       for o in outputs:
         feats[o].append(np.asarray(fns[o](variables, x)).reshape(len(x), -1))
     for o in outputs:
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
       trained.append(name)
     with open(os.path.join(run_dir, "config.json")) as f:
       runs[name] = {"seed": seed, "workdir": run_dir, "config": json.load(f)}
-    records = common.read_metrics(run_dir)
+    records = common.read_records(run_dir)
     entry = {"seed": seed, "outputs": {}}
     for o in OUTPUTS:
       s = output_series(records, o)

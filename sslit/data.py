@@ -31,34 +31,31 @@ batch.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import math
 import os
 import pathlib
-import struct
-import sys
 import threading
-import zlib
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from sslit import _validate as v
+from sslit import sources
+from sslit.sources import (DatasetNotFoundError, FASHION_MNIST_CLASSES,
+                           FASHION_MNIST_DIR, build_digits, build_fashion_mnist,
+                           default_data_dir, read_fashion_mnist, read_idx)
+
+Array = Any
+
 __all__ = [
-    "Dataset", "DatasetNotFoundError", "load", "from_arrays", "batch_iterator",
+    "Dataset", "DatasetNotFoundError", "load", "preprocess", "channel_stats", "from_arrays", "batch_iterator",
     "steps_per_epoch", "epoch_permutation", "read_idx", "build_fashion_mnist",
     "build_digits", "read_fashion_mnist", "default_data_dir", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
     "NAMES",
 ]
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-    "Sneaker", "Bag", "Ankle boot")
 NAMES = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagenet2012",
          "tiny_imagenet", "folder:<path>")
 # Splits whose pixels fit in this many bytes are cached in memory on first use.
@@ -68,13 +65,6 @@ STATS_MAX_EXAMPLES = 10_000
 # The conventional ImageNet statistics (torchvision), in [0, 1] units.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_DIGITS_NUM_TEST = 300
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_APT_HINT = "sudo apt-get install dataset-fashion-mnist"
-
-
-class DatasetNotFoundError(ValueError):
-  """A data set is not present locally; the message names what provides it."""
 
 
 # ----------------------------------------------------------------------------
@@ -234,6 +224,78 @@ class Dataset:
   def std(self) -> np.ndarray:
     """Per-channel pixel standard deviation ``[C]`` (ddof 0) of the train split."""
     return self._ensure_stats()[1]
+
+
+def preprocess(images: Array, mean: Array, std: Array) -> jax.Array:
+  """Network input from images: scale to [0, 1], standardise per channel.
+
+  ``x = (images / 255 − mean) / std`` for integer images (uint8 in [0, 255]) and
+  ``x = (images − mean) / std`` for floating images, which are taken to be in
+  [0, 1] already (the output of ``sslit.augment``). Training applies this to the
+  augmented views and evaluation to the clean images, with the *training set's*
+  per-channel statistics in both cases.
+
+  Args:
+    images: ``[..., H, W, C]`` uint8 (or any integer dtype) or float in [0, 1].
+    mean: per-channel mean in [0, 1] units, scalar or ``[C]``.
+    std: per-channel standard deviation in [0, 1] units, scalar or ``[C]``, > 0.
+
+  Returns:
+    float32 array of the shape of ``images`` (float64 if ``images`` is float64).
+  """
+  images = jnp.asarray(images)
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    x = images.astype(jnp.float32) / 255.0
+  elif jnp.issubdtype(images.dtype, jnp.floating):
+    x = images if images.dtype == jnp.float64 else images.astype(jnp.float32)
+  else:
+    raise TypeError(f"images must be uint8 or float in [0, 1], got {images.dtype}.")
+  mean = jnp.asarray(mean, x.dtype)
+  std = jnp.asarray(std, x.dtype)
+  channels = images.shape[-1] if images.ndim else 1
+  for name, s in (("mean", mean), ("std", std)):
+    if s.ndim > 1 or (s.ndim == 1 and s.shape[0] not in (1, channels)):
+      raise ValueError(
+          f"{name} must be a scalar or [C] with C={channels} (the last axis of "
+          f"images {tuple(images.shape)}), got shape {tuple(s.shape)}.")
+  try:
+    concrete_std = np.asarray(std)
+  except Exception:  # pylint: disable=broad-except  (traced: checked by the caller)
+    concrete_std = None
+  if concrete_std is not None and np.any(concrete_std <= 0):
+    raise ValueError(f"std must be > 0 everywhere, got {np.asarray(std)}.")
+  return (x - mean) / std
+
+
+def channel_stats(images: Array, *, chunk_size: int = 4096) -> tuple[np.ndarray,
+                                                                     np.ndarray]:
+  """Per-channel mean and standard deviation of images, in [0, 1] units.
+
+  Integer images are divided by 255; float images are taken as they are. Accumulated
+  in float64 on the host, ``chunk_size`` images at a time.
+
+  Args:
+    images: ``[n, H, W, C]`` uint8 or float in [0, 1].
+    chunk_size: images per accumulation step.
+
+  Returns:
+    ``(mean [C], std [C])`` float32, std with ddof = 0.
+  """
+  v.check_rank(images, 4, "images", layout="[n, H, W, C]")
+  images = np.asarray(images)
+  scale = 255.0 if np.issubdtype(images.dtype, np.integer) else 1.0
+  c = images.shape[-1]
+  s1, s2, count = np.zeros(c), np.zeros(c), 0
+  for i in range(0, images.shape[0], chunk_size):
+    x = images[i:i + chunk_size].reshape(-1, c).astype(np.float64) / scale
+    s1 += x.sum(0)
+    s2 += (x * x).sum(0)
+    count += x.shape[0]
+  if count == 0:
+    raise ValueError("images is empty: cannot compute channel statistics.")
+  mean = s1 / count
+  std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
+  return mean.astype(np.float32), np.maximum(std, 1e-8).astype(np.float32)
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
@@ -397,301 +459,6 @@ def batch_iterator(dataset: Dataset, batch_size: int, *, seed: int = 0,
   return generate()
 
 
-# ----------------------------------------------------------------------------
-# IDX files (Fashion-MNIST)
-# ----------------------------------------------------------------------------
-
-
-def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
-  """Read an IDX file of unsigned bytes (``.gz`` compressed or not).
-
-  Format (LeCun's MNIST): bytes ``00 00 08 d``, then ``d`` big-endian uint32
-  dimensions, then the row-major uint8 data.
-
-  Args:
-    path: the file.
-    ndim: the required number of dimensions (3 for images, 1 for labels).
-
-  Returns:
-    A read-only uint8 array with the file's dimensions.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: a truncated, corrupt or mis-shaped file (the message names it).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such file.")
-  try:
-    if path.suffix == ".gz":
-      with gzip.open(path, "rb") as f:
-        raw = f.read()
-    else:
-      raw = path.read_bytes()
-  except (OSError, EOFError, zlib.error) as e:
-    raise ValueError(f"{path}: cannot be decompressed ({e}); the file is truncated "
-                     f"or corrupt.") from e
-  if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-    raise ValueError(f"{path}: not an IDX file of unsigned bytes (first bytes "
-                     f"{raw[:4].hex() or 'empty'}, expected 000008..).")
-  d = raw[3]
-  if ndim is not None and d != ndim:
-    raise ValueError(f"{path}: IDX file has {d} dimensions, expected {ndim}.")
-  header = 4 + 4 * d
-  if len(raw) < header:
-    raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes).")
-  dims = struct.unpack(f">{d}I", raw[4:header])
-  size = math.prod(dims)
-  if len(raw) - header != size:
-    what = "truncated" if len(raw) - header < size else "has trailing bytes"
-    raise ValueError(f"{path}: IDX file {what}: header says shape {dims} "
-                     f"({size} bytes of data), found {len(raw) - header}.")
-  return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
-
-
-def _idx_path(source_dir: pathlib.Path, name: str) -> pathlib.Path:
-  path = source_dir / name
-  if not path.exists() and (source_dir / name[:-3]).exists():
-    return source_dir / name[:-3]  # uncompressed copy
-  return path
-
-
-def read_fashion_mnist(source_dir: str | os.PathLike = FASHION_MNIST_DIR,
-                       split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-  """Read and check one Fashion-MNIST split from its IDX files.
-
-  Returns:
-    ``(images uint8 [N, 28, 28, 1], labels uint8 [N])``.
-
-  Raises:
-    DatasetNotFoundError: a file is missing (names ``apt-get install
-      dataset-fashion-mnist``).
-    ValueError: truncated/corrupt files, images not 28x28, an empty split, image
-      and label counts that differ, labels outside [0, 10); the message names the
-      file.
-  """
-  source_dir = pathlib.Path(source_dir)
-  if split not in FASHION_MNIST_FILES:
-    raise ValueError(f"unknown Fashion-MNIST split {split!r}; one of "
-                     f"{sorted(FASHION_MNIST_FILES)}.")
-  image_path, label_path = (_idx_path(source_dir, f) for f in FASHION_MNIST_FILES[split])
-  missing = [str(p) for p in (image_path, label_path) if not p.is_file()]
-  if missing:
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST file(s) not found: {', '.join(missing)}. Install them with "
-        f"`{_APT_HINT}` (Debian/Ubuntu; files under {FASHION_MNIST_DIR}), or pass "
-        f"source_dir= a directory holding the four IDX .gz files. sslit never "
-        f"downloads.")
-  images = read_idx(image_path, ndim=3)
-  labels = read_idx(label_path, ndim=1)
-  if images.shape[1:] != (28, 28):
-    raise ValueError(f"{image_path}: images have shape {images.shape[1:]}, "
-                     f"Fashion-MNIST images are 28x28.")
-  if len(images) == 0:
-    raise ValueError(f"{image_path}: the {split} split is empty (0 images).")
-  if len(images) != len(labels):
-    raise ValueError(f"{image_path} has {len(images)} images but {label_path} has "
-                     f"{len(labels)} labels.")
-  if labels.max() >= 10:
-    i = int(np.argmax(labels >= 10))
-    raise ValueError(f"{label_path}: label {int(labels[i])} at index {i} is out of "
-                     f"range [0, 10).")
-  return images[..., None], labels
-
-
-def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """scikit-learn's digits as uint8 [N, 8, 8, 1], split 1497 train / 300 test."""
-  from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
-  bunch = load_digits()
-  images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = bunch.target.astype(np.int64)
-  perm = np.random.default_rng(0).permutation(len(images))
-  test = np.sort(perm[:_DIGITS_NUM_TEST])
-  train = np.sort(perm[_DIGITS_NUM_TEST:])
-  return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
-
-
-# ----------------------------------------------------------------------------
-# tfds builders (array_record, no TensorFlow)
-# ----------------------------------------------------------------------------
-
-
-def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` ("" = unset)."""
-  if data_dir is not None and os.fspath(data_dir) != "":
-    return pathlib.Path(data_dir).expanduser()
-  env = os.environ.get("TFDS_DATA_DIR")
-  return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / "tensorflow_datasets"
-
-
-_BUILDER_CLASSES: dict[str, type] = {}
-
-
-def _builder_classes() -> dict[str, type]:
-  """The tfds builder classes (defined on first use: importing tfds costs 0.2 s)."""
-  if _BUILDER_CLASSES:
-    return _BUILDER_CLASSES
-  import tensorflow_datasets as tfds
-
-  class _ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Writes in-memory uint8 arrays as raw tensors, in file order."""
-
-    IMAGE_SHAPE: tuple[int, int, int] = (0, 0, 0)
-    CLASS_NAMES: tuple[str, ...] = ()
-    DESCRIPTION = ""
-
-    def __init__(self, *, arrays_fn, **kwargs):
-      self._arrays_fn = arrays_fn
-      super().__init__(**kwargs)
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, description=self.DESCRIPTION,
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8,
-                                            encoding=tfds.features.Encoding.BYTES),
-              "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
-          }),
-          supervised_keys=("image", "label"), disable_shuffling=True)
-
-    def _split_generators(self, dl_manager):
-      del dl_manager  # never used: nothing is downloaded
-      arrays = self._arrays_fn()  # read and checked before anything is written
-      return {split: self._generate_examples(*arrays[split]) for split in arrays}
-
-    def _generate_examples(self, images, labels):
-      for i in range(len(images)):
-        yield i, {"image": images[i], "label": int(labels[i])}
-
-  class SslitFashionMnist(_ArrayBuilder, skip_registration=True):
-    name = "sslit_fashion_mnist"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Fashion-MNIST from Debian's IDX files, raw uint8."}
-    IMAGE_SHAPE = (28, 28, 1)
-    CLASS_NAMES = FASHION_MNIST_CLASSES
-    DESCRIPTION = ("Fashion-MNIST (Xiao, Rasul and Vollgraf 2017), 60,000 train and "
-                   "10,000 test 28x28 grey images of 10 clothing classes, built "
-                   "offline from the IDX files of Debian's dataset-fashion-mnist.")
-
-  class SslitDigits(_ArrayBuilder, skip_registration=True):
-    name = "sslit_digits"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "scikit-learn digits, 1497/300 split by seed 0."}
-    IMAGE_SHAPE = (8, 8, 1)
-    CLASS_NAMES = tuple(str(i) for i in range(10))
-    DESCRIPTION = ("scikit-learn's bundled optical digits (UCI), 1797 8x8 images "
-                   "scaled from 0..16 to 0..255; test = 300 examples chosen by "
-                   "np.random.default_rng(0).permutation, train = the rest.")
-
-  _BUILDER_CLASSES.update(fashion_mnist=SslitFashionMnist, digits=SslitDigits)
-  return _BUILDER_CLASSES
-
-
-@contextlib.contextmanager
-def _file_lock(path: pathlib.Path):
-  """An exclusive advisory lock (POSIX ``flock``), so that processes sharing a data
-  dir (several hosts' processes on one machine, parallel test runs) build once."""
-  try:
-    import fcntl
-  except ImportError:  # not POSIX: no lock
-    yield
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _build(kind: str, arrays_fn, data_dir: str | os.PathLike | None):
-  """Return the prepared builder, building it (once, offline) if needed."""
-  cls = _builder_classes()[kind]
-  root = default_data_dir(data_dir)
-  builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(root), file_format="array_record")
-  if not builder.is_prepared():
-    import tensorflow_datasets as tfds
-    with _file_lock(root / f".{cls.name}.lock"):
-      builder = cls(arrays_fn=arrays_fn, data_dir=os.fspath(root),
-                    file_format="array_record")
-      if not builder.is_prepared():  # another process may have built it meanwhile
-        # tfds's own banner says "Downloading and preparing": nothing is downloaded.
-        print(f"sslit.data: building {cls.name} offline into {root} (once; seconds)",
-              file=sys.stderr)
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
-
-
-def build_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
-                        source_dir: str | os.PathLike = FASHION_MNIST_DIR):
-  """Build (once) Fashion-MNIST into ``<data_dir>/sslit_fashion_mnist/1.0.0``.
-
-  Reads the IDX files under ``source_dir`` (Debian's ``dataset-fashion-mnist``),
-  checks them, and writes both splits as array_record files through tfds; a data
-  dir that already holds the prepared data set is reused as is (delete
-  ``<data_dir>/sslit_fashion_mnist`` to rebuild). Never downloads.
-
-  Returns:
-    The prepared tfds builder.
-  """
-  source_dir = pathlib.Path(source_dir)
-
-  def arrays():
-    return {s: read_fashion_mnist(source_dir, s) for s in ("train", "test")}
-
-  return _build("fashion_mnist", arrays, data_dir)
-
-
-def build_digits(data_dir: str | os.PathLike | None = None):
-  """Build (once) scikit-learn's digits into ``<data_dir>/sslit_digits/1.0.0``."""
-  return _build("digits", _digits_arrays, data_dir)
-
-
-def _split_files(builder, split: str) -> list[str]:
-  base = split.split("[")[0]
-  try:
-    return [os.fspath(p) for p in builder.info.splits[base].filepaths]
-  except (KeyError, ValueError):
-    return [os.fspath(builder.data_dir)]
-
-
-def _raw_tensor_reader(source, shape: tuple[int, int, int], files: list[str]):
-  """Reads sslit's own records (uint8 image bytes + int64 label) without tfds decoding.
-
-  The image is a ``tfds.features.Tensor(encoding=BYTES)``: one bytes value holding
-  the row-major pixels, so parsing the ``tf.train.Example`` proto and one
-  ``np.frombuffer`` is all the decoding there is (about 5x faster than the generic
-  per-feature decoder, which matters for filling the in-memory cache).
-  """
-  from tensorflow_datasets.proto import tf_example_pb2
-  parse = tf_example_pb2.Example.FromString
-  size = math.prod(shape)
-
-  def read(idx: np.ndarray):
-    try:
-      records = source.__getitems__(idx.tolist())
-    except Exception as e:
-      raise ValueError(f"{', '.join(files)}: cannot read records ({type(e).__name__}: "
-                       f"{e}); the files are truncated or corrupt: delete the data set "
-                       f"directory and load again to rebuild it.") from e
-    images = np.empty((len(idx), size), np.uint8)
-    labels = np.empty((len(idx),), np.int64)
-    for j, record in enumerate(records):
-      feature = parse(record).features.feature
-      pixels = feature["image"].bytes_list.value
-      if len(pixels) != 1 or len(pixels[0]) != size:
-        raise ValueError(f"{', '.join(files)}: record {int(idx[j])} does not hold a "
-                         f"{shape} uint8 image.")
-      images[j] = np.frombuffer(pixels[0], np.uint8)
-      labels[j] = feature["label"].int64_list.value[0]
-    return images.reshape(len(idx), *shape), labels
-
-  return read
-
-
 def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
                   in_memory: bool | None, stats=None,
                   raw_tensor: bool = False) -> Dataset:
@@ -700,7 +467,7 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
   available = sorted(info.splits.keys())
   if split.split("[")[0] not in available:
     raise ValueError(f"{name!r} has no split {split!r}; available: {available}.")
-  files = _split_files(builder, split)
+  files = sources.split_files(builder, split)
   file_format = str(getattr(info.file_format, "value", info.file_format))
   if info.file_format is not None and file_format != "array_record":
     raise DatasetNotFoundError(
@@ -732,12 +499,8 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
     raise ValueError(f"{name!r} images have no fixed size ({shape}); pass image_size=.")
 
   def decode_read(idx: np.ndarray):
-    try:
-      records = source.__getitems__(idx.tolist())
-    except Exception as e:
-      raise ValueError(f"{', '.join(files)}: cannot read records of {name!r} "
-                       f"({type(e).__name__}: {e}); the files are truncated or "
-                       f"corrupt: delete {builder.data_dir} and prepare it again.") from e
+    records = sources.get_records(
+        source, idx, files, fix=f"delete {builder.data_dir} and prepare {name!r} again")
     images = []
     for j, r in zip(idx, records):
       image = np.asarray(r["image"])
@@ -747,12 +510,12 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
         if image_size is None:
           raise ValueError(f"{', '.join(files)}: example {int(j)} has image shape "
                            f"{image.shape}, expected {shape}.")
-        image = _resize_center_crop(image, shape)
+        image = sources.resize_center_crop(image, shape)
       images.append(image)
     labels = np.asarray([r["label"] for r in records], np.int64)
     return np.stack(images).astype(np.uint8, copy=False), labels
 
-  read = _raw_tensor_reader(source, shape, files) if raw_tensor else decode_read
+  read = sources.raw_tensor_reader(source, shape, files) if raw_tensor else decode_read
   return Dataset(name=name, split=split, num_classes=num_classes, image_shape=shape,
                  size=size, read=read, files=files, class_names=label_feature.names,
                  in_memory=in_memory, stats=stats)
@@ -791,50 +554,13 @@ def _prepared_builder(name: str, data_dir: str | os.PathLike | None):
 # ----------------------------------------------------------------------------
 
 
-def _resize_center_crop(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-  """Resize the shorter side to fit ``shape`` (bilinear) and crop the centre."""
-  from PIL import Image
-  h, w = shape[:2]
-  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  scale = max(h / pil.height, w / pil.width)
-  size = (max(w, round(pil.width * scale)), max(h, round(pil.height * scale)))
-  pil = pil.resize(size, Image.BILINEAR)
-  left, top = (size[0] - w) // 2, (size[1] - h) // 2
-  out = np.asarray(pil.crop((left, top, left + w, top + h)))
-  return out.reshape(shape) if out.ndim == 2 else out
-
-
-def _decode_image(path: str, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as pil:
-      pil = pil.convert("L" if shape[-1] == 1 else "RGB")
-      image = np.asarray(pil)
-  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-    raise ValueError(f"{path}: cannot decode image ({e}); the file is truncated or "
-                     f"not an image.") from e
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape != shape:
-    if not resize:
-      raise ValueError(f"{path}: image has shape {image.shape}, expected {shape} "
-                       f"(the first image's); pass image_size= to resize every image.")
-    image = _resize_center_crop(image, shape)
-  return image
-
-
-def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in directory.iterdir()
-                if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)
-
-
 def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarray,
                    class_names: Sequence[str], *, image_size: int | None,
                    in_memory: bool | None, where: pathlib.Path,
                    stats=None, channels: int | None = None) -> Dataset:
   if not paths:
     raise ValueError(f"{where}: the {split!r} split of {name!r} has no images "
-                     f"({', '.join(_IMAGE_EXTENSIONS)}).")
+                     f"({', '.join(sources.IMAGE_EXTENSIONS)}).")
   from PIL import Image
   first = paths[0]
   if image_size is None:
@@ -854,7 +580,7 @@ def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarr
   paths = list(paths)
 
   def read(idx: np.ndarray):
-    images = np.stack([_decode_image(paths[i], shape, resize) for i in idx])
+    images = np.stack([sources.decode_image(paths[i], shape, resize) for i in idx])
     return images, labels[idx]
 
   return Dataset(name=name, split=split, num_classes=len(class_names),
@@ -882,7 +608,7 @@ def _folder_split(root: pathlib.Path, split: str):
     if d.name not in index:
       raise ValueError(f"{d}: class {d.name!r} is not one of the {len(classes)} "
                        f"classes of {ref}.")
-    files = _list_images(d)
+    files = sources.list_images(d)
     paths += [os.fspath(p) for p in files]
     labels += [index[d.name]] * len(files)
   return paths, np.asarray(labels, np.int64), classes
@@ -905,7 +631,7 @@ def _tiny_imagenet_split(root: pathlib.Path, split: str):
       d = root / "train" / wnid / "images"
       if not d.is_dir():
         raise ValueError(f"{d}: missing Tiny-ImageNet train directory of {wnid}.")
-      files = _list_images(d)
+      files = sources.list_images(d)
       paths += [os.fspath(p) for p in files]
       labels += [index[wnid]] * len(files)
   elif split in ("val", "validation"):

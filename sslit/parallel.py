@@ -41,8 +41,8 @@ def set_cpu_device_count(n: int) -> bool:
 
   Only effective before the JAX backend starts (the flag is read once); returns
   whether it could still take effect. Whether two virtual devices beat one on a
-  2-core machine depends on the model (CALIBRATION.md measured 1.9x for a 32-64-128
-  ConvNet; the default 16-32-64 ConvNet and the MLP were slower on two, see
+  2-core machine depends on the model (1.9x was measured for a 32-64-128 ConvNet at
+  batch 256 with plain JAX; the default 16-32-64 ConvNet and the MLP were slower on two, see
   bench/RESULTS_train_step.md), so this is a per-config choice.
 
   Args:

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sslit import metrics as metrics_lib
+
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
 
 _ACCURACY = re.compile(r"(top1|top5|acc)", re.IGNORECASE)
@@ -32,62 +34,6 @@ _SYSTEM = re.compile(
     r"eval_seconds|epoch|examples_seen)$",
     re.IGNORECASE)
 _MAX_PANELS = 24
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def read_metrics(path: str | pathlib.Path) -> tuple[Series, list[str]]:
-  """Reads ``metrics.jsonl`` into per-metric series.
-
-  Args:
-    path: the JSON-lines file.
-
-  Returns:
-    ``(series, problems)``: ``series[name] = (steps [t], values [t])`` sorted by
-    step (numeric values only; non-finite ones kept), and a list of human-readable
-    notes on lines that were skipped.
-  """
-  path = pathlib.Path(path)
-  series: dict[str, list[tuple[float, float]]] = {}
-  problems: list[str] = []
-  if not path.exists():
-    return {}, [f"{path.name} not found"]
-  with path.open() as f:
-    for lineno, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        problems.append(f"{path.name} line {lineno}: not JSON ({e.msg})")
-        continue
-      if not isinstance(record, Mapping) or not _is_number(record.get("step")):
-        problems.append(f"{path.name} line {lineno}: no numeric 'step'")
-        continue
-      step = float(record["step"])
-      for key, value in _flatten(record).items():
-        if key != "step" and _is_number(value):
-          series.setdefault(key, []).append((step, float(value)))
-  out = {}
-  for key, points in series.items():
-    points.sort(key=lambda p: p[0])
-    arr = np.asarray(points, dtype=np.float64)
-    out[key] = (arr[:, 0], arr[:, 1])
-  return out, problems
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in d.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, name + "/"))
-    else:
-      out[name] = value
-  return out
 
 
 def _read_json(path: pathlib.Path, problems: list[str]) -> dict:
@@ -194,7 +140,7 @@ def _results_tables(results: Mapping) -> list[str]:
   ``{"trained": {...}, "random_init": {...}, "raw_pixels": {...}, "step": 3}`` gives
   one row per metric with a column per representation, then ``step`` below.
   """
-  groups = {k: _flatten(v) for k, v in results.items() if isinstance(v, Mapping)}
+  groups = {k: metrics_lib.flatten(v) for k, v in results.items() if isinstance(v, Mapping)}
   rest = {k: v for k, v in results.items() if not isinstance(v, Mapping)}
   lines = []
   if len(groups) >= 2:
@@ -207,7 +153,7 @@ def _results_tables(results: Mapping) -> list[str]:
     lines.append("")
   else:
     rest = dict(results)
-  flat = _flatten(rest)
+  flat = metrics_lib.flatten(rest)
   if flat:
     lines += ["| result | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in flat.items()]
@@ -266,7 +212,7 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
   problems: list[str] = []
   config = _read_json(run_dir / "config.json", problems)
   results = _read_json(run_dir / "results.json", problems)
-  series, metric_problems = read_metrics(run_dir / "metrics.jsonl")
+  series, metric_problems = metrics_lib.read_series(run_dir / "metrics.jsonl")
   problems += metric_problems
 
   groups: dict[str, list[str]] = {}
@@ -297,7 +243,7 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
   name = config.get("name") or config.get("experiment") or run_dir.name
   lines = [f"# Run report: {name}", ""]
   lines += ["## Results", ""]
-  flat_results = _flatten(results)
+  flat_results = metrics_lib.flatten(results)
   if flat_results:
     lines += _results_tables(results)
   else:
@@ -324,7 +270,7 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
     for title, fname in plots:
       lines += [f"### {title}", "", f"![{title}]({fname})", ""]
   lines += ["", "## Configuration", ""]
-  flat_config = _flatten(config)
+  flat_config = metrics_lib.flatten(config)
   if flat_config:
     lines += ["| key | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(flat_config.items())]

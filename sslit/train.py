@@ -12,15 +12,16 @@ state on a data-parallel mesh, restore-or-init from the newest checkpoint, a
 jitted step with the state donated, and host work only every ``log_every`` steps
 (metrics to ``metrics.jsonl`` and, if tensorboard is installed, TensorBoard
 events; the progress bar), on the checkpoint schedule and on the evaluator
-schedule. Library code never reads a config object: everything
-is a keyword argument.
+schedule. Library code never reads a config object: ``fit`` takes a
+:class:`FitOptions` (``sslit.runs`` builds one from a config).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
@@ -30,16 +31,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tqdm.auto import tqdm
+
+from sslit import augment as augment_lib
 from sslit import checkpoint as checkpoint_lib
+from sslit import data as data_lib
+from sslit import estimators
+from sslit import metrics as metrics_lib
+from sslit import models
+from sslit import objectives as objectives_lib
 from sslit import parallel
+from sslit.optim import (OPTIMIZERS, decay_mask, ema_momentum_schedule,
+                         make_optimizer, make_schedule)
 
 __all__ = [
     "TrainState", "FitResult", "NonFiniteLossError", "make_schedule",
     "ema_momentum_schedule", "decay_mask", "make_optimizer", "make_train_step",
-    "fit", "images_to_float",
+    "fit", "FitOptions", "images_to_float", "ensure_writable",
 ]
 
-OPTIMIZERS = ("adamw", "lars", "sgd", "adam")
 # Representation statistics (computed on logging steps only).
 STATS_KEYS = ("rep_std_mean", "rep_std_min", "rep_effective_rank", "proj_std_mean",
               "proj_std_min")
@@ -55,8 +65,9 @@ class NonFiniteLossError(FloatingPointError):
              if last_checkpoint is not None else "no checkpoint had been written yet")
     super().__init__(
         f"the loss became non-finite at step {step}; training stopped and {where}. "
-        f"Lower the learning rate or add warm-up steps, then run the same command "
-        f"again to resume.")
+        f"Lower the learning rate or add warm-up steps and resume from it: the same "
+        f"command with e.g. --config.learning_rate=<lower> --resume_with_changes "
+        f"(from Python: sslit.runs.train(..., resume_with_changes=True)).")
 
 
 class TrainState(NamedTuple):
@@ -101,99 +112,6 @@ class FitResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Schedules and optimisers.
-
-
-def make_schedule(*, learning_rate: float, batch_size: int, num_steps: int,
-                  warmup_steps: int = 0, end_factor: float = 0.0,
-                  scale_by_batch: bool = True) -> optax.Schedule:
-  """Linear warm-up to the peak, then cosine decay to ``end_factor * peak``.
-
-  ``peak = learning_rate * batch_size / 256`` when ``scale_by_batch`` (the linear
-  scaling rule of Goyal et al. 2017, as in SimCLR/VICReg/BYOL), else
-  ``learning_rate``.
-
-  Args:
-    learning_rate: base learning rate (per 256 examples if ``scale_by_batch``).
-    batch_size: global batch size.
-    num_steps: total steps (warm-up included).
-    warmup_steps: linear warm-up length from 0.
-    end_factor: final learning rate as a fraction of the peak.
-    scale_by_batch: apply the linear scaling rule.
-
-  Returns:
-    An Optax schedule ``step -> learning rate``.
-  """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-  if not 0 <= warmup_steps <= num_steps:
-    raise ValueError(f"warmup_steps must be in [0, num_steps={num_steps}], got {warmup_steps}.")
-  peak = learning_rate * (batch_size / 256.0 if scale_by_batch else 1.0)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=max(num_steps, warmup_steps + 1), end_value=peak * end_factor)
-
-
-def ema_momentum_schedule(*, base: float = 0.996, num_steps: int) -> optax.Schedule:
-  """BYOL's target momentum: ``tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2``.
-
-  Rises from ``base`` at step 0 to 1 at step ``K = num_steps`` (Grill et al. 2020).
-  """
-  def schedule(step):
-    frac = jnp.clip(step / max(num_steps, 1), 0.0, 1.0)
-    return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0
-  return schedule
-
-
-def decay_mask(params: Any) -> Any:
-  """True for the parameters that get weight decay and LARS adaptation.
-
-  Biases and normalisation scales/offsets (every parameter of rank <= 1) are
-  excluded, as in the SimCLR/BYOL/VICReg LARS recipes.
-  """
-  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
-
-
-def make_optimizer(name: str, *, learning_rate: float | optax.Schedule,
-                   weight_decay: float = 0.0, momentum: float = 0.9,
-                   trust_coefficient: float = 0.001, b1: float = 0.9, b2: float = 0.999,
-                   grad_clip: float | None = None) -> optax.GradientTransformation:
-  """An Optax optimiser by name: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
-
-  Weight decay (AdamW, LARS, SGD) and LARS's trust ratio apply only where
-  ``decay_mask`` is True (not to biases and norm parameters).
-
-  Args:
-    name: optimiser name.
-    learning_rate: a float or a schedule (see ``make_schedule``).
-    weight_decay: decoupled (AdamW) or added-to-gradient (LARS, SGD) weight decay.
-    momentum: momentum of LARS and SGD.
-    trust_coefficient: LARS trust coefficient (eta).
-    b1, b2: Adam moments.
-    grad_clip: clip the global gradient norm to this value first (None: no clip).
-
-  Returns:
-    An ``optax.GradientTransformation``.
-  """
-  if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}.")
-  if name == "adamw":
-    tx = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
-  elif name == "adam":
-    tx = optax.adam(learning_rate, b1=b1, b2=b2)
-  elif name == "lars":
-    tx = optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=decay_mask,
-                    trust_coefficient=trust_coefficient, trust_ratio_mask=decay_mask,
-                    momentum=momentum)
-  else:
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
-                     optax.sgd(learning_rate, momentum=momentum or None))
-  if grad_clip:
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  return tx
-
-
-# ----------------------------------------------------------------------------
 # The step.
 
 
@@ -205,7 +123,6 @@ def images_to_float(images: jax.Array) -> jax.Array:
 
 
 def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
-  from sslit import estimators  # pylint: disable=g-import-not-at-top
   rep = rep.astype(jnp.float32)
   std = jnp.std(rep, axis=0)
   out = {"rep_std_mean": jnp.mean(std), "rep_std_min": jnp.min(std),
@@ -399,195 +316,130 @@ def _prefetch(iterator: Iterator, size: int = 2) -> Iterator:
     stop.set()
 
 
-class _MetricsWriter:
-  """Append-only JSON lines; on resume, lines after the restored step are dropped.
-
-  With ``tensorboard_dir``, each record also goes to TensorBoard (if installed).
-  """
-
-  def __init__(self, path: str | None, *, resume_step: int, enabled: bool,
-               tensorboard_dir: str | None = None):
-    self.path = path if enabled else None
-    self.tensorboard = None
-    if enabled and tensorboard_dir is not None:
-      self.tensorboard = _open_tensorboard(tensorboard_dir, resume_step=resume_step)
-    if self.path is None:
-      return
-    if os.path.exists(self.path):
-      kept = []
-      with open(self.path) as f:
-        for line in f:
-          try:
-            rec = json.loads(line)
-          except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-          if rec.get("step", 0) <= resume_step:
-            kept.append(json.dumps(rec))
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.write("".join(k + "\n" for k in kept))
-      os.replace(tmp, self.path)
-
-  def write(self, record: Mapping[str, Any]) -> None:
-    if self.path is not None:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if self.tensorboard is not None:
-      self.tensorboard.write(record)
-
-  def close(self) -> None:
-    if self.tensorboard is not None:
-      self.tensorboard.close()
-
-
-def _open_tensorboard(logdir: str, *, resume_step: int) -> "_TensorBoardWriter | None":
-  """A TensorBoard writer, or None (one INFO line) when tensorboard is not installed."""
-  try:
-    return _TensorBoardWriter(logdir, resume_step=resume_step)
-  except ImportError:
-    import logging  # pylint: disable=g-import-not-at-top
-    logging.getLogger(__name__).info(
-        "tensorboard is not installed: metrics go to metrics.jsonl only.")
-    return None
-
-
-class _TensorBoardWriter:
-  """The numeric entries of each metrics record as TensorBoard scalar events.
-
-  Written with tensorboard's own event writer (no TensorFlow). The event file is
-  opened at the first record, so a run with nothing to log leaves no file. It
-  starts with ``SessionLog.START`` at ``resume_step + 1``: TensorBoard then drops
-  the events of earlier files with larger steps, as ``metrics.jsonl`` drops its
-  lines after the restored step.
-  """
-
-  def __init__(self, logdir: str, *, resume_step: int):
-    # Raises ImportError without tensorboard.
-    # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    # pylint: enable=g-import-not-at-top
-    self._event_pb2, self._summary_pb2, self._writer_cls = (
-        event_pb2, summary_pb2, EventFileWriter)
-    self.logdir, self.resume_step = logdir, resume_step
-    self._writer = None
-
-  def write(self, record: Mapping[str, Any]) -> None:
-    step = int(record["step"])
-    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in record.items()
-              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not values:
-      return
-    now = time.time()
-    if self._writer is None:
-      self._writer = self._writer_cls(self.logdir)
-      self._writer.add_event(self._event_pb2.Event(
-          wall_time=now, step=self.resume_step + 1,
-          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
-    self._writer.add_event(self._event_pb2.Event(
-        wall_time=now, step=step, summary=self._summary_pb2.Summary(value=values)))
-    self._writer.flush()  # as metrics.jsonl: on disk once written
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-
-def append_metrics(workdir: str | os.PathLike, record: Mapping[str, Any], *,
-                   tensorboard: bool = True) -> None:
-  """Append one record to a finished run's ``metrics.jsonl`` (and TensorBoard events).
-
-  For results computed after ``fit`` (offline evaluation, ``sslit analyze``), so they
-  sit beside the training metrics in both places.
-
-  Args:
-    workdir: the run directory.
-    record: ``{"step": int, name: value, ...}``; non-numeric values go to the JSON
-      line only.
-    tensorboard: also write the numeric values as scalar events under
-      ``<workdir>/tensorboard/`` when tensorboard is installed.
-  """
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-    f.write(json.dumps(dict(record)) + "\n")
-  if not tensorboard:
-    return
-  writer = _open_tensorboard(os.path.join(workdir, "tensorboard"),
-                             resume_step=int(record["step"]))
-  if writer is not None:
-    try:
-      writer.write(record)
-    finally:
-      writer.close()
-
-
 def _to_python(tree: Mapping[str, Any]) -> dict:
   return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
           for k, v in tree.items()}
 
 
-def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps: int,
-        workdir: str | os.PathLike | None = None,
-        augment: Any = None,
-        optimizer: str = "adamw", learning_rate: float = 1e-3,
-        weight_decay: float = 1e-4, momentum: float = 0.9, warmup_steps: int = 0,
-        end_lr_factor: float = 0.0, scale_lr_by_batch: bool = True,
-        grad_clip: float | None = None,
-        ema_momentum: float = 0.996, probe: bool = True, probe_learning_rate: float = 1e-3,
-        objective_kwargs: Mapping[str, Any] | None = None,
-        seed: int = 0, mesh: Any = None,
-        log_every: int = 50, checkpoint_every: int = 0, keep_checkpoints: int = 3,
-        resume: bool = True, evaluators: Sequence[Callable] = (), eval_every: int = 0,
-        progress: bool = True, max_train_seconds: float | None = None,
-        normalize: bool = True,
-        data_iterator_fn: Callable | None = None,
-        tensorboard: bool = True) -> FitResult:
-  """Pretrain ``model`` with a self-supervised ``objective`` on ``dataset``.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitOptions:
+  """Everything ``fit`` needs besides the model, the data and the run directory.
+
+  The trajectory (objective, optimiser, schedule, augmentation, seed) and the loop's
+  host work (logging, checkpoints, evaluators, time cap). Checked when built, so a
+  bad value fails before anything is written.
+
+  Attributes:
+    objective: a name for ``sslit.objectives.get_objective`` or an ``Objective``.
+    batch_size: global batch size (all devices and processes); must divide by
+      the device count.
+    num_steps: total number of updates (the schedule's length).
+    objective_kwargs: overrides passed to ``get_objective``.
+    augment: ``(cfg_a, cfg_b)`` for ``sslit.augment.two_views``, a preset name, a
+      callable ``(key, images) -> (x_a, x_b)``, or None (no augmentation).
+    optimizer: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
+    learning_rate: base learning rate (> 0), scaled by ``batch_size / 256`` if
+      ``scale_lr_by_batch``; linear warm-up then cosine to ``end_lr_factor * peak``.
+    weight_decay, momentum, warmup_steps, end_lr_factor, scale_lr_by_batch,
+      grad_clip: optimiser and schedule settings (see ``make_optimizer``;
+      ``grad_clip`` None or 0: no clipping).
+    ema_momentum: BYOL's base target momentum (cosine-increased to 1).
+    probe: train an online linear probe on stop-gradient representations.
+    probe_learning_rate: Adam learning rate of the online probe.
+    seed: seeds initialisation, augmentation and the data order.
+    normalize: standardise each view with the data set's per-channel training
+      statistics (``sslit.data.preprocess``, as evaluation does).
+    log_every: host sync, metrics line and progress update every this many steps.
+    checkpoint_every: save every this many steps (0: only at the end).
+    keep_checkpoints: keep the newest K checkpoints (≥ 1).
+    eval_every: evaluator period in steps (0: only at the end).
+    max_train_seconds: stop early (with a checkpoint) after this much training
+      time (None or 0: no cap); the schedule stays the one of ``num_steps``.
+    resume: restore the newest good checkpoint of the run directory if any.
+    progress: show a tqdm progress bar (process 0 only).
+    tensorboard: also write TensorBoard events when tensorboard is importable.
+  """
+  objective: Any
+  batch_size: int
+  num_steps: int
+  objective_kwargs: Mapping[str, Any] | None = None
+  augment: Any = None
+  optimizer: str = "adamw"
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-4
+  momentum: float = 0.9
+  warmup_steps: int = 0
+  end_lr_factor: float = 0.0
+  scale_lr_by_batch: bool = True
+  grad_clip: float | None = None
+  ema_momentum: float = 0.996
+  probe: bool = True
+  probe_learning_rate: float = 1e-3
+  seed: int = 0
+  normalize: bool = True
+  log_every: int = 50
+  checkpoint_every: int = 0
+  keep_checkpoints: int = 3
+  eval_every: int = 0
+  max_train_seconds: float | None = None
+  resume: bool = True
+  progress: bool = True
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    checks = (
+        ("batch_size", self.batch_size >= 1, ">= 1"),
+        ("num_steps", self.num_steps >= 1, ">= 1"),
+        ("log_every", self.log_every >= 1, ">= 1"),
+        ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: only at the end)"),
+        ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+        ("eval_every", self.eval_every >= 0, ">= 0 (0: only at the end)"),
+        ("warmup_steps", 0 <= self.warmup_steps <= self.num_steps,
+         f">= 0 and <= num_steps ({self.num_steps})"),
+        ("learning_rate", self.learning_rate > 0, "> 0"),
+        ("weight_decay", self.weight_decay >= 0, ">= 0"),
+        ("end_lr_factor", 0 <= self.end_lr_factor <= 1, "in [0, 1]"),
+        ("max_train_seconds", not self.max_train_seconds or self.max_train_seconds > 0,
+         "> 0 (or 0/None: no cap)"),
+        ("optimizer", self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
+    )
+    for name, ok, want in checks:
+      if not ok:
+        raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
+
+
+class _Hook(NamedTuple):
+  """Host work run every ``every`` steps (0: never on a period) and at the end."""
+  every: int
+  run: Callable[[int, "TrainState", Mapping], None]
+
+
+def _due(hook: _Hook, step: int, final: bool) -> bool:
+  return final or bool(hook.every and step % hook.every == 0)
+
+
+def fit(*, model: Any, dataset: Any, options: FitOptions,
+        workdir: str | os.PathLike | None = None, mesh: Any = None,
+        evaluators: Sequence[Callable] = (),
+        data_iterator_fn: Callable | None = None) -> FitResult:
+  """Pretrain ``model`` with a self-supervised objective on ``dataset``.
+
+  A short loop: the jitted step, then the hooks that are due (log, evaluate,
+  checkpoint) and the time cap. Everything else is set up by ``_setup``.
 
   Args:
     model: a ``sslit.models.SSLModel`` (Flax module; ``apply(v, x, train=...)``
       returns ``{"rep", "proj"?, "pred"?}``); BYOL objectives need a predictor.
-    objective: a name for ``sslit.objectives.get_objective`` or an ``Objective``.
     dataset: a ``sslit.data.Dataset`` (``get``, ``num_classes``, ``image_shape``).
-    batch_size: global batch size (all devices and processes); must divide by
-      the device count.
-    num_steps: total number of updates (the schedule's length).
+    options: a :class:`FitOptions`.
     workdir: run directory for ``metrics.jsonl``, ``tensorboard/`` and
       ``checkpoints/`` (None: keep nothing on disk).
-    augment: ``(cfg_a, cfg_b)`` for ``sslit.augment.two_views``, a preset name, a
-      callable ``(key, images) -> (x_a, x_b)``, or None (no augmentation).
-    optimizer: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
-    learning_rate: base learning rate, scaled by ``batch_size / 256`` if
-      ``scale_lr_by_batch``; linear warm-up then cosine to ``end_lr_factor * peak``.
-    weight_decay, momentum, warmup_steps, end_lr_factor, scale_lr_by_batch,
-      grad_clip: optimiser and schedule settings (see ``make_optimizer``).
-    ema_momentum: BYOL's base target momentum (cosine-increased to 1).
-    probe: train an online linear probe on stop-gradient representations.
-    probe_learning_rate: Adam learning rate of the online probe.
-    objective_kwargs: overrides passed to ``get_objective``.
-    seed: seeds initialisation, augmentation and the data order.
     mesh: a ``parallel.make_mesh()`` mesh (default: all devices).
-    log_every: host sync, metrics line and progress update every this many steps.
-    checkpoint_every: save every this many steps (0: only at the end); needs
-      ``workdir``.
-    keep_checkpoints: keep the newest K checkpoints.
-    resume: restore the newest good checkpoint in ``workdir`` if there is one.
     evaluators: callables ``(step, variables) -> dict[str, float]`` run on the
-      host every ``eval_every`` steps and at the end; results go to ``metrics.jsonl``.
-    eval_every: evaluator period in steps (0: only at the end).
-    progress: show a tqdm progress bar (process 0 only).
-    max_train_seconds: stop early (with a checkpoint) after this much training
-      time; the schedule is still the one of ``num_steps``.
-    normalize: standardise each view with the data set's per-channel training
-      statistics, ``x = (view - dataset.mean) / dataset.std``, the convention of
-      ``sslit.evaluate.preprocess`` (evaluation applies the same to clean images).
+      host every ``options.eval_every`` steps and at the end; results go to
+      ``metrics.jsonl``.
     data_iterator_fn: ``(start_step) -> iterator of host batches`` replacing
       ``sslit.data.batch_iterator`` (each batch is this process's part).
-    tensorboard: also write every numeric metric (same name and step as in
-      ``metrics.jsonl``) as TensorBoard scalar events under
-      ``<workdir>/tensorboard/`` when the ``tensorboard`` package is importable
-      (process 0 only; nothing without ``workdir``).
 
   Returns:
     A ``FitResult`` (final state, eval variables, logged history, final step,
@@ -595,33 +447,121 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
 
   Raises:
     NonFiniteLossError: the loss became NaN/inf (checkpoints up to then kept).
-    ValueError: bad arguments (unknown objective/optimizer, batch size not
-      divisible by the device count, BYOL without a predictor, ...).
+    ValueError: bad arguments (unknown objective, batch size not divisible by
+      the device count, BYOL without a predictor, ...).
   """
-  from sslit import objectives as objectives_lib  # pylint: disable=g-import-not-at-top
-
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-  if log_every < 1:
-    raise ValueError(f"log_every must be >= 1, got {log_every}.")
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_batch_size(batch_size, mesh)
-  local_batch = parallel.process_local_batch_size(batch_size, mesh)
+  o = options
+  run = _setup(model, dataset, o, workdir, mesh)
+  state, start, manager = run.state, run.start, run.manager
   is_chief = jax.process_index() == 0
+  writer = metrics_lib.MetricsWriter(
+      run.metrics_path, resume_step=start, enabled=is_chief,
+      tensorboard_dir=run.tensorboard_dir)
+  history: list = []
+  if start >= o.num_steps:
+    writer.close()
+    if manager is not None:
+      manager.close()
+    return FitResult(state, _variables(state), history, start, run.resumed_from)
 
-  obj = (objectives_lib.get_objective(objective, **dict(objective_kwargs or {}))
-         if isinstance(objective, str) else objective)
-  augment_fn = _make_augment_fn(augment, dataset)
-  if normalize:
+  batches = _prefetch(iter(_batches(dataset, o, run.mesh, start, data_iterator_fn)))
+  bar = _progress_bar(o, start) if o.progress and is_chief else None
+  timer = _Timer(o.batch_size)
+  last_saved = manager.latest_step() if manager is not None else None
+
+  def record(rec):
+    writer.write(rec)
+    history.append(rec)
+
+  def log(step, state, metrics):
+    rec = timer.log_record(step, _to_python(parallel.to_host(metrics)),
+                           stats=step % o.log_every == 0)
+    record(rec)
+    if bar is not None:
+      bar.set_postfix(_postfix(rec), refresh=False)
+
+  def evaluate(step, state, metrics):
+    del metrics
+    variables, rec = _variables(state), {"step": step}
+    for ev in evaluators:
+      rec.update({k: (float(v) if np.ndim(v) == 0 else v)
+                  for k, v in dict(ev(step, variables)).items()})
+    record(rec)
+
+  def save(step, state, metrics):
+    nonlocal last_saved
+    del metrics
+    manager.save(step, state, meta={"step": step, "data_step": step, "seed": o.seed,
+                                    "batch_size": o.batch_size,
+                                    "num_steps": o.num_steps})
+    last_saved = step
+
+  hooks = [_Hook(o.log_every, log)]
+  if evaluators:
+    hooks.append(_Hook(o.eval_every, evaluate))
+  if manager is not None:
+    hooks.append(_Hook(o.checkpoint_every, save))
+
+  pending: list = []  # (step, loss) not yet checked for finiteness
+  step = start
+  try:
+    while step < o.num_steps:
+      state, metrics = run.step_fn(state, parallel.shard_batch(
+          _next_batch(batches, step, o.num_steps), run.mesh))
+      step += 1
+      pending.append((step, metrics["loss"]))
+      timer.tick(step, metrics["loss"])
+      if bar is not None:
+        bar.update(1)
+      out_of_time = timer.out_of_time(o.max_train_seconds)
+      final = step == o.num_steps or out_of_time
+      due = [h for h in hooks if _due(h, step, final)]
+      if not due:
+        continue
+      _check_finite(pending, last_saved, workdir)
+      for hook in due:
+        hook.run(step, state, metrics)
+      if out_of_time and step < o.num_steps:
+        record(_stopped_early(step, o))
+        break
+  finally:
+    batches.close()
+    writer.close()
+    if bar is not None:
+      bar.close()
+    if manager is not None:
+      manager.close()
+  return FitResult(state, _variables(state), history, step, run.resumed_from)
+
+
+class _Setup(NamedTuple):
+  mesh: Any
+  state: TrainState
+  start: int
+  resumed_from: int | None
+  manager: Any
+  step_fn: Callable
+  metrics_path: str | None
+  tensorboard_dir: str | None
+
+
+def _setup(model, dataset, o: FitOptions, workdir, mesh) -> _Setup:
+  """Objective, optimiser, abstract shapes, restore-or-init and the jitted step."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(o.batch_size, mesh)
+  obj = (objectives_lib.get_objective(o.objective, **dict(o.objective_kwargs or {}))
+         if isinstance(o.objective, str) else o.objective)
+  augment_fn = _make_augment_fn(o.augment, dataset)
+  if o.normalize:
     augment_fn = _normalized(augment_fn, dataset)
 
-  schedule = make_schedule(learning_rate=learning_rate, batch_size=batch_size,
-                           num_steps=num_steps, warmup_steps=warmup_steps,
-                           end_factor=end_lr_factor, scale_by_batch=scale_lr_by_batch)
-  tx = make_optimizer(optimizer, learning_rate=schedule, weight_decay=weight_decay,
-                      momentum=momentum, grad_clip=grad_clip)
-  probe_tx = optax.adam(probe_learning_rate)
-  ema_fn = (ema_momentum_schedule(base=ema_momentum, num_steps=num_steps)
+  schedule = make_schedule(learning_rate=o.learning_rate, batch_size=o.batch_size,
+                           num_steps=o.num_steps, warmup_steps=o.warmup_steps,
+                           end_factor=o.end_lr_factor, scale_by_batch=o.scale_lr_by_batch)
+  tx = make_optimizer(o.optimizer, learning_rate=schedule, weight_decay=o.weight_decay,
+                      momentum=o.momentum, grad_clip=o.grad_clip or None)
+  probe_tx = optax.adam(o.probe_learning_rate)
+  ema_fn = (ema_momentum_schedule(base=o.ema_momentum, num_steps=o.num_steps)
             if obj.kind == "byol" else None)
 
   def train_apply(variables, x):
@@ -649,169 +589,134 @@ def fit(*, model: Any, objective: Any, dataset: Any, batch_size: int, num_steps:
     variables = init_vars(k_model)
     params = variables["params"]
     probe_params = ({"kernel": jnp.zeros((rep_dim, num_classes), jnp.float32),
-                     "bias": jnp.zeros((num_classes,), jnp.float32)} if probe else {})
+                     "bias": jnp.zeros((num_classes,), jnp.float32)} if o.probe else {})
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
         ema_params=params if obj.kind == "byol" else {},
         probe_params=probe_params,
-        probe_opt_state=probe_tx.init(probe_params) if probe else {},
+        probe_opt_state=probe_tx.init(probe_params) if o.probe else {},
         key=k_train)
 
   replicated = parallel.replicated_sharding(mesh)
-  root_key = jax.random.key(seed)
+  root_key = jax.random.key(o.seed)
   abstract_state = jax.eval_shape(init_state, root_key)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
 
-  manager = None
-  metrics_path = tensorboard_dir = None
+  manager = metrics_path = tensorboard_dir = None
   if workdir is not None:
     workdir = os.path.abspath(os.fspath(workdir))
-    _ensure_writable(workdir)
+    ensure_writable(workdir)
     manager = checkpoint_lib.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                               max_to_keep=keep_checkpoints)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if tensorboard:
+                                               max_to_keep=o.keep_checkpoints)
+    metrics_path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+    if o.tensorboard:
       tensorboard_dir = os.path.join(workdir, "tensorboard")
 
   state, resumed_from = None, None
-  if manager is not None and resume:
+  if manager is not None and o.resume:
     restored = manager.restore(abstract_state)
     if restored is not None:
       state, _, resumed_from = restored
   if state is None:
     state = jax.jit(init_state, out_shardings=state_sharding)(root_key)
-  start = int(resumed_from or 0)
 
   step_fn = make_train_step(
       train_apply, obj.fn, tx, kind=obj.kind, augment_fn=augment_fn,
       learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
-      probe_optimizer=probe_tx, stats_every=log_every)
+      probe_optimizer=probe_tx, stats_every=o.log_every)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))
+  return _Setup(mesh, state, int(resumed_from or 0), resumed_from, manager, jstep,
+                metrics_path, tensorboard_dir)
 
-  writer = _MetricsWriter(metrics_path, resume_step=start, enabled=is_chief,
-                          tensorboard_dir=tensorboard_dir)
-  history: list = []
-  if start >= num_steps:
-    if manager is not None:
-      manager.close()
-    return FitResult(state, _variables(state), history, start, resumed_from)
 
-  if data_iterator_fn is None:
-    from sslit import data as data_lib  # pylint: disable=g-import-not-at-top
-    batches = data_lib.batch_iterator(
-        dataset, batch_size, seed=seed, shuffle=True, drop_remainder=True,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        start_step=start)
-  else:
-    batches = data_iterator_fn(start)
-  batches = _prefetch(iter(batches))
+def _batches(dataset, o: FitOptions, mesh, start: int, data_iterator_fn):
+  if data_iterator_fn is not None:
+    return data_iterator_fn(start)
+  del mesh
+  return data_lib.batch_iterator(
+      dataset, o.batch_size, seed=o.seed, shuffle=True, drop_remainder=True,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=start)
 
-  bar = None
-  if progress and is_chief:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm(total=num_steps, initial=start, unit="step", dynamic_ncols=True,
-               desc="train")
 
-  pending: list = []  # (step, loss) not yet checked for finiteness
-  last_saved = manager.latest_step() if manager is not None else None
-  t_train0 = time.perf_counter()
-  t_mark, steps_mark, compile_s = None, 0, None
-  step = start
+def _next_batch(batches: Iterator, step: int, num_steps: int) -> dict:
   try:
-    while step < num_steps:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        raise RuntimeError(f"the data iterator ended at step {step} before num_steps="
-                           f"{num_steps}; it must cycle over epochs.") from None
-      batch = {k: batch[k] for k in ("image", "label", "mask") if k in batch}
-      state, metrics = jstep(state, parallel.shard_batch(batch, mesh))
-      step += 1
-      pending.append((step, metrics["loss"]))
-      if t_mark is None:  # first step: compilation; time the rest
-        jax.block_until_ready(metrics["loss"])
-        t_mark, steps_mark = time.perf_counter(), step
-        compile_s = t_mark - t_train0
-      if bar is not None:
-        bar.update(1)
+    batch = next(batches)
+  except StopIteration:
+    raise RuntimeError(f"the data iterator ended at step {step} before num_steps="
+                       f"{num_steps}; it must cycle over epochs.") from None
+  return {k: batch[k] for k in ("image", "label", "mask") if k in batch}
 
-      last = step == num_steps
-      out_of_time = (max_train_seconds is not None and
-                     time.perf_counter() - t_train0 > max_train_seconds)
-      do_log = step % log_every == 0 or last or out_of_time
-      do_ckpt = manager is not None and (
-          last or out_of_time or (checkpoint_every and step % checkpoint_every == 0))
-      do_eval = bool(evaluators) and (last or out_of_time or
-                                      (eval_every and step % eval_every == 0))
-      if not (do_log or do_ckpt or do_eval):
-        continue
 
-      losses = jax.device_get([l for _, l in pending])
-      for (s, _), l in zip(pending, losses):
-        if not np.isfinite(l):
-          raise NonFiniteLossError(s, last_saved, workdir)
-      pending.clear()
+def _check_finite(pending: list, last_saved: int | None, workdir) -> None:
+  """Raise NonFiniteLossError at the first non-finite pending loss; clear them."""
+  losses = jax.device_get([l for _, l in pending])
+  for (s, _), l in zip(pending, losses):
+    if not np.isfinite(l):
+      raise NonFiniteLossError(s, last_saved, workdir)
+  pending.clear()
 
-      if do_log:
-        now = time.perf_counter()
-        record = {"step": step}
-        host = _to_python(parallel.to_host(metrics))
-        if step % log_every:  # statistics are computed on multiples of log_every only
-          host = {k: v for k, v in host.items() if k not in STATS_KEYS}
-        record.update(host)
-        if step > steps_mark:
-          record["images_per_s"] = (step - steps_mark) * batch_size / (now - t_mark)
-        if compile_s is not None:
-          record["compile_s"], compile_s = compile_s, None
-        record["elapsed_s"] = now - t_train0
-        t_mark, steps_mark = now, step
-        writer.write(record)
-        history.append(record)
-        if bar is not None:
-          post = {"loss": f"{record['loss']:.4g}"}
-          if "images_per_s" in record:
-            post["img/s"] = f"{record['images_per_s']:.0f}"
-          if "probe_acc" in record:
-            post["probe"] = f"{record['probe_acc']:.3f}"
-          bar.set_postfix(post, refresh=False)
-      if do_eval:
-        variables = _variables(state)
-        record = {"step": step}
-        for ev in evaluators:
-          record.update({k: (float(v) if np.ndim(v) == 0 else v)
-                         for k, v in dict(ev(step, variables)).items()})
-        writer.write(record)
-        history.append(record)
-      if do_ckpt:
-        manager.save(step, state, meta={"step": step, "data_step": step, "seed": seed,
-                                        "batch_size": batch_size, "num_steps": num_steps})
-        last_saved = step
-      if out_of_time and not last:
-        # Say so: a silent early stop looks like a finished schedule.
-        note = {"step": step, "stopped_early": 1.0,
-                "max_train_seconds": float(max_train_seconds)}
-        writer.write(note)
-        history.append(note)
-        if is_chief:
-          import sys  # pylint: disable=g-import-not-at-top
-          print(f"fit: stopped at step {step} of {num_steps}: max_train_seconds="
-                f"{max_train_seconds:g} reached (checkpoint saved; run again with a "
-                f"larger cap to continue the schedule)", file=sys.stderr)
-        break
-  finally:
-    batches.close()
-    writer.close()
-    if bar is not None:
-      bar.close()
-    if manager is not None:
-      manager.close()
-  return FitResult(state, _variables(state), history, step, resumed_from)
+
+class _Timer:
+  """Compile time (the first step), throughput between log lines, the time cap."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.t0 = time.perf_counter()
+    self.mark, self.steps_mark, self.compile_s = None, 0, None
+
+  def tick(self, step: int, loss) -> None:
+    if self.mark is None:  # first step: compilation; time the rest
+      jax.block_until_ready(loss)
+      self.mark, self.steps_mark = time.perf_counter(), step
+      self.compile_s = self.mark - self.t0
+
+  def out_of_time(self, max_seconds: float | None) -> bool:
+    return bool(max_seconds) and time.perf_counter() - self.t0 > max_seconds
+
+  def log_record(self, step: int, values: dict, *, stats: bool) -> dict:
+    now = time.perf_counter()
+    rec = {"step": step}
+    if not stats:  # statistics are computed on multiples of log_every only
+      values = {k: v for k, v in values.items() if k not in STATS_KEYS}
+    rec.update(values)
+    if step > self.steps_mark:
+      rec["images_per_s"] = (step - self.steps_mark) * self.batch_size / (now - self.mark)
+    if self.compile_s is not None:
+      rec["compile_s"], self.compile_s = self.compile_s, None
+    rec["elapsed_s"] = now - self.t0
+    self.mark, self.steps_mark = now, step
+    return rec
+
+
+def _postfix(rec: Mapping) -> dict:
+  post = {"loss": f"{rec['loss']:.4g}"}
+  if "images_per_s" in rec:
+    post["img/s"] = f"{rec['images_per_s']:.0f}"
+  if "probe_acc" in rec:
+    post["probe"] = f"{rec['probe_acc']:.3f}"
+  return post
+
+
+def _progress_bar(o: FitOptions, start: int):
+  return tqdm(total=o.num_steps, initial=start, unit="step", dynamic_ncols=True,
+              desc="train")
+
+
+def _stopped_early(step: int, o: FitOptions) -> dict:
+  """The metrics note of a time-capped stop (a silent one looks like a finished run)."""
+  if jax.process_index() == 0:
+    print(f"fit: stopped at step {step} of {o.num_steps}: max_train_seconds="
+          f"{o.max_train_seconds:g} reached (checkpoint saved; run again with a "
+          f"larger cap to continue the schedule)", file=sys.stderr)
+  return {"step": step, "stopped_early": 1.0,
+          "max_train_seconds": float(o.max_train_seconds)}
 
 
 def _variables(state: TrainState) -> dict:
@@ -819,12 +724,7 @@ def _variables(state: TrainState) -> dict:
 
 
 def _init_variables(model: Any, key: jax.Array, x: jax.Array) -> dict:
-  try:
-    from sslit import models  # pylint: disable=g-import-not-at-top
-    init = models.init_variables
-  except (ImportError, AttributeError):  # a bare Flax module
-    init = lambda m, k, v: dict(m.init(k, v, train=False))
-  variables = dict(init(model, key, x))
+  variables = dict(models.init_variables(model, key, x))
   variables.setdefault("batch_stats", {})
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
@@ -832,7 +732,6 @@ def _init_variables(model: Any, key: jax.Array, x: jax.Array) -> dict:
 def _make_augment_fn(augment: Any, dataset: Any) -> Callable | None:
   if augment is None or callable(augment):
     return augment
-  from sslit import augment as augment_lib  # pylint: disable=g-import-not-at-top
   if isinstance(augment, str):
     cfg_a, cfg_b = augment_lib.preset(augment, image_size=dataset.image_shape[0])
   else:
@@ -846,19 +745,19 @@ def _normalized(augment_fn: Callable | None, dataset: Any) -> Callable:
   if np.any(std <= 0):
     raise ValueError(f"dataset.std must be > 0, got {std}.")
 
-  # The one preprocessing shared with evaluation (features must see what training saw).
-  from sslit.evaluate import preprocess  # pylint: disable=g-import-not-at-top
 
   def views(key, images):
     if augment_fn is None:
       x_a = x_b = images
     else:
       x_a, x_b = augment_fn(key, images)
-    return preprocess(x_a, mean, std), preprocess(x_b, mean, std)
+    # The one preprocessing shared with evaluation (features see what training saw).
+    return data_lib.preprocess(x_a, mean, std), data_lib.preprocess(x_b, mean, std)
   return views
 
 
-def _ensure_writable(workdir: str) -> None:
+def ensure_writable(workdir: str) -> None:
+  """Create ``workdir`` and check that it is writable (PermissionError naming it)."""
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:

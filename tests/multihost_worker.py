@@ -207,7 +207,7 @@ def main(argv=None) -> int:
   elif args.workdir is not None:
     kwargs["checkpoint_every"] = args.checkpoint_every
   result = train.fit(model=tiny_model(), dataset=ds, workdir=args.workdir, mesh=mesh,
-                     data_iterator_fn=iterator_fn, **kwargs)
+                     data_iterator_fn=iterator_fn, options=train.FitOptions(**kwargs))
   params = parallel.to_host(result.state.params)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}

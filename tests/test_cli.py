@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sslit import cli
+from sslit import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +29,7 @@ def _config():
 
 
 def test_overrides_parse_by_field_type():
-  c = cli.apply_overrides(_config(), [("lr", "3"), ("steps", "7"), ("name", "y z"),
+  c = config_lib.apply_overrides(_config(), [("lr", "3"), ("steps", "7"), ("name", "y z"),
                                       ("flag", "true"), ("widths", "(4, 5, 6)"),
                                       ("model.depth", "5")])
   assert c.lr == 3.0 and isinstance(c.lr, float)
@@ -37,27 +38,28 @@ def test_overrides_parse_by_field_type():
 
 
 def test_unknown_field_names_the_closest_ones():
-  with pytest.raises(cli.UsageError, match=r"unknown config field 'model\.dept'.*model\.depth"):
-    cli.apply_overrides(_config(), [("model.dept", "2")])
-  with pytest.raises(cli.UsageError, match="expects a int"):
-    cli.apply_overrides(_config(), [("steps", "1.5")])
-  with pytest.raises(cli.UsageError, match="boolean"):
-    cli.apply_overrides(_config(), [("flag", "maybe")])
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config field 'model\.dept'.*model\.depth"):
+    config_lib.apply_overrides(_config(), [("model.dept", "2")])
+  with pytest.raises(config_lib.ConfigError, match="expects a int"):
+    config_lib.apply_overrides(_config(), [("steps", "1.5")])
+  with pytest.raises(config_lib.ConfigError, match="boolean"):
+    config_lib.apply_overrides(_config(), [("flag", "maybe")])
 
 
 def test_shipped_configs_load_and_default_is_the_main_job():
-  default = cli.load_config(cli.DEFAULT_CONFIG)
+  default = config_lib.load_config(config_lib.DEFAULT_CONFIG)
   assert default.objective == "vicreg" and default.dataset == "fashion_mnist"
   assert default.model.backbone == "convnet" and default.optimizer == "adamw"
   # The main job is the recipe measured in docs/recipe.md, field for field.
-  measured = cli.load_config("recipe_b128_simclr_w200").to_dict()
+  measured = config_lib.load_config(
+      os.path.join(ROOT, "experiments", "configs", "recipe_b128_simclr_w200.py")).to_dict()
   shipped = default.to_dict()
   measured.pop("name"), shipped.pop("name")
   assert shipped == measured
-  smoke = cli.load_config("smoke")
+  smoke = config_lib.load_config("smoke")
   assert smoke.dataset == "digits" and smoke.model.backbone == "mlp"
   assert sorted(smoke) == sorted(default)  # same fields, other values
-  c = cli.apply_overrides(default, [("model.backbone_kwargs", "{'widths': (8,)}")])
+  c = config_lib.apply_overrides(default, [("model.backbone_kwargs", "{'widths': (8,)}")])
   assert c.model.backbone_kwargs.to_dict() == {"widths": (8,)}
 
 
@@ -79,7 +81,6 @@ def _run(argv, capsys):
     (["train", "--config", "nonexistent"], 2, "config file .* not found"),
     (["train", "--bogus"], 2, "unknown option '--bogus'"),
     (["frobnicate"], 2, "unknown command 'frobnicate'"),
-    (["reproduce", "no_such_experiment"], 2, "unknown experiment 'no_such_experiment'"),
     (["eval", "--workdir", "/nonexistent/run"], 2, "no config.json"),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_path,
@@ -93,11 +94,33 @@ def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_
   assert not workdir.exists()  # nothing written before the inputs were checked
 
 
-def test_reproduce_of_an_empty_registry_entry_says_so(monkeypatch, capsys):
-  import experiments  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(experiments.REGISTRY, "planned", None)
-  code, out = _run(["reproduce", "planned"], capsys)
-  assert code == 1 and "registered but not implemented" in out
+def test_reproduce_launches_the_experiments_package(monkeypatch, capfd):
+  monkeypatch.chdir(ROOT)
+  assert cli.main(["reproduce", "no_such_experiment"]) == 2
+  assert "unknown experiment 'no_such_experiment'" in capfd.readouterr().err
+
+
+def test_reproduce_outside_a_checkout_says_where_to_run_it(monkeypatch, tmp_path,
+                                                           capsys):
+  monkeypatch.chdir(tmp_path)
+  code, out = _run(["reproduce", "table1"], capsys)
+  assert code == 2 and "repository root" in out
+
+
+def test_config_errors_name_the_problem(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n")
+  with pytest.raises(config_lib.ConfigError, match="syntax error at line 1"):
+    config_lib.load_config(str(bad))
+  none = tmp_path / "none.py"
+  none.write_text("x = 1\n")
+  with pytest.raises(config_lib.ConfigError, match="defines no get_config"):
+    config_lib.load_config(str(none))
+  # Typed values from the run API are checked like command-line text.
+  c = config_lib.apply_overrides(_config(), {"steps": 3, "lr": 2, "widths": [7]})
+  assert c.steps == 3 and c.lr == 2.0 and c.widths == (7,)
+  with pytest.raises(config_lib.ConfigError, match="expects a int"):
+    config_lib.apply_overrides(_config(), {"steps": 1.5})
 
 
 def test_unwritable_workdir_exits_1(tmp_path, capsys):
@@ -169,6 +192,26 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   assert analysis["monitor/cpa/output_noise"] > 0
   assert analysis["monitor/cpa/h_lower"] <= analysis["monitor/cpa/h_upper"] + 1e-4
   assert -1e-4 <= analysis["monitor/cpa/mi_lower"] <= np.log(64) + 1e-4
+
+  # sslit embed: the representation and projector output of the first 100 test
+  # images, equal to the network applied directly to the preprocessed images.
+  out_path = tmp_path / "emb.npz"
+  code, out = _run(["embed", "--workdir", str(workdir), "--outputs", "rep,proj",
+                    "--num_examples", "100", "--out", str(out_path)], capsys)
+  assert code == 0, out
+  emb = np.load(out_path)
+  assert emb["rep"].shape == (100, 32) and emb["proj"].shape == (100, 64)
+  assert int(emb["step"]) == 30
+  from sslit import data, models, runs  # pylint: disable=g-import-not-at-top
+  run = runs.open_run(workdir)
+  images, labels = run.test_ds.get(np.arange(100))
+  x = data.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  np.testing.assert_array_equal(emb["labels"], labels)
+  for o in ("rep", "proj"):
+    want = models.make_apply_fn(run.model, o)(run.variables, x)
+    np.testing.assert_allclose(emb[o], want, rtol=1e-5, atol=1e-5)
+  code, out = _run(["embed", "--workdir", str(workdir), "--outputs", "nope"], capsys)
+  assert code == 1 and "nope" in out
 
   # Everything in metrics.jsonl (training, offline evaluation, analysis) is also in
   # the TensorBoard events, read back with tensorboard's own reader.

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from sslit import data, features
+from sslit import monitor as monitor_lib
 from sslit import evaluate as ev
 from tests.reference import evaluate as ref
 
@@ -80,10 +82,10 @@ def test_preprocess_matches_reference_for_uint8_and_float(rng):
   images = rng.integers(0, 256, size=(3, 2, 2, 3), dtype=np.uint8)
   mean, std = np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.3, 0.4])
   want = ref.preprocess(images, mean, std)
-  np.testing.assert_allclose(ev.preprocess(images, mean, std), want, rtol=1e-5,
+  np.testing.assert_allclose(data.preprocess(images, mean, std), want, rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(
-      ev.preprocess(images.astype(np.float32) / 255.0, mean, std), want, rtol=1e-5,
+      data.preprocess(images.astype(np.float32) / 255.0, mean, std), want, rtol=1e-5,
       atol=1e-5)
 
 
@@ -93,12 +95,12 @@ def test_extract_features_equals_direct_apply_with_padding(tiny):
   direct = model.apply(variables, ref.preprocess(images, ds.mean, ds.std).astype(
       np.float32), train=False)["rep"]
   # 10 examples in batches of 4: the last batch has 2 real rows and 2 padding rows.
-  feats, labs = ev.extract_features(_apply_rep, variables, ds, batch_size=4)
+  feats, labs = features.extract_features(_apply_rep, variables, ds, batch_size=4)
   assert isinstance(feats, np.ndarray) and feats.shape == (10, 6)
   np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(labs, labels)
   # Plain arrays with explicit statistics, a dict output, and max_examples.
-  feats2, labs2 = ev.extract_features(
+  feats2, labs2 = features.extract_features(
       lambda v, x: model.apply(v, x, train=False), variables, (images, labels),
       batch_size=3, max_examples=7, mean=ds.mean, std=ds.std, output="rep")
   np.testing.assert_allclose(feats2, direct[:7], rtol=1e-5, atol=1e-6)
@@ -113,8 +115,8 @@ def test_extract_features_sharded_equals_unsharded(tiny):
                        axis_types=(jax.sharding.AxisType.Auto,))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   ds = ArrayDataset(images, labels, 3)
-  want, _ = ev.extract_features(_apply_rep, variables, ds, batch_size=4)
-  got, _ = ev.extract_features(_apply_rep, variables, ds, batch_size=4,
+  want, _ = features.extract_features(_apply_rep, variables, ds, batch_size=4)
+  got, _ = features.extract_features(_apply_rep, variables, ds, batch_size=4,
                                sharding=sharding)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -122,7 +124,7 @@ def test_extract_features_sharded_equals_unsharded(tiny):
 def test_raw_pixel_features(tiny):
   _, _, images, labels = tiny
   ds = ArrayDataset(images, labels, 3)
-  feats, labs = ev.raw_pixel_features(ds, batch_size=4)
+  feats, labs = features.raw_pixel_features(ds, batch_size=4)
   want = ref.preprocess(images, ds.mean, ds.std).reshape(10, -1)
   np.testing.assert_allclose(feats, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(labs, labels)
@@ -206,19 +208,21 @@ def test_knn_matches_reference(x64, rng):
     assert res[f"knn{k}_top5"] == pytest.approx(
         100 * np.mean(np.any(top5 == yt[:, None], axis=1)))
   want, _ = ref.knn_predict(x, y, xt, num_classes=7, k=20, temperature=0.07)
-  np.testing.assert_array_equal(
-      ev.knn_predict(x, y, xt, num_classes=7, k=20, temperature=0.07, chunk_size=8),
-      want)
-  single = ev.knn_classify(x, y, xt, yt, num_classes=7, k=20, chunk_size=8)
-  assert single["top1"] == res["knn20_top1"]
+  single = ev.knn_evaluate(x, y, xt, yt, num_classes=7, ks=(20,), temperature=0.07,
+                           chunk_size=8, return_predictions=True)
+  np.testing.assert_array_equal(single["predictions"][20], want)
+  assert single["knn20_top1"] == res["knn20_top1"]
 
 
 def test_knn_float32_chunking_invariant(rng):
   x, y = _blobs(rng, 200, 16, 5)
   xt, _ = _blobs(rng, 50, 16, 5)
   x, xt = x.astype(np.float32), xt.astype(np.float32)
-  a = ev.knn_predict(x, y, xt, num_classes=5, k=10, chunk_size=7)
-  b = ev.knn_predict(x, y, xt, num_classes=5, k=10, chunk_size=64)
+  yt = np.zeros(len(xt), np.int64)
+  a = ev.knn_evaluate(x, y, xt, yt, num_classes=5, ks=(10,), chunk_size=7,
+                      return_predictions=True)["predictions"][10]
+  b = ev.knn_evaluate(x, y, xt, yt, num_classes=5, ks=(10,), chunk_size=64,
+                      return_predictions=True)["predictions"][10]
   np.testing.assert_array_equal(a, b)
 
 
@@ -241,7 +245,7 @@ def test_calibrate_batch_stats_is_average_of_batch_statistics(rng):
   images = rng.integers(0, 256, size=(40, 3, 3, 1), dtype=np.uint8)
   batches = [images[:16], images[16:32], images[32:]]   # unequal last batch
   mean, std = np.array([0.5]), np.array([0.3])
-  out = ev.calibrate_batch_stats(
+  out = features.calibrate_batch_stats(
       lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables,
       batches, mean=mean, std=std)
   kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)
@@ -261,7 +265,7 @@ def test_calibrate_batch_stats_is_average_of_batch_statistics(rng):
 
 def test_calibrate_without_batch_stats_is_identity():
   variables = {"params": {"w": jnp.ones(3)}}
-  assert ev.calibrate_batch_stats(lambda v, x: (x, {}), variables, []) is variables
+  assert features.calibrate_batch_stats(lambda v, x: (x, {}), variables, []) is variables
 
 
 # --------------------------------------------------------------------------- #
@@ -276,7 +280,7 @@ def test_probe_evaluator_equals_offline_knn(tiny):
                                       num_test=None, ks=(3,), linear=True,
                                       batch_size=4)
   got = evaluator(0, variables)
-  feats, labs = ev.extract_features(_apply_rep, variables, ds, batch_size=4)
+  feats, labs = features.extract_features(_apply_rep, variables, ds, batch_size=4)
   want = ev.knn_evaluate(feats, labs, feats, labs, num_classes=3, ks=(3,))
   assert got["probe/knn3_top1"] == want["knn3_top1"]
   assert 0.0 <= got["probe/linear_top1"] <= 100.0
@@ -302,7 +306,7 @@ def test_monitor_records_finite_quantities(rng):
   ds = ArrayDataset(images, labels, 4)
   variables = {"w1": jnp.asarray(rng.normal(size=(16, 5)) / 4, jnp.float32),
                "w2": jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)}
-  monitor = ev.make_monitor(_mlp_map, ds, num_examples=64, augment=_views,
+  monitor = monitor_lib.make_monitor(_mlp_map, ds, num_examples=64, augment=_views,
                             batch_size=16, bandwidth=0.5)
   out = monitor(10, variables)
   expected = ["effective_rank", "std_mean", "entropy_gaussian", "entropy_logdet",
@@ -332,6 +336,26 @@ def test_monitor_records_finite_quantities(rng):
   assert monitor(11, variables) == out
 
 
+def test_monitor_reports_singular_determinants_as_undefined(rng):
+  """n <= k: the Gaussian surrogate and log det R are undefined, never -inf."""
+  images = rng.integers(0, 256, size=(8, 4, 4, 1), dtype=np.uint8)
+  labels = (np.arange(8) % 2).astype(np.int32)
+  ds = ArrayDataset(images, labels, 2)
+  w = jnp.asarray(rng.normal(size=(16, 12)), jnp.float32)  # 12 > 8 examples
+  monitor = monitor_lib.make_monitor(lambda v, x: x.reshape(x.shape[0], -1) @ v, ds,
+                                     num_examples=8, augment=None)
+  out = monitor(0, w)
+  assert "monitor/rep/entropy_gaussian" not in out
+  assert "monitor/rep/logdet_corr" not in out
+  assert "n=8 examples in k=12 dimensions" in out["monitor/rep/undefined"]
+  assert all(math.isfinite(v) for v in out.values() if isinstance(v, float))
+  # With n > k both are back, finite.
+  out = monitor_lib.make_monitor(lambda v, x: x.reshape(x.shape[0], -1) @ v[:, :4],
+                                 ds, num_examples=8, augment=None)(0, w)
+  assert math.isfinite(out["monitor/rep/entropy_gaussian"])
+  assert "monitor/rep/undefined" not in out
+
+
 # --------------------------------------------------------------------------- #
 # Bad input
 # --------------------------------------------------------------------------- #
@@ -345,13 +369,13 @@ def test_bad_input_errors(rng):
   with pytest.raises(ValueError, match=r"test_y must lie in \[0, num_classes=2\)"):
     ev.linear_probe(x, y, x, y + 1, num_classes=2)
   with pytest.raises(ValueError, match="train_y must lie"):
-    ev.knn_classify(x, y - 1, x, y, num_classes=2)
+    ev.knn_evaluate(x, y - 1, x, y, num_classes=2)
   with pytest.raises(ValueError, match="same feature dimension"):
-    ev.knn_classify(x, y, x[:, :2], y, num_classes=2)
+    ev.knn_evaluate(x, y, x[:, :2], y, num_classes=2)
   with pytest.raises(ValueError, match="integer"):
     ev.linear_probe(x, y.astype(np.float32), x, y, num_classes=2)
   with pytest.raises(ValueError, match="k must be in"):
-    ev.knn_classify(x, y, x, y, num_classes=2, k=11)
+    ev.knn_evaluate(x, y, x, y, num_classes=2, ks=(11,))
   bad = x.copy()
   bad[0, 0] = np.nan
   with pytest.raises(ValueError, match="train_x contains NaN"):
@@ -359,13 +383,13 @@ def test_bad_input_errors(rng):
   with pytest.raises(ValueError, match="val_fraction"):
     ev.select_l2(x, y, num_classes=2, val_fraction=1.5)
   with pytest.raises(ValueError, match="images and labels must have the same length"):
-    ev.extract_features(_apply_rep, {}, (np.zeros((4, 2, 2, 1), np.uint8), y))
+    features.extract_features(_apply_rep, {}, (np.zeros((4, 2, 2, 1), np.uint8), y))
   with pytest.raises(TypeError, match="dataset must be"):
-    ev.extract_features(_apply_rep, {}, np.zeros((4, 2)))
+    features.extract_features(_apply_rep, {}, np.zeros((4, 2)))
   with pytest.raises(ValueError, match="std must be > 0"):
-    ev.preprocess(np.zeros((2, 2, 2, 1), np.uint8), 0.5, 0.0)
+    data.preprocess(np.zeros((2, 2, 2, 1), np.uint8), 0.5, 0.0)
   with pytest.raises(ValueError, match="mean must be a scalar or"):
-    ev.preprocess(np.zeros((2, 2, 2, 3), np.uint8), np.zeros(2), 1.0)
+    data.preprocess(np.zeros((2, 2, 2, 3), np.uint8), np.zeros(2), 1.0)
 
 
 def test_monitor_determinants_are_float64_on_ill_conditioned_features(rng):
@@ -381,8 +405,8 @@ def test_monitor_determinants_are_float64_on_ill_conditioned_features(rng):
   apply_fn = lambda v, x: {"rep": x.reshape(x.shape[0], -1)[:, :12]}
   kw = dict(num_examples=40, augment=None, bound=False, batch_size=40, mean=0.0,
             std=1.0)
-  out64 = ev.make_monitor(apply_fn, ds, **kw)(0, {})
-  out32 = ev.make_monitor(apply_fn, ds, float64_determinants=False, **kw)(0, {})
+  out64 = monitor_lib.make_monitor(apply_fn, ds, **kw)(0, {})
+  out32 = monitor_lib.make_monitor(apply_fn, ds, float64_determinants=False, **kw)(0, {})
   # Oracle: NumPy float64 on the same float32 features (all 40 examples; the
   # determinants do not depend on their order).
   z = images.reshape(40, -1)[:, :12].astype(np.float64)

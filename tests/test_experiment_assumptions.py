@@ -54,10 +54,10 @@ def test_claim_flags_follow_reported_numbers(done):
 def test_stay_fraction_recomputed_independently(done):
   """Own inputs (NumPy preprocessing), own noise draws, own pattern comparison."""
   import jax
-  from sslit import cli, data, models
+  from sslit import data, models, runs
   _, res = done
   row = res["rows"][1]  # vicreg
-  run = cli.open_run(row["run"])
+  run = runs.open_run(row["run"])
   train_x = data.load("digits", "train").get(np.arange(len(run.train_ds)))[0]
   train_x = np.asarray(train_x, np.float64) / 255.0
   mean, std = train_x.mean(), train_x.std()

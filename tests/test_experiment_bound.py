@@ -74,12 +74,12 @@ def test_flags_are_the_comparisons_of_the_reported_numbers(experiment):
 
 def test_test_loss_matches_a_numpy_least_squares_head_on_the_checkpoint(experiment):
   workdir, results = experiment
-  from sslit import cli, evaluate, models  # pylint: disable=g-import-not-at-top
-  run = cli.open_run(str(workdir / "vicreg-seed0"))
+  from sslit import data, models, runs  # pylint: disable=g-import-not-at-top
+  run = runs.open_run(str(workdir / "vicreg-seed0"))
   assert run.step == 6
   images, labels = run.test_ds.get(np.arange(len(run.test_ds)))
   assert len(labels) == 300  # the whole digits test split: the monitor's subset
-  x = evaluate.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  x = data.preprocess(images, run.train_ds.mean, run.train_ds.std)
   z = np.asarray(models.make_apply_fn(run.model, "rep")(run.variables, x), np.float64)
   y = np.eye(10)[np.asarray(labels)]
   half = 150

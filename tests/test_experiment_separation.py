@@ -22,10 +22,10 @@ def done(tmp_path_factory):
 
 
 def test_every_checkpoint_kept_and_analysed(done):
-  from sslit import cli
+  from sslit import runs
   _, res = done
   run = res["per_seed"][0]["run"]
-  assert cli.checkpoint_steps(run) == [5, 10]
+  assert runs.checkpoint_steps(run) == [5, 10]
   assert [r["step"] for r in res["rows"]] == [0, 5, 10]
   assert list(res["rows_by_sigma"]) == ["0.05", "1.0"]
   assert res["rows"] == res["rows_by_sigma"]["0.05"]
@@ -50,10 +50,10 @@ def test_bounds_ordered_and_in_range(done):
 def test_separation_ratio_recomputed_independently(done):
   """Last checkpoint: own inputs, own Jacobians (jax.jacrev), own tau and ratio."""
   import jax
-  from sslit import cli, data
+  from sslit import data, runs
   _, res = done
   seed = res["per_seed"][0]
-  run = cli.open_run(seed["run"], step=10)
+  run = runs.open_run(seed["run"], step=10)
   train_x = np.asarray(data.load("digits", "train").get(
       np.arange(len(run.train_ds)))[0], np.float64) / 255.0
   images = np.asarray(data.load("digits", "test").get(

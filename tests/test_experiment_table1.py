@@ -79,9 +79,9 @@ def test_first_call_reports_each_runs_own_accuracy(first):
 
 
 def test_accuracy_recomputed_from_the_checkpoint(first):
-  from sslit import cli, evaluate, models
+  from sslit import evaluate, models, runs
   wd, _, results, _ = first
-  run = cli.open_run(wd / "vicreg+logdet" / "seed0")
+  run = runs.open_run(wd / "vicreg+logdet" / "seed0")
   assert run.step == 5
   out = evaluate.evaluate_representation(
       models.make_apply_fn(run.model, "rep"), run.variables, run.train_ds, run.test_ds,
@@ -178,7 +178,7 @@ def test_full_scale_table_shows_the_spec_sanity_targets():
 
 @pytest.mark.parametrize("method", table1.METHODS)
 def test_full_scale_is_configuration_only(method):
-  from sslit import cli, objectives
+  from sslit import objectives, runs
   overrides = table1.run_overrides(method, 2, scale="full")
   config = table1._resolved_config("full", overrides)  # pylint: disable=protected-access
   assert config["objective"] == method and config["seed"] == 2
@@ -186,7 +186,7 @@ def test_full_scale_is_configuration_only(method):
   assert config["eval"]["baselines"] == [] and config["monitor_every"] == 0
   assert objectives.get_objective(method, **config["objective_kwargs"]).name == method
   import ml_collections
-  model = cli._build_model(ml_collections.ConfigDict(config))  # pylint: disable=protected-access
+  model = runs.build_model(ml_collections.ConfigDict(config))
   # BYOL and its variants get the online predictor, the others none.
   assert (model.predictor is not None) == ("byol" in method)
 

@@ -111,15 +111,15 @@ def test_claim_flag_is_the_sign_of_the_reported_correlations(experiment):
 @pytest.mark.parametrize("index", [0, -1])
 def test_logdet_corr_matches_float64_numpy_on_the_checkpoint(experiment, index):
   workdir, results = experiment
-  from sslit import cli, evaluate, models  # pylint: disable=g-import-not-at-top
+  from sslit import data, models, runs  # pylint: disable=g-import-not-at-top
   run_dir = workdir / "vicreg-seed0"
   # A checkpoint was kept at every monitored step.
-  assert cli.checkpoint_steps(str(run_dir)) == [2, 4, 6, 8]
+  assert runs.checkpoint_steps(str(run_dir)) == [2, 4, 6, 8]
   step = [2, 4, 6, 8][index]
-  run = cli.open_run(str(run_dir), step=step)
+  run = runs.open_run(str(run_dir), step=step)
   assert run.step == step
   images, _ = run.test_ds.get(np.arange(len(run.test_ds)))  # all 300: the subset
-  x = evaluate.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  x = data.preprocess(images, run.train_ds.mean, run.train_ds.std)
   for o in ("proj", "rep"):
     z = np.asarray(models.make_apply_fn(run.model, o)(run.variables, x), np.float64)
     s = results["seeds"][0]["outputs"][o]["series"]

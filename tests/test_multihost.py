@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from sslit import checkpoint, parallel, train
+from tests.fit_utils import run_fit
 from tests.multihost_worker import FIT_KWARGS, DigitsDataset, small_state, tiny_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
@@ -41,7 +42,7 @@ def _flat(tree):
 @pytest.fixture(scope="module")
 def uninterrupted():
   """Final params of FIT_KWARGS: one process, both devices, no interruption."""
-  return _flat(train.fit(model=tiny_model(), dataset=DigitsDataset(),
+  return _flat(run_fit(model=tiny_model(), dataset=DigitsDataset(),
                          **FIT_KWARGS).state.params)
 
 

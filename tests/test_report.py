@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sslit import report
+from sslit import metrics, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -79,7 +79,7 @@ def test_report_single_result_group_is_flattened(tmp_path):
 
 def test_read_metrics_merges_lines_with_different_keys(tmp_path, rng):
   _write_run(tmp_path, rng)
-  series, problems = report.read_metrics(tmp_path / "metrics.jsonl")
+  series, problems = metrics.read_series(tmp_path / "metrics.jsonl")
   steps, values = series["monitor/rep/effective_rank"]
   np.testing.assert_array_equal(steps, [0, 10, 20, 30, 40])
   np.testing.assert_allclose(values, 3.0 + steps / 10)

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from sslit import data, objectives, parallel, train
+from tests.fit_utils import run_fit
 from tests.multihost_worker import FIT_KWARGS, DigitsDataset, tiny_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
@@ -219,12 +220,12 @@ CANONICAL = sorted({objectives.get_objective(n).name
 @pytest.fixture(scope="module")
 def uninterrupted(digits):
   """Final params of FIT_KWARGS on one process with both devices, no interruption."""
-  return _flat(train.fit(model=tiny_model(), dataset=digits, **FIT_KWARGS).state.params)
+  return _flat(run_fit(model=tiny_model(), dataset=digits, **FIT_KWARGS).state.params)
 
 
 @pytest.mark.parametrize("name", CANONICAL)
 def test_fit_smoke_every_objective(name, digits, fast_compile):
-  res = train.fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
+  res = run_fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
                   num_steps=3, log_every=3, progress=False, seed=0)
   assert res.step == 3 and res.resumed_from is None
   (record,) = res.history
@@ -243,7 +244,7 @@ def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits, 
     calls.append(step)
     return {"ev/params": sum(np.size(p) for p in jax.tree.leaves(variables["params"]))}
 
-  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+  res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                   evaluators=[evaluator], eval_every=4, **kw)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   evals = [l for l in lines if "ev/params" in l]
@@ -260,7 +261,7 @@ def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits, 
     assert key in lines[-1], key
   assert "compile_s" in lines[0]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
-  again = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  again = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
   assert len(open(tmp_path / "metrics.jsonl").readlines()) == 4  # nothing dropped
   assert again.resumed_from == 8 and again.history == []
   chex.assert_trees_all_equal(again.state.params, res.state.params)
@@ -313,7 +314,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
       yield b
 
   with pytest.raises(train.NonFiniteLossError, match="non-finite at step 7") as info:
-    train.fit(model=tiny_model(), objective=_poison_objective(), dataset=digits,
+    run_fit(model=tiny_model(), objective=_poison_objective(), dataset=digits,
               batch_size=32, num_steps=20, log_every=5, checkpoint_every=5,
               workdir=tmp_path, progress=False, data_iterator_fn=batches)
   assert info.value.step == 7 and info.value.last_checkpoint == 5
@@ -323,7 +324,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
 
 def test_wall_clock_cap_stops_with_a_checkpoint(tmp_path, digits, fast_compile,
                                                  capsys):
-  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+  res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                   **dict(FIT_KWARGS, num_steps=50, max_train_seconds=1e-9))
   assert res.step == 1
   assert os.listdir(tmp_path / "checkpoints") == ["1"]
@@ -340,19 +341,19 @@ def test_wall_clock_cap_stops_with_a_checkpoint(tmp_path, digits, fast_compile,
 
 def test_bad_arguments_are_clear_errors(tmp_path, digits, fast_compile):
   with pytest.raises(ValueError, match="unknown objective 'vicrge'"):
-    train.fit(model=tiny_model(), objective="vicrge", dataset=digits, batch_size=32,
+    run_fit(model=tiny_model(), objective="vicrge", dataset=digits, batch_size=32,
               num_steps=2, progress=False)
   if len(jax.devices()) == 2:  # conftest's two CPU devices
     with pytest.raises(ValueError, match="not divisible by the number of devices"):
-      train.fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=33,
+      run_fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=33,
                 num_steps=2, progress=False)
   with pytest.raises(ValueError, match="predictor"):
-    train.fit(model=tiny_model(), objective="byol", dataset=digits, batch_size=32,
+    run_fit(model=tiny_model(), objective="byol", dataset=digits, batch_size=32,
               num_steps=2, progress=False)
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(PermissionError, match="writable"):
-    train.fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=32,
+    run_fit(model=tiny_model(), objective="vicreg", dataset=digits, batch_size=32,
               num_steps=2, progress=False, workdir=blocker / "run")
   assert blocker.read_text() == "x"
 
@@ -419,13 +420,13 @@ def test_tensorboard_events_match_metrics_jsonl_across_a_resume(tmp_path, digits
             "ev/entropy": -np.inf,  # as the monitor's singular-covariance entropy
             "ev/curve": [1.0, 2.0]}  # not a scalar: metrics.jsonl only
 
-  runs.append(train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+  runs.append(run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                         evaluators=[evaluator], **kw))
   # A crash after step 4 was logged but before its checkpoint: the same command
   # resumes from step 2 and logs steps 3-4 again (other elapsed times, ev/run = 1).
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(tmp_path / "checkpoints" / "4")
-  runs.append(train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+  runs.append(run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                         evaluators=[evaluator], **kw))
   assert runs[1].resumed_from == 2
   assert len(os.listdir(tmp_path / "tensorboard")) == 2  # one event file per run
@@ -446,7 +447,7 @@ def test_tensorboard_events_match_metrics_jsonl_across_a_resume(tmp_path, digits
 def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_compile,
                                                      monkeypatch, caplog):
   kw = dict(FIT_KWARGS, num_steps=2, log_every=1)
-  want = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "off",
+  want = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "off",
                    tensorboard=False, **kw)
   assert sorted(os.listdir(tmp_path / "off")) == ["checkpoints", "metrics.jsonl"]
   # tensorboard unimportable (its submodules too, cached ones included).
@@ -456,10 +457,10 @@ def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_comp
   with pytest.raises(ImportError):
     import tensorboard.summary.writer.event_file_writer  # pylint: disable=g-import-not-at-top,unused-import
   caplog.set_level("INFO")
-  res = train.fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "missing", **kw)
+  res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "missing", **kw)
   assert sorted(os.listdir(tmp_path / "missing")) == ["checkpoints", "metrics.jsonl"]
   assert [l["step"] for l in res.history] == [1, 2]
   chex.assert_trees_all_equal(res.state.params, want.state.params)
-  notes = [r for r in caplog.records if r.name == train.__name__]
+  notes = [r for r in caplog.records if r.name == "sslit.metrics"]
   assert len(notes) == 1 and notes[0].levelname == "INFO", notes
   assert "tensorboard is not installed" in notes[0].getMessage()

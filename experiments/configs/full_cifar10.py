@@ -20,15 +20,9 @@ Command: ``sslit train --config experiments/configs/full_cifar10.py``.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_default_config", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from sslit.configs import default
 
 _EPOCH_STEPS = 50_000 // 256
 

@@ -14,15 +14,9 @@ docs/recipe.md has every candidate.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_recipe_base_config", os.path.join(os.path.dirname(__file__), "recipe_base.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from experiments.configs import recipe_base as base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,15 +16,9 @@ initialisation (BatchNorm calibrated) and 83.88 % for raw pixels; the whole comm
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_recipe_b128_config", os.path.join(os.path.dirname(__file__), "recipe_b128.py"))
-b128 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(b128)
+from experiments.configs import recipe_b128 as b128
 
 
 def get_config() -> ml_collections.ConfigDict:

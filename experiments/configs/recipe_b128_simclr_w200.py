@@ -22,16 +22,9 @@ other variants tried is in docs/recipe.md.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_recipe_b128_simclr_config",
-    os.path.join(os.path.dirname(__file__), "recipe_b128_simclr.py"))
-b128_simclr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(b128_simclr)
+from experiments.configs import recipe_b128_simclr as b128_simclr
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -13,15 +13,9 @@ Measured (validation split, probe fitted on 20,000 train images), 2-core CPU.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_default_config", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from sslit.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ the same network at random initialisation (BatchNorm statistics calibrated) and 
 the raw pixels, and ``report.md``.
 
 Command: ``sslit train`` (same as ``sslit train --config
-experiments/configs/default.py --workdir runs/default``).
+default --workdir runs/default``).
 
 Expected (2-core CPU, jax 0.10.2, 2026-11-25; seeds 0 / 1 / 2): linear-probe top-1
 on the test split 88.85 / 88.94 / 88.58 % for the trained network against 86.76 /
@@ -83,5 +83,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_train = 0       # 0 = the whole training split
   c.eval.batch_size = 1000
   c.eval.calibration_batches = 10
+  # The CPA noise model of the analysis (``sslit analyze``, the separation and
+  # assumptions experiments): z = f(x + sigma eps) + tau eta, with the output noise
+  # tau = relative_output_noise * sigma * (RMS slope); see docs/cpa.md.
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.num_examples = 1024       # held-out test images of the monitor
+  c.analysis.cpa_examples = 8          # inputs of the CPA information quantities
+  c.analysis.sigma = 0.05              # input-noise std (standardised pixels)
+  c.analysis.relative_output_noise = 0.1
   c.report = True
   return c

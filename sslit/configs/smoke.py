@@ -1,22 +1,15 @@
 """Smoke run: a tiny MLP trained with VICReg on the bundled 8x8 digits, seconds.
 
 Used by the tests (CLI end to end, kill-and-resume). Command:
-``sslit train --config experiments/configs/smoke.py --workdir /tmp/sslit-smoke``.
+``sslit train --config smoke --workdir /tmp/sslit-smoke``.
 No expected accuracy: it checks that the whole pipeline runs.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-# Loaded by path so that the file works wherever the config is read from.
-_spec = importlib.util.spec_from_file_location(
-    "_sslit_default_config", os.path.join(os.path.dirname(__file__), "default.py"))
-default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(default)
+from sslit.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,0 +1,238 @@
+"""Run metrics: one writer, one reader, for the loop, the report and the experiments.
+
+A run directory's ``metrics.jsonl`` holds one JSON object per line: ``step`` plus
+metric names; lines may carry different keys (training terms every N steps,
+evaluator and monitor results on their own schedules, offline evaluation and
+analysis appended after training). With the ``tensorboard`` package installed,
+every numeric value also goes to ``<workdir>/tensorboard/`` as a scalar event of the
+same name and step (written with tensorboard's own event writer, no TensorFlow).
+
+- :class:`MetricsWriter`: the training loop's writer; on resume it drops the lines
+  after the restored step, so a resumed run's file equals an uninterrupted one's.
+- :func:`append`: one record after training (offline evaluation, ``sslit
+  analyze``).
+- :func:`read_records`, :func:`read_series`, :func:`series`: the readers (lines
+  cut short by a kill are skipped and reported, never fatal).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["MetricsWriter", "TensorBoardWriter", "open_tensorboard", "append",
+           "read_records", "read_series", "series", "flatten", "is_number",
+           "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+Series = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_series(path: str | os.PathLike) -> tuple[Series, list[str]]:
+  """Reads ``metrics.jsonl`` into per-metric series.
+
+  Args:
+    path: the JSON-lines file (or the run directory).
+
+  Returns:
+    ``(series, problems)``: ``series[name] = (steps [t], values [t])`` sorted by
+    step (numeric values only, nested records flattened with ``/``; non-finite
+    values kept), and a list of human-readable notes on lines that were skipped.
+  """
+  records, problems = read_records(path)
+  points: dict[str, list[tuple[float, float]]] = {}
+  for record in records:
+    step = float(record["step"])
+    for key, value in flatten(record).items():
+      if key != "step" and is_number(value):
+        points.setdefault(key, []).append((step, float(value)))
+  out = {}
+  for key, pts in points.items():
+    pts.sort(key=lambda p: p[0])
+    arr = np.asarray(pts, dtype=np.float64)
+    out[key] = (arr[:, 0], arr[:, 1])
+  return out, problems
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "/"))
+    else:
+      out[name] = value
+  return out
+
+
+class MetricsWriter:
+  """Append-only JSON lines; on resume, lines after the restored step are dropped.
+
+  With ``tensorboard_dir``, each record also goes to TensorBoard (if installed).
+  """
+
+  def __init__(self, path: str | None, *, resume_step: int, enabled: bool,
+               tensorboard_dir: str | None = None):
+    self.path = path if enabled else None
+    self.tensorboard = None
+    if enabled and tensorboard_dir is not None:
+      self.tensorboard = open_tensorboard(tensorboard_dir, resume_step=resume_step)
+    if self.path is None:
+      return
+    if os.path.exists(self.path):
+      kept = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            rec = json.loads(line)
+          except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+          if rec.get("step", 0) <= resume_step:
+            kept.append(json.dumps(rec))
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.write("".join(k + "\n" for k in kept))
+      os.replace(tmp, self.path)
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if self.tensorboard is not None:
+      self.tensorboard.write(record)
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+
+
+def open_tensorboard(logdir: str, *, resume_step: int) -> "TensorBoardWriter | None":
+  """A TensorBoard writer, or None (one INFO line) when tensorboard is not installed."""
+  try:
+    return TensorBoardWriter(logdir, resume_step=resume_step)
+  except ImportError:
+    logging.getLogger(__name__).info(
+        "tensorboard is not installed: metrics go to metrics.jsonl only.")
+    return None
+
+
+class TensorBoardWriter:
+  """The numeric entries of each metrics record as TensorBoard scalar events.
+
+  Written with tensorboard's own event writer (no TensorFlow). The event file is
+  opened at the first record, so a run with nothing to log leaves no file. It
+  starts with ``SessionLog.START`` at ``resume_step + 1``: TensorBoard then drops
+  the events of earlier files with larger steps, as ``metrics.jsonl`` drops its
+  lines after the restored step.
+  """
+
+  def __init__(self, logdir: str, *, resume_step: int):
+    # Raises ImportError without tensorboard.
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2, self._writer_cls = (
+        event_pb2, summary_pb2, EventFileWriter)
+    self.logdir, self.resume_step = logdir, resume_step
+    self._writer = None
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    step = int(record["step"])
+    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in record.items()
+              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
+      return
+    now = time.time()
+    if self._writer is None:
+      self._writer = self._writer_cls(self.logdir)
+      self._writer.add_event(self._event_pb2.Event(
+          wall_time=now, step=self.resume_step + 1,
+          session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=now, step=step, summary=self._summary_pb2.Summary(value=values)))
+    self._writer.flush()  # as metrics.jsonl: on disk once written
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def append(workdir: str | os.PathLike, record: Mapping[str, Any], *,
+                   tensorboard: bool = True) -> None:
+  """Append one record to a finished run's ``metrics.jsonl`` (and TensorBoard events).
+
+  For results computed after ``fit`` (offline evaluation, ``sslit analyze``), so they
+  sit beside the training metrics in both places.
+
+  Args:
+    workdir: the run directory.
+    record: ``{"step": int, name: value, ...}``; non-numeric values go to the JSON
+      line only.
+    tensorboard: also write the numeric values as scalar events under
+      ``<workdir>/tensorboard/`` when tensorboard is installed.
+  """
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(dict(record)) + "\n")
+  if not tensorboard:
+    return
+  writer = open_tensorboard(os.path.join(workdir, "tensorboard"),
+                             resume_step=int(record["step"]))
+  if writer is not None:
+    try:
+      writer.write(record)
+    finally:
+      writer.close()
+
+
+def read_records(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+  """The records of a ``metrics.jsonl`` file (or of a run directory's).
+
+  Returns:
+    ``(records, problems)``: the JSON objects with a numeric ``step`` in file
+    order, and a note per skipped line (cut short by a kill, not JSON, no step).
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  if not path.exists():
+    return [], [f"{path.name} not found"]
+  records, problems = [], []
+  with path.open() as f:
+    for lineno, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        problems.append(f"{path.name} line {lineno}: not JSON ({e.msg})")
+        continue
+      if not isinstance(record, Mapping) or not is_number(record.get("step")):
+        problems.append(f"{path.name} line {lineno}: no numeric 'step'")
+        continue
+      records.append(dict(record))
+  return records, problems
+
+
+def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int],
+                                                                      list[float]]:
+  """``(steps, values)`` of one numeric metric over a run's records, in file order."""
+  steps, values = [], []
+  for r in records:
+    if key in r and is_number(r[key]):
+      steps.append(int(r["step"]))
+      values.append(float(r[key]))
+  return steps, values

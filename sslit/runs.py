@@ -1,0 +1,583 @@
+"""The run API: from a config to a trained, evaluated, analysed run directory.
+
+What the ``sslit`` command does, as functions of a config object
+(``ml_collections.ConfigDict``, see ``sslit.config``), for scripts and experiments:
+
+* :func:`train` — ``train(config, workdir)``: check everything, write
+  ``config.json``, pretrain (resuming from the newest checkpoint), the offline
+  evaluation (``results.json``) and ``report.md``;
+* :func:`open_run` — a run directory opened for analysis: config, data, model and
+  the variables of a checkpoint (:func:`restore_variables`,
+  :func:`checkpoint_steps`);
+* :func:`offline_eval` — linear probe (and kNN) of a run's network and of the
+  baselines (the same network at random initialisation, raw pixels);
+* :func:`make_monitor` / :func:`analyze` — the information and bound monitor
+  (``sslit.monitor``) of a run, with the CPA noise model of ``config.analysis``;
+* the builders the above share: :func:`start_devices`, :func:`make_mesh`,
+  :func:`build_model`, :func:`load_datasets`, :func:`fit_options`.
+
+A run directory holds ``config.json``, ``checkpoints/``, ``metrics.jsonl``
+(``sslit.metrics``), ``results.json``, ``analysis.json`` and ``report.md``.
+Nothing here imports JAX before :func:`start_devices` has set the virtual CPU
+device count: JAX is imported inside the builders, after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, NamedTuple
+
+import ml_collections
+
+from sslit import config as config_lib
+
+__all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
+           "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
+           "start_devices", "make_mesh", "build_model", "load_datasets",
+           "fit_options", "prepare_workdir", "summary", "embed", "start_distributed"]
+
+ConfigDict = ml_collections.ConfigDict
+
+# JAX, and every sslit module that imports it, is imported inside the functions
+# below (after start_devices): the virtual CPU device count is an XLA flag that
+# must be set before JAX starts.
+# pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+
+def start_devices(config: ConfigDict) -> None:
+  """Set ``config.cpu_devices`` virtual CPU devices (before JAX starts; 0: leave)."""
+  n = int(config.get("cpu_devices", 0) or 0)
+  if n > 0:
+    from sslit import parallel
+    parallel.set_cpu_device_count(n)
+
+
+def make_mesh(config: ConfigDict):
+  """The data-parallel mesh of a run: all devices, or ``cpu_devices`` of the CPU."""
+  import jax
+  from sslit import parallel
+  devices = jax.devices()
+  n = int(config.get("cpu_devices", 0) or 0)
+  if n > 0 and jax.process_count() == 1 and devices[0].platform == "cpu":
+    devices = devices[:n]
+  return parallel.make_mesh(devices)
+
+
+def build_model(config: ConfigDict):
+  """The ``sslit.models`` network of ``config.model`` (BYOL gets its predictor)."""
+  import jax.numpy as jnp
+  from sslit import models
+  m = config.model
+  projector, predictor = m.projector, m.predictor
+  if isinstance(projector, (list, tuple)):
+    projector = tuple(int(w) for w in projector)
+  if isinstance(predictor, (list, tuple)):
+    predictor = tuple(int(w) for w in predictor)
+  if "byol" in config.objective and predictor is False:
+    predictor = True
+  dtype = m.get("dtype", "float32")
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    raise config_lib.ConfigError(
+        f"model.dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
+  return models.build_model(m.backbone, backbone_kwargs=config_lib.plain(
+      m.backbone_kwargs), projector=projector, predictor=predictor, dtype=dtype)
+
+
+def load_datasets(config: ConfigDict):
+  """``(train, test)`` ``sslit.data.Dataset``s of ``config.dataset``."""
+  from sslit import data
+  data_dir = config.get("data_dir", "") or None
+  return (data.load(config.dataset, "train", data_dir=data_dir),
+          data.load(config.dataset, "test", data_dir=data_dir))
+
+
+def fit_options(config: ConfigDict, *, eval_every: int | None = None):
+  """The ``train.FitOptions`` of a config (checked: a bad value raises here)."""
+  from sslit import train as train_lib
+  return train_lib.FitOptions(
+      objective=config.objective,
+      objective_kwargs=config_lib.plain(config.objective_kwargs),
+      batch_size=int(config.batch_size), num_steps=int(config.num_steps),
+      augment=None if config.augment in ("none", "", None) else config.augment,
+      optimizer=config.optimizer, learning_rate=float(config.learning_rate),
+      weight_decay=float(config.weight_decay), momentum=float(config.momentum),
+      warmup_steps=int(config.warmup_steps), end_lr_factor=float(config.end_lr_factor),
+      grad_clip=float(config.grad_clip) or None, ema_momentum=float(config.ema_momentum),
+      probe=bool(config.online_probe), seed=int(config.seed),
+      log_every=int(config.log_every), checkpoint_every=int(config.checkpoint_every),
+      keep_checkpoints=int(config.keep_checkpoints),
+      eval_every=int(config.eval_every) if eval_every is None else eval_every,
+      max_train_seconds=float(config.max_train_seconds) or None)
+
+
+def prepare_workdir(workdir: str, config: ConfigDict, *,
+                    resume_with_changes: bool = False, write: bool = True) -> dict:
+  """Create ``workdir``, check it is writable and holds no other run; write config.json.
+
+  A run may resume with changes of ``config.RESUMABLE_FIELDS`` (evaluation, logging,
+  checkpoint cadence); with ``resume_with_changes`` also of
+  ``config.CHANGEABLE_ON_REQUEST`` (learning rate, warm-up, weight decay, momentum,
+  clipping, number of steps). Each accepted change of the latter is appended to
+  ``config_history.jsonl`` (old and new values), so nothing is lost.
+
+  ``write=False`` (processes other than 0 of a multi-host run) checks only.
+
+  Returns:
+    ``{field: (old, new)}`` of the optimisation settings that changed.
+
+  Raises:
+    ConfigError: ``workdir`` holds a run whose other fields differ.
+  """
+  from sslit import train as train_lib
+  train_lib.ensure_writable(workdir)
+  resolved = config_lib.to_dict(config)
+  path = os.path.join(workdir, "config.json")
+  changed = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        previous = json.load(f)
+      except json.JSONDecodeError:
+        previous = None
+    if previous is not None:
+      differ = sorted(k for k in set(previous) | set(resolved)
+                      if previous.get(k) != resolved.get(k)
+                      and k not in config_lib.RESUMABLE_FIELDS)
+      changeable = [k for k in differ if k in config_lib.CHANGEABLE_ON_REQUEST]
+      fixed = [k for k in differ if k not in config_lib.CHANGEABLE_ON_REQUEST]
+      if fixed or (changeable and not resume_with_changes):
+        hint = ("" if fixed else " To resume this run with these optimisation "
+                "settings, add --resume_with_changes.")
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds a run with a different config (fields "
+            f"{', '.join(differ)} differ); use another --workdir, or the same config "
+            f"to resume that run.{hint}")
+      changed = {k: (previous.get(k), resolved.get(k)) for k in changeable}
+  if not write:
+    return changed
+  if changed:
+    with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+      f.write(json.dumps({"time": time.time(), "changed": changed}) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(resolved, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return changed
+
+
+def _every(period: int, num_steps: int, evaluator):
+  """Run ``evaluator`` only at multiples of ``period`` and at the last step.
+
+  ``fit`` calls all its evaluators on one schedule (the gcd of their periods);
+  this keeps each evaluator on its own.
+  """
+  def run(step, variables):
+    if step % period == 0 or step >= num_steps:
+      return evaluator(step, variables)
+    return {}
+  return run
+
+
+def _monitor(config, model, train_ds, test_ds, *, num_examples: int, cpa: bool = False):
+  """The information/bound monitor of a run on ``num_examples`` held-out images."""
+  from sslit import models, monitor
+  outputs = ("rep", "proj") if model.projector is not None else ("rep",)
+  fn_map = {o: models.make_apply_fn(model, o) for o in outputs}
+  augment = None if config.augment in ("none", "", None) else config.augment
+  kwargs = {}
+  if cpa:
+    a = config.analysis
+    kwargs = dict(cpa_fn=lambda v: models.single_input_fn(model, v, "rep"),
+                  cpa_examples=int(a.cpa_examples), cpa_sigma=float(a.sigma),
+                  cpa_kwargs={"relative_output_noise": float(a.relative_output_noise)})
+  return monitor.make_monitor(
+      fn_map, test_ds, num_examples=num_examples, augment=augment,
+      seed=int(config.seed), mean=train_ds.mean, std=train_ds.std, **kwargs)
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train` returns: the fit result and the offline results (or None)."""
+  fit: Any
+  results: dict | None
+  report: str | None
+
+
+def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = True,
+          resume_with_changes: bool = False, log=None) -> TrainResult:
+  """Pretrain, evaluate and report one run (resuming it if ``workdir`` holds it).
+
+  Everything that can be checked (objective, options, batch size against the
+  devices, data set, model) is checked before anything is written.
+
+  Args:
+    config: a run config (``sslit.config.load_config`` + overrides).
+    workdir: the run directory.
+    progress: show progress bars.
+    resume_with_changes: resume a run in ``workdir`` although optimisation
+      settings of ``config.CHANGEABLE_ON_REQUEST`` changed (see
+      :func:`prepare_workdir`).
+    log: ``log(message)`` for progress lines (default: stderr).
+
+  Returns:
+    ``TrainResult(fit, results, report)``.
+  """
+  log = log or (lambda m: print(m, file=sys.stderr))
+  workdir = os.path.abspath(os.fspath(workdir))
+  clock = _Clock()
+  start_devices(config)
+  from sslit import evaluate, models, objectives, parallel
+  from sslit import train as train_lib
+  # Everything that can be checked is checked before anything is written.
+  objectives.get_objective(config.objective, **config_lib.plain(config.objective_kwargs))
+  periods = [p for p in (int(config.eval_every), int(config.get("monitor_every", 0)))
+             if p]
+  options = fit_options(config, eval_every=math.gcd(*periods) if periods else 0)
+  options = dataclasses.replace(options, progress=progress)
+  mesh = make_mesh(config)
+  parallel.check_batch_size(options.batch_size, mesh)
+  train_ds, test_ds = load_datasets(config)
+  train_ds.mean  # pylint: disable=pointless-statement  (builds and reads the data set)
+  clock.lap("data_s")
+  model = build_model(config)
+  import jax
+  chief = jax.process_index() == 0
+  changed = prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
+                            write=chief)
+  if changed:
+    log("sslit train: resuming with changed settings: " + ", ".join(
+        f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+  evaluators = []
+  if int(config.eval_every):
+    evaluators.append(_every(int(config.eval_every), options.num_steps,
+                             evaluate.make_probe_evaluator(
+        models.make_apply_fn(model, "rep"), train_ds, test_ds, num_train=5000,
+        num_test=1000)))
+  if int(config.get("monitor_every", 0)):
+    evaluators.append(_every(int(config.monitor_every), options.num_steps,
+                             _monitor(config, model, train_ds, test_ds,
+                                      num_examples=int(config.get("monitor_examples",
+                                                                  512)))))
+  log(f"sslit train: {config.objective} on {config.dataset}, {options.num_steps} steps "
+      f"of {options.batch_size} on {mesh.devices.size} device(s); workdir {workdir}")
+  clock.lap("setup_s")
+  result = train_lib.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
+                         evaluators=evaluators, options=options)
+  clock.lap("fit_s")
+  compile_s = [h["compile_s"] for h in result.history if "compile_s" in h]
+  if compile_s:
+    clock.laps["compile_s"] = compile_s[0]  # the first step, part of fit_s
+  if result.resumed_from is not None:
+    log(f"sslit train: resumed from step {result.resumed_from}")
+  results = report = None
+  if config.eval.enabled:
+    results = offline_eval(config, model, result.variables, train_ds, test_ds,
+                           step=result.step, workdir=workdir, write=chief)
+    clock.lap("eval_s")
+  if config.get("report", True) and chief:
+    report = write_report(workdir)
+    clock.lap("report_s")
+  if chief:
+    clock.write(os.path.join(workdir, "timings.json"), steps=result.step - int(
+        result.resumed_from or 0))
+  return TrainResult(result, results, report)
+
+
+class _Clock:
+  """Wall-clock seconds of the phases of :func:`train` (``timings.json``)."""
+
+  def __init__(self):
+    self.t0 = self.mark = time.perf_counter()
+    self.laps: dict[str, float] = {}
+
+  def lap(self, name: str) -> None:
+    now = time.perf_counter()
+    self.laps[name], self.mark = now - self.mark, now
+
+  def write(self, path: str, *, steps: int) -> None:
+    import platform
+    record = {**self.laps, "total_s": time.perf_counter() - self.t0,
+              "steps_trained": steps, "cpu": _cpu_model(),
+              "machine": platform.machine()}
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+
+
+def _cpu_model() -> str:
+  """The CPU's model name (Linux ``/proc/cpuinfo``), for timings read elsewhere."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform
+  return platform.processor() or "unknown"
+
+
+def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, step: int,
+                 workdir: str, write: bool = True) -> dict:
+  """Linear probe (+ kNN) of the network and of the baselines; ``results.json``.
+
+  The baselines of ``config.eval.baselines``: ``"random"`` (the same network at
+  random initialisation, BatchNorm statistics calibrated) and ``"raw"`` (pixels).
+  The results are also appended to ``metrics.jsonl`` as ``eval/<name>/<metric>``
+  (``write=False``: returned only, as on processes other than 0).
+  """
+  import jax
+  from sslit import evaluate, features, metrics, models
+  ev = config.eval
+  apply_fn = models.make_apply_fn(model, "rep")
+  common = dict(num_classes=int(train_ds.num_classes), batch_size=int(ev.batch_size),
+                l2=float(ev.l2), steps=int(ev.steps), ks=tuple(int(k) for k in ev.knn_k),
+                max_train=int(ev.max_train) or None)
+  results = {}
+  t0 = time.perf_counter()
+  results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
+                                                        test_ds, **common)
+  if "random" in ev.baselines:
+    rand = features.random_init_variables(
+        model, jax.random.key(int(config.seed)), train_ds,
+        num_batches=int(ev.calibration_batches))
+    results["random_init"] = evaluate.evaluate_representation(apply_fn, rand, train_ds,
+                                                              test_ds, **common)
+  if "raw" in ev.baselines:
+    mean, std = train_ds.mean, train_ds.std
+    tr = features.raw_pixel_features(train_ds, max_examples=common["max_train"])
+    te = features.raw_pixel_features(test_ds, mean=mean, std=std)
+    results["raw_pixels"] = evaluate.evaluate_features(
+        *tr, *te, num_classes=common["num_classes"], l2=common["l2"],
+        steps=common["steps"], ks=common["ks"])
+  results["eval_seconds"] = time.perf_counter() - t0
+  results["step"] = step
+  if not write:
+    return results
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  record = {"step": step}
+  for name, res in results.items():
+    if isinstance(res, dict):
+      record.update({f"eval/{name}/{k}": v for k, v in res.items()
+                     if isinstance(v, (int, float))})
+  metrics.append(workdir, record)
+  return results
+
+
+def write_report(workdir: str) -> str:
+  """``report.md`` and its plots in ``workdir`` (``sslit.report``); returns its path."""
+  from sslit import report
+  return str(report.write_report(workdir))
+
+
+def summary(results: dict) -> str:
+  """The offline results as a few lines of text (one per network probed)."""
+  lines = []
+  for name in ("trained", "random_init", "raw_pixels"):
+    if name in results:
+      r = results[name]
+      knn = "  ".join(f"{k}={v:.2f}" for k, v in r.items()
+                      if k.startswith("knn") and isinstance(v, float))
+      lines.append(f"  {name:12s} linear top-1 {r['linear_top1']:.2f}  {knn}")
+  return "\n".join(lines)
+
+
+def restore_variables(workdir: str | os.PathLike, step: int | None = None
+                      ) -> tuple[dict, int]:
+  """``({"params", "batch_stats"}, step)`` of a run's checkpoint, as host arrays.
+
+  Args:
+    workdir: the run directory.
+    step: the checkpoint (None: the newest complete one).
+
+  Raises:
+    FileNotFoundError: the run has no (restorable) checkpoint.
+  """
+  from sslit import checkpoint
+  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"),
+                                         max_to_keep=None)
+  try:
+    restored = manager.restore_raw(step=step)
+  finally:
+    manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; run sslit train "
+                            f"first.")
+  state, _, step = restored
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of the complete checkpoints kept in a run directory, ascending."""
+  from sslit import checkpoint
+  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+class Run(NamedTuple):
+  """A finished (or checkpointed) run, opened for analysis."""
+  config: Any
+  workdir: str
+  train_ds: Any
+  test_ds: Any
+  model: Any
+  variables: dict
+  step: int
+
+
+def load_run_config(workdir: str | os.PathLike, overrides: Any = ()) -> ConfigDict:
+  """A run directory's ``config.json`` (groups it predates filled in) + overrides."""
+  path = os.path.join(os.fspath(workdir), "config.json")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"{workdir} has no config.json: not a run directory.")
+  with open(path) as f:
+    config = config_lib.with_defaults(json.load(f))
+  return config_lib.apply_overrides(config, overrides)
+
+
+def open_run(workdir: str | os.PathLike, *, step: int | None = None,
+             overrides: Any = ()) -> Run:
+  """Open a run directory written by :func:`train`: config, data, model, variables.
+
+  Args:
+    workdir: the run directory (holds ``config.json`` and ``checkpoints/``).
+    step: the checkpoint to load (None: the newest complete one).
+    overrides: config overrides, ``{field: value}`` or ``(field, text)`` pairs.
+
+  Returns:
+    ``Run(config, workdir, train_ds, test_ds, model, variables, step)``;
+    ``variables`` are host arrays ``{"params", "batch_stats"}``.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  config = load_run_config(workdir, overrides)
+  start_devices(config)
+  train_ds, test_ds = load_datasets(config)
+  model = build_model(config)
+  variables, step = restore_variables(workdir, step)
+  return Run(config, workdir, train_ds, test_ds, model, variables, step)
+
+
+def make_monitor(run: Run, *, num_examples: int | None = None, cpa: bool = False):
+  """The information/bound monitor of an opened run: ``monitor(step, variables)``.
+
+  Args:
+    run: an :func:`open_run` result.
+    num_examples: held-out images (default ``config.analysis.num_examples``).
+    cpa: also record the CPA information quantities with the noise model of
+      ``config.analysis`` (σ, relative output noise, number of inputs).
+  """
+  n = int(num_examples or run.config.analysis.num_examples)
+  return _monitor(run.config, run.model, run.train_ds, run.test_ds, num_examples=n,
+                  cpa=cpa)
+
+
+def analyze(run: Run, *, num_examples: int | None = None) -> dict:
+  """Every monitor quantity of a run's checkpoint, CPA included; ``analysis.json``.
+
+  Computed at the highest matmul precision on every backend (GPUs default to TF32),
+  written to ``<workdir>/analysis.json`` and appended to ``metrics.jsonl``.
+  """
+  import jax
+  from sslit import metrics
+  monitor = make_monitor(run, num_examples=num_examples, cpa=True)
+  with jax.default_matmul_precision("highest"):
+    measured = dict(monitor(run.step, run.variables))
+  result = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in measured.items()}
+  result["step"] = run.step
+  with open(os.path.join(run.workdir, "analysis.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  metrics.append(run.workdir, result)
+  return result
+
+
+def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
+          path: str | os.PathLike | None = None, batch_size: int | None = None,
+          max_examples: int | None = None, progress: bool = True) -> str:
+  """Write a run's representations of a data split as ``.npz``, for any other tool.
+
+  Eval-mode network (BatchNorm running statistics), images preprocessed with the
+  training split's statistics as in training; batches split over every device of
+  this host.
+
+  Args:
+    run: an :func:`open_run` result.
+    split: ``"train"`` or ``"test"``.
+    outputs: network outputs to write: ``"rep"`` (the representation), ``"proj"``
+      (the projector output), ``"pred"`` (BYOL's predictor).
+    path: the ``.npz`` file (default ``<workdir>/embeddings-<split>-step<step>.npz``).
+    batch_size: images per batch (default ``config.eval.batch_size``), rounded up
+      to a multiple of the device count.
+    max_examples: the first ``max_examples`` images of the split (default all).
+    progress: show a progress bar.
+
+  Returns:
+    The path written. The file holds one ``[N, k]`` float32 array per output, the
+    ``labels`` ``[N]``, and ``step`` (the checkpoint).
+  """
+  import jax
+  import numpy as np
+  from sslit import features, models, parallel
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+  dataset = run.train_ds if split == "train" else run.test_ds
+  # This host's devices: each process embeds the whole split, process 0 writes it.
+  mesh = parallel.make_mesh(jax.local_devices())
+  devices = mesh.devices.size
+  bs = int(batch_size or run.config.eval.batch_size)
+  bs = -(-bs // devices) * devices
+  arrays, labels = {}, None
+  for output in outputs:
+    apply_fn = models.make_apply_fn(run.model, output)  # checks the output exists
+    arrays[output], labels = features.extract_features(
+        apply_fn, run.variables, dataset, batch_size=bs, max_examples=max_examples,
+        mean=run.train_ds.mean, std=run.train_ds.std, output=None,
+        sharding=parallel.data_sharding(mesh),
+        progress=f"embed {split} {output}" if progress else None)
+  path = os.fspath(path or os.path.join(
+      run.workdir, f"embeddings-{split}-step{run.step}.npz"))
+  if jax.process_index() == 0:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, labels=labels, step=np.int64(run.step), **arrays)
+    os.replace(tmp, path)
+  return path
+
+
+def start_distributed(*, coordinator_address: str | None = None,
+                      num_processes: int | None = None, process_id: int | None = None,
+                      auto: bool = False) -> None:
+  """Start multi-host JAX before anything else touches the devices.
+
+  JAX's conventions: with ``auto`` (TPU pods, SLURM, Open MPI, Kubernetes),
+  ``jax.distributed.initialize()`` with no arguments detects the cluster; otherwise
+  the coordinator address, the process count and this process's id come from the
+  arguments or the environment variables ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. With none of them set this is a
+  no-op (one process). On CPU the cross-process collectives use gloo.
+  """
+  from sslit import parallel
+  env = os.environ
+  if auto:
+    import jax
+    jax.distributed.initialize()
+    return
+  coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  if (num_processes or 1) > 1 and (coordinator_address is None or process_id is None):
+    raise config_lib.ConfigError(
+        f"{num_processes} processes need a coordinator address (host:port of process "
+        f"0) and this process's id: --coordinator_address, --process_id (or "
+        f"JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID).")
+  parallel.initialize(coordinator_address=coordinator_address,
+                      num_processes=num_processes, process_id=process_id)
