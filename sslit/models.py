@@ -293,28 +293,42 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage.
     block: "basic" or "bottleneck".
     cifar_stem: which stem.
-    width: channels of the first stage (doubled at each stage).
+    width: channels of the stem and the first stage (doubled at each stage; the
+      bottleneck's output has 4x as many).
+    stem_padding: zero padding of the stem convolution on each side; None: 1 for
+      the CIFAR stem, 3 for the ImageNet stem ("same" size). solo-learn's CIFAR
+      ResNets pad their 3x3 stem by 2 (a 32x32 image gives 34x34 maps).
     dtype: compute dtype.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = "basic"
   cifar_stem: bool = True
   width: int = 64
+  stem_padding: int | None = None
   dtype: Any = jnp.float32
 
   def validate(self) -> None:
     _validate.check_choice(self.block, ("basic", "bottleneck"), "block")
+    if int(self.width) <= 0:
+      raise ValueError(f"width must be a positive int, got {self.width!r}.")
+    if self.stem_padding is not None and int(self.stem_padding) < 0:
+      raise ValueError(f"stem_padding must be None or an int >= 0, got "
+                       f"{self.stem_padding!r}.")
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     self.validate()
     _check_image(x)
+    pad = self.stem_padding
+    if pad is None:
+      pad = 1 if self.cifar_stem else 3
+    pad = ((int(pad), int(pad)),) * 2
     if self.cifar_stem:
-      h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+      h = nn.Conv(self.width, (3, 3), padding=pad, use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_conv_init,
                   name="stem_conv")(x)
     else:
-      h = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+      h = nn.Conv(self.width, (7, 7), (2, 2), padding=pad,
                   use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                   kernel_init=_conv_init, name="stem_conv")(x)
     h = _batch_norm(train, self.dtype, "stem_bn")(h)

@@ -300,6 +300,23 @@ def test_resnet_imagenet_stem_shapes_and_maxpool_record():
   assert pre["backbone/stem_maxpool"].dtype == jnp.int32
 
 
+def test_resnet_width_and_stem_padding_options():
+  # solo-learn's CIFAR stem pads its 3x3 conv by 2: 32x32 -> 34x34 maps.
+  model = models.build_model("resnet50", backbone_kwargs={
+      "cifar_stem": True, "width": 4, "stem_padding": 2}, projector=None)
+  shapes = _shape_params(model, (1, 32, 32, 3))
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
+      shapes, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  pre = models._flatten_sown(state["preactivations"])
+  assert pre["backbone/stem_relu"].shape == (1, 34, 34, 4)
+  assert pre["backbone/layer4_2/relu_out"].shape == (1, 5, 5, 4 * 8 * 4)
+  with pytest.raises(ValueError, match="stem_padding must be None or an int >= 0"):
+    models.build_model("resnet18", backbone_kwargs={"stem_padding": -1})
+  with pytest.raises(ValueError, match="width must be a positive int"):
+    models.build_model("resnet18", backbone_kwargs={"width": 0})
+
+
 # ------------------------------------------- pure functions and regions
 
 
