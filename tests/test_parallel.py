@@ -183,7 +183,16 @@ def _max_rel_diff(a, b):
   return out
 
 
-def test_adamw_training_on_two_devices_equals_one_device():
+@pytest.fixture
+def fast_compile():
+  """Fewer XLA optimisation passes: compiling the two steps dominates the test."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_adamw_training_on_two_devices_equals_one_device(fast_compile):
   # The default recipe's optimiser (AdamW, warm-up + cosine, weight decay 1e-4 on
   # kernels): Adam divides a gradient by its own running size, so a parameter whose
   # gradient is zero up to rounding (a bias that a BatchNorm directly follows) would
@@ -211,8 +220,8 @@ def test_adamw_training_on_two_devices_equals_one_device():
   two = _train_on(jax.devices(), model, batches, optimizer=optimizer,
                   num_steps=num_steps)
   assert set(one) == set(two)
-  # Measured: at most 3e-6 (BatchNorm biases); with biases before the BatchNorms,
-  # 1.8 (the projector's hidden bias) and 1.5e-2 (the projector BN's running mean).
+  # Measured: at most 1e-6 (3e-6 with XLA's optimisations on); with a bias before
+  # the projector's BatchNorm: 2.0 for that bias and 2e-2 for the BN's running mean.
   diffs = _max_rel_diff(two, one)
   worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:4]
   assert max(diffs.values()) < 1e-4, f"largest relative differences: {worst}"
