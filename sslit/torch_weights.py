@@ -342,9 +342,9 @@ def load_torch_resnet(path_or_state_dict: Any, *, arch: str = "resnet18",
   found_stem = "imagenet" if stem_shape[2] == 7 else "cifar"
   if stem != "auto" and stem != found_stem:
     raise ValueError(f"stem={stem!r} expects a {_STEM_KERNEL[stem]}x"
-                     f"{_STEM_KERNEL[stem]} 'conv1.weight', but the checkpoint's has "
-                     f"shape {stem_shape} (the {found_stem} stem); pass "
-                     f"stem={found_stem!r} or 'auto'.")
+                     f"{_STEM_KERNEL[stem]} convolution, but the checkpoint's "
+                     f"'conv1.weight' has shape {stem_shape} (the {found_stem} stem); "
+                     f"pass stem={found_stem!r} or 'auto'.")
   if found_stem == "cifar" and stem_padding is None:
     warnings.warn("the CIFAR stem's padding is not stored in a state_dict: 1 is "
                   "assumed (a 3x3 'same' convolution). solo-learn's CIFAR ResNets "

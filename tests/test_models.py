@@ -287,14 +287,19 @@ def test_resnet18_forward_once_train_mode():
                          variables["batch_stats"]["backbone"]["stem_bn"]["mean"])
 
 
+def _shape_preactivations(model, x_shape):
+  """Flat ``{path: ShapeDtypeStruct}`` of the recorded pre-activations (no compute)."""
+  shapes = _shape_params(model, x_shape)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
+      shapes, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+  return models._flatten_sown(state["preactivations"])
+
+
 def test_resnet_imagenet_stem_shapes_and_maxpool_record():
   model = models.build_model("resnet18", backbone_kwargs={"cifar_stem": False},
                              projector=None)
-  shapes = _shape_params(model, (1, 32, 32, 3))
-  _, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
-      shapes, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  pre = models._flatten_sown(state["preactivations"])
+  pre = _shape_preactivations(model, (1, 32, 32, 3))
   assert pre["backbone/stem_relu"].shape == (1, 16, 16, 64)
   assert pre["backbone/stem_maxpool"].shape == (1, 8, 8, 64)
   assert pre["backbone/stem_maxpool"].dtype == jnp.int32
@@ -304,11 +309,7 @@ def test_resnet_width_and_stem_padding_options():
   # solo-learn's CIFAR stem pads its 3x3 conv by 2: 32x32 -> 34x34 maps.
   model = models.build_model("resnet50", backbone_kwargs={
       "cifar_stem": True, "width": 4, "stem_padding": 2}, projector=None)
-  shapes = _shape_params(model, (1, 32, 32, 3))
-  _, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
-      shapes, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  pre = models._flatten_sown(state["preactivations"])
+  pre = _shape_preactivations(model, (1, 32, 32, 3))
   assert pre["backbone/stem_relu"].shape == (1, 34, 34, 4)
   assert pre["backbone/layer4_2/relu_out"].shape == (1, 5, 5, 4 * 8 * 4)
   with pytest.raises(ValueError, match="stem_padding must be None or an int >= 0"):
