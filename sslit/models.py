@@ -134,14 +134,15 @@ class MLP(nn.Module):
 
   ``widths[:-1]`` are hidden layers ``Dense [-> BatchNorm] -> activation``; the last
   layer ``Dense(widths[-1])`` is linear unless ``activate_output`` (then it gets the
-  same ``[BatchNorm ->] activation``). Pre-activations are recorded as ``relu{i}``
-  (whatever the piecewise activation; none for GELU).
+  same ``[BatchNorm ->] activation``). A Dense that a BatchNorm follows has no bias
+  (the BatchNorm's own bias takes its place). Pre-activations are recorded as
+  ``relu{i}`` (whatever the piecewise activation; none for GELU).
 
   Attributes:
     widths: layer widths; the representation has ``widths[-1]`` features.
     activation: "relu", "leaky_relu", "abs" or "gelu".
     negative_slope: leaky-ReLU slope for negative inputs.
-    batch_norm: BatchNorm after every hidden Dense.
+    batch_norm: BatchNorm after every hidden Dense (which then has no bias).
     activate_output: apply the activation (and BN) to the last layer too.
     dtype: compute dtype (params stay float32).
   """
@@ -167,10 +168,13 @@ class MLP(nn.Module):
     h = x.reshape(x.shape[0], -1)
     last = len(self.widths) - 1
     for i, width in enumerate(self.widths):
-      h = nn.Dense(int(width), dtype=self.dtype, param_dtype=jnp.float32,
-                   name=f"dense{i}")(h)
+      normed = self.batch_norm and (i < last or self.activate_output)
+      # A BatchNorm subtracts the batch mean, so a bias before it gets a zero
+      # gradient (up to rounding, which Adam would amplify): none there.
+      h = nn.Dense(int(width), use_bias=not normed, dtype=self.dtype,
+                   param_dtype=jnp.float32, name=f"dense{i}")(h)
       if i < last or self.activate_output:
-        if self.batch_norm:
+        if normed:
           h = _batch_norm(train, self.dtype, f"bn{i}")(h)
         h = _activate(self, h, f"relu{i}", self.activation, self.negative_slope)
     return h
@@ -289,28 +293,42 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage.
     block: "basic" or "bottleneck".
     cifar_stem: which stem.
-    width: channels of the first stage (doubled at each stage).
+    width: channels of the stem and the first stage (doubled at each stage; the
+      bottleneck's output has 4x as many).
+    stem_padding: zero padding of the stem convolution on each side; None: 1 for
+      the CIFAR stem, 3 for the ImageNet stem ("same" size). solo-learn's CIFAR
+      ResNets pad their 3x3 stem by 2 (a 32x32 image gives 34x34 maps).
     dtype: compute dtype.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = "basic"
   cifar_stem: bool = True
   width: int = 64
+  stem_padding: int | None = None
   dtype: Any = jnp.float32
 
   def validate(self) -> None:
     _validate.check_choice(self.block, ("basic", "bottleneck"), "block")
+    if int(self.width) <= 0:
+      raise ValueError(f"width must be a positive int, got {self.width!r}.")
+    if self.stem_padding is not None and int(self.stem_padding) < 0:
+      raise ValueError(f"stem_padding must be None or an int >= 0, got "
+                       f"{self.stem_padding!r}.")
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     self.validate()
     _check_image(x)
+    pad = self.stem_padding
+    if pad is None:
+      pad = 1 if self.cifar_stem else 3
+    pad = ((int(pad), int(pad)),) * 2
     if self.cifar_stem:
-      h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+      h = nn.Conv(self.width, (3, 3), padding=pad, use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_conv_init,
                   name="stem_conv")(x)
     else:
-      h = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+      h = nn.Conv(self.width, (7, 7), (2, 2), padding=pad,
                   use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                   kernel_init=_conv_init, name="stem_conv")(x)
     h = _batch_norm(train, self.dtype, "stem_bn")(h)
@@ -355,7 +373,10 @@ BACKBONES: dict[str, type[nn.Module]] = {
 class ProjectionHead(nn.Module):
   """``(Dense -> BatchNorm -> ReLU) x (len(widths) - 1) -> Dense(widths[-1])``.
 
-  Recorded: ``relu{i}`` for the hidden layers.
+  The hidden Dense layers have no bias: the BatchNorm that follows subtracts the
+  batch mean, so such a bias could not learn (its gradient is zero up to rounding,
+  which Adam's normalisation amplifies into steps of full size) and its BatchNorm
+  bias plays its part. Recorded: ``relu{i}`` for the hidden layers.
 
   Attributes:
     widths: output width of every Dense.
@@ -371,7 +392,7 @@ class ProjectionHead(nn.Module):
     last = len(self.widths) - 1
     h = x
     for i, width in enumerate(self.widths):
-      h = nn.Dense(int(width), use_bias=(i < last or self.last_bias),
+      h = nn.Dense(int(width), use_bias=(i == last and self.last_bias),
                    dtype=self.dtype, param_dtype=jnp.float32, name=f"dense{i}")(h)
       if i < last:
         h = _batch_norm(train, self.dtype, f"bn{i}")(h)
@@ -455,7 +476,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
       for the MLP, ``{"cifar_stem": False}`` for a ResNet).
     projector: "vicreg"/"barlow" (2048-2048-2048, Linear-BN-ReLU x2 + Linear without
       bias), "simclr" (2048-128), "byol" (4096-256), a sequence of widths (VICReg
-      layout, last Dense with bias), or None (no projector).
+      layout, last Dense with bias), or None (no projector). The hidden Linear
+      layers never have a bias (a BatchNorm follows each).
     predictor: False, True (BYOL's 4096-BN-ReLU-p predictor, p the projector's
       output width) or a sequence of widths ending with the projector's width.
     dtype: compute dtype (float32 or bfloat16); parameters are always float32.

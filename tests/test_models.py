@@ -101,23 +101,65 @@ def test_resnet50_imagenet_param_count_and_output_shape():
 
 
 def test_heads_param_counts():
-  # VICReg projector on a 512-d rep: two Linear+BN with bias, last Linear w/o bias.
+  # VICReg projector on a 512-d rep: two Linear (no bias: a BN follows) + BN
+  # (scale, bias), last Linear without bias.
   model = models.build_model("mlp", backbone_kwargs={"widths": (16, 512)},
                              projector="vicreg", predictor=False)
   shapes = _shape_params(model, (2, 10))
   p = shapes["params"]
   assert models.param_count(p["backbone"]) == 10 * 16 + 16 + 16 * 512 + 512
   assert models.param_count(p["projector"]) == (
-      512 * 2048 + 2048 + 2 * 2048 + 2048 * 2048 + 2048 + 2 * 2048 + 2048 * 2048)
+      512 * 2048 + 2 * 2048 + 2048 * 2048 + 2 * 2048 + 2048 * 2048)
   model = models.build_model("mlp", backbone_kwargs={"widths": (8,)},
                              projector="byol", predictor=True)
   p = _shape_params(model, (2, 3))["params"]
-  assert models.param_count(p["projector"]) == 8 * 4096 + 3 * 4096 + 4096 * 256 + 256
-  assert models.param_count(p["predictor"]) == 256 * 4096 + 3 * 4096 + 4096 * 256 + 256
+  assert models.param_count(p["projector"]) == 8 * 4096 + 2 * 4096 + 4096 * 256 + 256
+  assert models.param_count(p["predictor"]) == 256 * 4096 + 2 * 4096 + 4096 * 256 + 256
   model = models.build_model("mlp", backbone_kwargs={"widths": (8,)},
                              projector="simclr")
   p = _shape_params(model, (2, 3))["params"]
-  assert models.param_count(p["projector"]) == 8 * 2048 + 3 * 2048 + 2048 * 128 + 128
+  assert models.param_count(p["projector"]) == 8 * 2048 + 2 * 2048 + 2048 * 128 + 128
+
+
+def _biased_layers_before_batchnorm(params):
+  """Paths ``.../denseI`` or ``.../convI`` with a bias whose ``bnI`` sibling exists."""
+  found = []
+  for name, sub in params.items():
+    if not isinstance(sub, dict):
+      continue
+    for layer in ("dense", "conv"):
+      if name.startswith(layer) and "bias" in sub and \
+          f"bn{name[len(layer):]}" in params:
+        found.append(name)
+    found += [f"{name}/{p}" for p in _biased_layers_before_batchnorm(sub)]
+  return found
+
+
+@pytest.mark.parametrize("backbone,kwargs", [
+    ("mlp", {"widths": (6, 5, 4), "batch_norm": True}),
+    ("mlp", {"widths": (6, 4), "batch_norm": True, "activate_output": True}),
+    ("convnet", {"channels": (2, 3)}),
+])
+def test_no_bias_directly_before_a_batchnorm(backbone, kwargs):
+  # Such a bias cannot learn: the BatchNorm subtracts the batch mean.
+  model = models.build_model(backbone, backbone_kwargs=kwargs, projector=(7, 5),
+                             predictor=(3, 5))
+  params = _shape_params(model, (2, 8, 8, 1))["params"]
+  assert "bn0" in params["backbone"] and "bn0" in params["predictor"]
+  assert _biased_layers_before_batchnorm(params) == []
+  mlp = params["backbone"]
+  if backbone == "mlp":  # the linear output layer (no BN after it) keeps its bias
+    last = f"dense{len(kwargs['widths']) - 1}"
+    assert ("bias" in mlp[last]) is not kwargs.get("activate_output", False)
+  assert "bias" in params["projector"]["dense1"] and "bias" in params["predictor"]["dense1"]
+  if backbone != "convnet":
+    return
+  resnet = _shape_params(models.build_model("resnet18", projector=None),
+                         (1, 8, 8, 3))["params"]
+  flat = jax.tree_util.tree_flatten_with_path(resnet)[0]
+  conv_biases = [jax.tree_util.keystr(k) for k, _ in flat
+                 if "conv" in jax.tree_util.keystr(k) and "'bias'" in jax.tree_util.keystr(k)]
+  assert conv_biases == []
 
 
 # ------------------------------------------------- shapes, BN, determinism
@@ -245,17 +287,35 @@ def test_resnet18_forward_once_train_mode():
                          variables["batch_stats"]["backbone"]["stem_bn"]["mean"])
 
 
+def _shape_preactivations(model, x_shape):
+  """Flat ``{path: ShapeDtypeStruct}`` of the recorded pre-activations (no compute)."""
+  shapes = _shape_params(model, x_shape)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
+      shapes, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+  return models._flatten_sown(state["preactivations"])
+
+
 def test_resnet_imagenet_stem_shapes_and_maxpool_record():
   model = models.build_model("resnet18", backbone_kwargs={"cifar_stem": False},
                              projector=None)
-  shapes = _shape_params(model, (1, 32, 32, 3))
-  _, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, mutable=["preactivations"]),
-      shapes, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  pre = models._flatten_sown(state["preactivations"])
+  pre = _shape_preactivations(model, (1, 32, 32, 3))
   assert pre["backbone/stem_relu"].shape == (1, 16, 16, 64)
   assert pre["backbone/stem_maxpool"].shape == (1, 8, 8, 64)
   assert pre["backbone/stem_maxpool"].dtype == jnp.int32
+
+
+def test_resnet_width_and_stem_padding_options():
+  # solo-learn's CIFAR stem pads its 3x3 conv by 2: 32x32 -> 34x34 maps.
+  model = models.build_model("resnet50", backbone_kwargs={
+      "cifar_stem": True, "width": 4, "stem_padding": 2}, projector=None)
+  pre = _shape_preactivations(model, (1, 32, 32, 3))
+  assert pre["backbone/stem_relu"].shape == (1, 34, 34, 4)
+  assert pre["backbone/layer4_2/relu_out"].shape == (1, 5, 5, 4 * 8 * 4)
+  with pytest.raises(ValueError, match="stem_padding must be None or an int >= 0"):
+    models.build_model("resnet18", backbone_kwargs={"stem_padding": -1})
+  with pytest.raises(ValueError, match="width must be a positive int"):
+    models.build_model("resnet18", backbone_kwargs={"width": 0})
 
 
 # ------------------------------------------- pure functions and regions
