@@ -53,6 +53,12 @@ options (train, eval, analyze, embed):
   --split train|test         embed: the split (default test)
   --outputs rep[,proj,pred]  embed: the network outputs to write (default rep)
   --out PATH                 embed: the .npz file (default in the run directory)
+  --torch_checkpoint PATH    eval, analyze, embed: a PyTorch ResNet state_dict
+                             (torchvision layout) instead of a run's checkpoint; data
+                             and settings from --config, results in --workdir
+  --arch resnet18|resnet50   with --torch_checkpoint (default: read from the keys)
+  --stem imagenet|cifar      with --torch_checkpoint (default: read from conv1)
+  --stem_padding N           with --torch_checkpoint (solo-learn CIFAR ResNets: 2)
 
 many hosts (train, eval, analyze, embed; see docs/training.md):
   --coordinator_address H:P  process 0's address (or JAX_COORDINATOR_ADDRESS)
@@ -65,7 +71,8 @@ _COMMANDS = ("train", "eval", "analyze", "embed", "reproduce")
 _VALUE_OPTIONS = {"--config": str, "--workdir": str, "--num_examples": int,
                   "--split": str, "--outputs": str, "--out": str,
                   "--coordinator_address": str, "--num_processes": int,
-                  "--process_id": int}
+                  "--process_id": int, "--torch_checkpoint": str, "--arch": str,
+                  "--stem": str, "--stem_padding": int}
 _FLAGS = ("--resume_with_changes", "--distributed")
 
 
@@ -138,7 +145,14 @@ def cmd_train(args, overrides) -> int:
 
 def _open(args, overrides) -> runs.Run:
   if args.workdir is None:
-    raise config_lib.ConfigError("this command needs --workdir DIR (a run directory).")
+    raise config_lib.ConfigError("this command needs --workdir DIR (a run directory, "
+                                 "or where to write with --torch_checkpoint).")
+  if args.torch_checkpoint:
+    config = config_lib.load_config(args.config or config_lib.DEFAULT_CONFIG)
+    config_lib.apply_overrides(config, overrides)
+    return runs.open_torch_run(args.torch_checkpoint, workdir=args.workdir,
+                               config=config, arch=args.arch or "auto",
+                               stem=args.stem or "auto", stem_padding=args.stem_padding)
   return runs.open_run(args.workdir, overrides=overrides)
 
 
@@ -220,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_expected(e: Exception) -> bool:
   from sslit import checkpoint  # pylint: disable=g-import-not-at-top  (imports JAX)
-  expected = (ValueError, TypeError, PermissionError, FileNotFoundError,
+  expected = (ValueError, TypeError, PermissionError, FileNotFoundError, ImportError,
               FloatingPointError, checkpoint.CheckpointError)
   return isinstance(e, expected)
 

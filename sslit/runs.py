@@ -39,7 +39,8 @@ from sslit import config as config_lib
 __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
-           "fit_options", "prepare_workdir", "summary", "embed", "start_distributed"]
+           "fit_options", "prepare_workdir", "summary", "embed", "start_distributed",
+           "open_torch_run"]
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -464,6 +465,35 @@ def open_run(workdir: str | os.PathLike, *, step: int | None = None,
   model = build_model(config)
   variables, step = restore_variables(workdir, step)
   return Run(config, workdir, train_ds, test_ds, model, variables, step)
+
+
+def open_torch_run(path: str | os.PathLike, *, workdir: str | os.PathLike,
+                   config: ConfigDict, arch: str = "auto", stem: str = "auto",
+                   stem_padding: int | None = None) -> Run:
+  """A PyTorch ResNet checkpoint opened like a run, for ``offline_eval``/``analyze``.
+
+  The network is ``sslit.torch_weights.load_torch_resnet(path, arch=..., stem=...)``
+  (torchvision layout; ``rep`` is the pooled representation); the data sets and
+  every evaluation/analysis setting come from ``config`` (its training fields are
+  unused). Results go to ``workdir``, which gets the ``config.json`` they were
+  computed with. Images are preprocessed with the training split's per-channel
+  statistics, as sslit's own runs are: a network trained with other normalisation
+  sees shifted inputs (see docs/models.md).
+  """
+  from sslit import torch_weights
+  workdir = os.path.abspath(os.fspath(workdir))
+  start_devices(config)
+  train_ds, test_ds = load_datasets(config)
+  model, variables = torch_weights.load_torch_resnet(
+      os.fspath(path), arch=arch, stem=stem, stem_padding=stem_padding)
+  from sslit import train as train_lib
+  train_lib.ensure_writable(workdir)
+  stored = config_lib.to_dict(config)
+  stored["torch_checkpoint"] = {"path": os.path.abspath(os.fspath(path)), "arch": arch,
+                                "stem": stem, "stem_padding": stem_padding}
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(stored, f, indent=2, sort_keys=True)
+  return Run(config, workdir, train_ds, test_ds, model, variables, 0)
 
 
 def make_monitor(run: Run, *, num_examples: int | None = None, cpa: bool = False):

@@ -164,3 +164,30 @@ def test_checkpoint_with_python_objects_is_refused_with_the_fix(tmp_path, r18_st
               "hyper_parameters": _Opaque()}, path)
   with pytest.raises(ValueError, match="weights_only=False"):
     torch_weights.load_torch_resnet(path)
+
+
+def test_sslit_analyze_and_eval_take_a_torch_checkpoint(tmp_path, capsys):
+  """A .pth of a (reduced-width, 1-channel) ResNet-18 analysed end to end by the CLI."""
+  import json  # pylint: disable=g-import-not-at-top
+  from sslit import cli  # pylint: disable=g-import-not-at-top
+  net = torch_resnet.randomize(torch_resnet.resnet18(width=4, stem="cifar",
+                                                     in_channels=1), seed=3)
+  path = tmp_path / "resnet18.pth"
+  torch.save(net.state_dict(), path)
+  common = ["--torch_checkpoint", str(path), "--arch", "resnet18", "--config", "smoke",
+            "--workdir", str(tmp_path / "out"), "--config.eval.baselines=()"]
+  assert cli.main(["analyze", *common, "--num_examples", "32"]) == 0, capsys.readouterr()
+  analysis = json.loads((tmp_path / "out" / "analysis.json").read_text())
+  assert analysis["step"] == 0 and np.isfinite(analysis["monitor/cpa/h_cond"])
+  assert np.isfinite(analysis["monitor/rep/entropy_logdet"])
+  assert cli.main(["eval", *common]) == 0
+  results = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert results["trained"]["feature_dim"] == 32  # 8 x width: the pooled representation
+  assert 10.0 < results["trained"]["linear_top1"] <= 100.0
+  # A key the layout does not know: exit 1, the message names it.
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  state["layer1.0.conv9.weight"] = state["conv1.weight"]
+  np.savez(tmp_path / "bad.npz", **state)
+  bad = [a if a != str(path) else str(tmp_path / "bad.npz") for a in common]
+  assert cli.main(["analyze", *bad]) == 1
+  assert "layer1.0.conv9.weight" in capsys.readouterr().err
