@@ -47,6 +47,7 @@ options (train, eval, analyze, embed):
   --config.<field>=<value>   override a config field (dotted for nested fields)
   --workdir DIR              run directory (default runs/<config name>)
   --num_examples N           analyze: held-out images (default analysis.num_examples)
+  --verbose                  on an error, print the full traceback after the message
   --resume_with_changes      train: resume a run although its optimisation settings
                              (learning_rate, warmup_steps, end_lr_factor,
                              weight_decay, momentum, grad_clip, num_steps) changed
@@ -73,7 +74,7 @@ _VALUE_OPTIONS = {"--config": str, "--workdir": str, "--num_examples": int,
                   "--coordinator_address": str, "--num_processes": int,
                   "--process_id": int, "--torch_checkpoint": str, "--arch": str,
                   "--stem": str, "--stem_padding": int}
-_FLAGS = ("--resume_with_changes", "--distributed")
+_FLAGS = ("--resume_with_changes", "--distributed", "--verbose")
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, argparse.Namespace,
@@ -206,6 +207,7 @@ def cmd_reproduce(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``sslit`` command; returns the exit status."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  verbose = "--verbose" in argv
   try:
     command, args, overrides = _parse(argv)
     if command == "reproduce":
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return {"train": cmd_train, "eval": cmd_eval, "analyze": cmd_analyze,
             "embed": cmd_embed}[command](args, overrides)
   except config_lib.ConfigError as e:
-    print(f"sslit: error: {e}", file=sys.stderr)
+    _report(e, verbose)
     return 2
   except KeyboardInterrupt:
     print("sslit: interrupted; run the same command again to resume.", file=sys.stderr)
@@ -228,8 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   except Exception as e:  # pylint: disable=broad-except
     if not _is_expected(e):
       raise
-    print(f"sslit: error: {e}", file=sys.stderr)
+    _report(e, verbose)
     return 1
+
+
+def _report(e: Exception, verbose: bool) -> None:
+  """One short paragraph naming the problem; the traceback only with --verbose."""
+  print(f"sslit: error: {e}", file=sys.stderr)
+  if verbose:
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exception(e, file=sys.stderr)
 
 
 def _is_expected(e: Exception) -> bool:

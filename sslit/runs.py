@@ -233,6 +233,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   workdir = os.path.abspath(os.fspath(workdir))
   clock = _Clock()
   start_devices(config)
+  import jax
   from sslit import evaluate, models, objectives, parallel
   from sslit import train as train_lib
   # Everything that can be checked is checked before anything is written.
@@ -246,8 +247,12 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   train_ds, test_ds = load_datasets(config)
   train_ds.mean  # pylint: disable=pointless-statement  (builds and reads the data set)
   clock.lap("data_s")
+  from sslit import augment, data
+  data.steps_per_epoch(train_ds, options.batch_size,
+                       process_count=jax.process_count())  # the batch fits the data
+  if isinstance(options.augment, str):
+    augment.preset(options.augment, image_size=train_ds.image_shape[0])  # known name
   model = build_model(config)
-  import jax
   chief = jax.process_index() == 0
   changed = prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
                             write=chief)
@@ -401,8 +406,12 @@ def restore_variables(workdir: str | os.PathLike, step: int | None = None
     FileNotFoundError: the run has no (restorable) checkpoint.
   """
   from sslit import checkpoint
-  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"),
-                                         max_to_keep=None)
+  directory = os.path.join(os.fspath(workdir), "checkpoints")
+  if not os.path.isdir(directory) or not any(
+      name.isdigit() for name in os.listdir(directory)):
+    # Checked before orbax opens the directory: nothing to restore, nothing started.
+    raise FileNotFoundError(f"no checkpoint in {directory}; run sslit train first.")
+  manager = checkpoint.CheckpointManager(directory, max_to_keep=None)
   try:
     restored = manager.restore_raw(step=step)
   finally:

@@ -82,6 +82,32 @@ def _run(argv, capsys):
     (["train", "--bogus"], 2, "unknown option '--bogus'"),
     (["frobnicate"], 2, "unknown command 'frobnicate'"),
     (["eval", "--workdir", "/nonexistent/run"], 2, "no config.json"),
+    # Every value a run depends on is checked before anything is written.
+    (["train", "--config", "smoke", "--config.num_steps=0"], 1, "num_steps must be >= 1"),
+    (["train", "--config", "smoke", "--config.warmup_steps=100"], 1,
+     r"warmup_steps must be >= 0 and <= num_steps \(30\), got 100"),
+    (["train", "--config", "smoke", "--config.log_every=0"], 1, "log_every must be >= 1"),
+    (["train", "--config", "smoke", "--config.batch_size=100000"], 1,
+     "batch_size=100000 is larger than the data set"),
+    (["train", "--config", "smoke", "--config.batch_size=0"], 1, "batch_size must be >= 1"),
+    (["train", "--config", "smoke", "--config.optimizer=adamx"], 1,
+     "optimizer must be one of"),
+    (["train", "--config", "smoke", "--config.augment=bogus"], 1,
+     "unknown augmentation preset 'bogus'"),
+    (["train", "--config", "smoke", "--config.keep_checkpoints=0"], 1,
+     "keep_checkpoints must be >= 1"),
+    (["train", "--config", "smoke", "--config.learning_rate=-1"], 1,
+     "learning_rate must be > 0"),
+    (["train", "--config", "smoke", "--config.checkpoint_every=-5"], 1,
+     "checkpoint_every must be >= 0"),
+    (["train", "--config", "smoke", "--config.model.dtype=float33"], 2,
+     "model.dtype='float33' is not a dtype"),
+    (["train", "--config", "smoke", "--config.model.backbone=resnet7"], 1,
+     "unknown backbone 'resnet7'"),
+    (["train", "--config", "smoke", "--config.objective_kwargs={'bogus': 1}"], 1,
+     r"unknown option\(s\) \['bogus'\]"),
+    (["analyze", "--workdir", "/nonexistent/run", "--num_examples=abc"], 2,
+     "--num_examples expects a whole number, got 'abc'"),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(argv, code, message, tmp_path,
                                                        capsys):
@@ -105,6 +131,19 @@ def test_reproduce_outside_a_checkout_says_where_to_run_it(monkeypatch, tmp_path
   monkeypatch.chdir(tmp_path)
   code, out = _run(["reproduce", "table1"], capsys)
   assert code == 2 and "repository root" in out
+
+
+def test_eval_of_a_run_without_checkpoint_says_so_in_one_line(tmp_path, capfd):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps(
+      config_lib.to_dict(config_lib.load_config("smoke"))))
+  assert cli.main(["eval", "--workdir", str(run)]) == 1
+  err = capfd.readouterr().err
+  assert err.strip() == f"sslit: error: no checkpoint in {run}/checkpoints; run sslit " \
+      "train first.", err
+  assert cli.main(["eval", "--workdir", str(run), "--verbose"]) == 1
+  assert "Traceback" in capfd.readouterr().err  # the full trace, on request
 
 
 def test_config_errors_name_the_problem(tmp_path):
