@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     if rep == "gap":
       return m.mean(axis=(1, 2))
     if rep == "2x2":
-      a = models._adaptive_avg_matrix(side, 2)  # pylint: disable=protected-access
+      a = models.adaptive_avg_matrix(side, 2)
       return np.einsum("ph,nhwc,qw->npqc", a, m, a).reshape(m.shape[0], -1)
     return feats
 

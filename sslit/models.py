@@ -37,7 +37,7 @@ __all__ = [
     "ACTIVATIONS", "BACKBONES", "PROJECTORS", "MLP", "ConvNet", "ResNet",
     "ResNet18", "ResNet50", "ProjectionHead", "SSLModel", "build_model",
     "init_variables", "make_apply_fn", "single_input_fn", "preactivation_fn",
-    "param_count",
+    "param_count", "adaptive_avg_matrix",
 ]
 
 PREACTIVATIONS = "preactivations"
@@ -98,8 +98,12 @@ def _pool2x2(module: nn.Module, x: jax.Array, kind: str, name: str) -> jax.Array
   return jnp.mean(x, axis=(2, 4))
 
 
-def _adaptive_avg_matrix(size: int, out: int) -> np.ndarray:
-  """``[out, size]`` averaging matrix of PyTorch's ``adaptive_avg_pool`` bins."""
+def adaptive_avg_matrix(size: int, out: int) -> np.ndarray:
+  """``[out, size]`` averaging matrix of PyTorch's ``adaptive_avg_pool`` bins.
+
+  Row ``i`` averages ``[floor(i·size/out), ceil((i+1)·size/out))``: the bins of the
+  ConvNet's ``final_pool="2x2"``, so ``a @ map @ a.T`` pools a ``[size, size]`` map.
+  """
   m = np.zeros((out, size), np.float32)
   for i in range(out):
     start = (i * size) // out
@@ -110,8 +114,8 @@ def _adaptive_avg_matrix(size: int, out: int) -> np.ndarray:
 
 def _adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
   """Average-pool ``[n, h, w, c]`` to ``[n, out, out, c]`` (PyTorch's bins)."""
-  ph = jnp.asarray(_adaptive_avg_matrix(x.shape[1], out), x.dtype)
-  pw = jnp.asarray(_adaptive_avg_matrix(x.shape[2], out), x.dtype)
+  ph = jnp.asarray(adaptive_avg_matrix(x.shape[1], out), x.dtype)
+  pw = jnp.asarray(adaptive_avg_matrix(x.shape[2], out), x.dtype)
   return jnp.einsum("ph,nhwc,qw->npqc", ph, x, pw)
 
 

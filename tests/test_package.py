@@ -106,7 +106,6 @@ def test_no_private_jax_imports():
   assert offenders == [], f"sslit imports jax._src: {offenders}"
 
 
-@pytest.mark.xfail(strict=True, reason="models._adaptive_avg_matrix is to become public")
 def test_experiments_use_no_private_sslit_name():
   """Experiments go through sslit's public API (sslit.runs and the math modules)."""
   offenders = []
