@@ -213,7 +213,8 @@ def _verify(restored: Any, checksums: dict[str, Any] | None, where: str) -> None
         shards = []
         host = np.asarray(x)
         for key, digest in rec.get("shards", {}).items():
-          index = tuple(slice(*map(int, part.split(":"))) for part in key.split(","))
+          index = tuple(slice(*map(int, part.split(":")))
+                        for part in key.split(",") if part)
           bad = bad or _digest(host[index]) != digest
       for shard in shards:
         digest = rec.get("shards", {}).get(_index_key(shard.index, x.shape))
@@ -652,13 +653,16 @@ class RunLock:
     if dist is None or dist[0] == 0:
       try:
         self._take()
-      except RunLockedError as e:
+      except Exception as e:  # pylint: disable=broad-except  # tell the others first
         error = e
     if dist is not None and dist[1] > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
       if not ok and error is None:  # not process 0: report what process 0 met
-        error = RunLockedError(_locked_message(self.workdir, _read_holder(self.path)))
+        holder = _read_holder(self.path)
+        error = (RunLockedError(_locked_message(self.workdir, holder)) if holder else
+                 CheckpointError(f"process 0 could not lock workdir {self.workdir}; "
+                                 f"see its error."))
     if error is not None:
       raise error
 
