@@ -1,4 +1,4 @@
-"""Checkpoints: atomic saves, keep the last K, resume from the newest good one.
+"""Checkpoints: atomic, checksummed saves, keep the last K, resume from the newest good one.
 
 A thin wrapper over ``orbax.checkpoint.CheckpointManager``. A checkpoint holds two
 items: ``state`` (any pytree of arrays: parameters, batch statistics, optimiser
@@ -7,25 +7,49 @@ position, anything small). Orbax writes each step into a temporary directory
 and renames it when complete, so a process killed mid-save leaves no half
 checkpoint behind; temporary leftovers are removed on the next start.
 
+Integrity: ``meta`` also carries, under the reserved key ``"_sslit"``, a SHA-256
+of the host bytes of every leaf of ``state`` (computed from the values being
+saved) and the caller's run signature. ``restore`` checks the signature before
+reading any array (:class:`SignatureMismatchError`), the saved tree's paths and
+shapes against the target (:class:`StructureMismatchError`), and the checksums
+after reading (:class:`ChecksumMismatchError`, a damaged checkpoint).
+
 Typed PRNG keys (``jax.random.key``) are stored as their raw ``uint32`` data and
-re-wrapped on restore. A newest checkpoint that cannot be read is moved aside
-(renamed ``<step>.corrupt``, never deleted) with a warning, and the previous one is
-used; it is moved only once an older checkpoint has been read successfully, so
-an incompatible target never displaces good checkpoints.
+re-wrapped on restore. A newest checkpoint that cannot be read, or whose data do
+not match their checksums, is moved aside (renamed ``<step>.corrupt``, never
+deleted) with a one-line warning, and the previous one is used; it is moved only
+once an older checkpoint has been read successfully, so an incompatible target
+never displaces good checkpoints.
+
+Keep rule: ``max_to_keep`` is ``None`` (keep all) or at least 1. Older steps are
+deleted only right after a new step was saved and is listed as complete on
+every process; opening a manager (with any ``max_to_keep``) or restoring never
+deletes anything.
 
 Multi-host: every process constructs the manager on the same (shared) directory
 and calls ``save`` and ``restore`` with the same arguments; the arrays are global
 ``jax.Array`` over the mesh. Orbax splits the writing of replicated arrays
 between the processes (each chunk is written once) and process 0 writes the
-JSON ``meta`` and renames the finished step. A checkpoint counts as readable only
-if every process read it, so all processes resume from the same step; process 0
-moves unreadable ones aside and the others wait for it.
+JSON ``meta`` (with the checksums it computed from its own copies) and renames
+the finished step. A checkpoint counts as readable only if every process read
+and verified it, so all processes resume from the same step; process 0 moves
+unreadable ones aside and the others wait for it.
+
+:class:`RunLock` keeps two runs out of one run directory.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import logging
 import os
 import shutil
+import socket
+import time
 import warnings
 from typing import Any
 
@@ -34,11 +58,37 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-__all__ = ["CheckpointManager", "CheckpointError", "abstract_like"]
+__all__ = ["CheckpointManager", "CheckpointError", "ChecksumMismatchError",
+           "SignatureMismatchError", "StructureMismatchError", "RunLock",
+           "RunLockedError", "abstract_like", "check_signature", "check_structure"]
+
+_log = logging.getLogger(__name__)
+
+# Reserved key of ``meta`` holding what sslit adds to every step.
+_RESERVED = "_sslit"
+_FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
-  """No checkpoint in a directory could be restored although some exist."""
+  """A checkpoint directory holds checkpoints, but none can be used as asked."""
+
+  reason: str | None = None  # a short form, without the directory, for summaries
+
+
+class ChecksumMismatchError(CheckpointError):
+  """A checkpoint's data do not match the checksums written with it (damaged)."""
+
+
+class SignatureMismatchError(CheckpointError):
+  """The checkpoint was written by a run with other settings than the current one."""
+
+
+class StructureMismatchError(CheckpointError):
+  """The saved tree (leaf paths, shapes) does not match the model being restored."""
+
+
+class RunLockedError(CheckpointError):
+  """Another process holds the run directory's lock."""
 
 
 def _is_key(x: Any) -> bool:
@@ -91,18 +141,210 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(conv, tree)
 
 
+# --- integrity: checksums, run signatures, tree structure -----------------------
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """Leaves by their ``/``-joined path, named as orbax names them on disk.
+
+  A ``TrainState`` field, a dict key and a tuple index all become one path
+  component, so a target tree and the saved tree's metadata (nested dicts)
+  give the same names.
+  """
+  return {"/".join(str(p) for p in k): v for k, v in ocp.tree.to_flat_dict(tree).items()}
+
+
+def _digest(host: np.ndarray) -> str:
+  data = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+  return hashlib.sha256(data).hexdigest()
+
+
+def _index_key(index: tuple, shape: tuple) -> str:
+  """A shard's position, e.g. ``0:4,0:3``, independent of how the slice was spelled."""
+  return ",".join("{}:{}".format(*sl.indices(n)[:2]) for sl, n in zip(index, shape))
+
+
+def _leaf_record(x: Any) -> dict[str, Any]:
+  """Checksum record of one leaf: the whole value, or this process's shards of it."""
+  rec: dict[str, Any] = {"dtype": str(np.dtype(x.dtype))}
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      rec["sha256"] = _digest(np.asarray(x.addressable_data(0)))
+    else:  # sharded across processes: only this process's shards can be hashed
+      rec["shards"] = {}
+      for shard in x.addressable_shards:
+        key = _index_key(shard.index, x.shape)
+        if key not in rec["shards"]:
+          rec["shards"][key] = _digest(np.asarray(shard.data))
+    return rec
+  rec["sha256"] = _digest(np.asarray(x))
+  return rec
+
+
+def _checksums(data_tree: Any) -> dict[str, dict[str, Any]]:
+  return {name: _leaf_record(x) for name, x in _flat(data_tree).items()}
+
+
+def _verify(restored: Any, checksums: dict[str, Any] | None, where: str) -> None:
+  """Raise ``ChecksumMismatchError`` if a leaf this process holds does not match.
+
+  Leaves restored with another dtype than saved (orbax casts to the target's
+  dtype), and leaves sharded across processes whose shards this process does not
+  hold, are not checked.
+  """
+  if not checksums:
+    _log.debug("%s has no checksums (written before they existed); not verified", where)
+    return
+  checked = 0
+  for name, x in _flat(restored).items():
+    rec = checksums.get(name)
+    if rec is None or rec.get("dtype") != str(np.dtype(x.dtype)):
+      continue
+    bad = False
+    if "sha256" in rec:
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+          continue
+        x = x.addressable_data(0)
+      bad = _digest(np.asarray(x)) != rec["sha256"]
+    else:
+      shards = getattr(x, "addressable_shards", None)
+      if shards is None:  # a host array: the whole value, recorded shard by shard
+        shards = []
+        host = np.asarray(x)
+        for key, digest in rec.get("shards", {}).items():
+          index = tuple(slice(*map(int, part.split(":")))
+                        for part in key.split(",") if part)
+          bad = bad or _digest(host[index]) != digest
+      for shard in shards:
+        digest = rec.get("shards", {}).get(_index_key(shard.index, x.shape))
+        bad = bad or (digest is not None and _digest(np.asarray(shard.data)) != digest)
+    if bad:
+      error = ChecksumMismatchError(
+          f"checksum mismatch in leaf {name} of {where}: its data changed on disk "
+          f"after they were written")
+      error.reason = f"checksum mismatch in leaf {name}"
+      raise error
+    checked += 1
+  _log.debug("%s: %d leaves verified against their checksums", where, checked)
+
+
+def _json_normal(d: dict[str, Any], name: str) -> dict[str, Any]:
+  if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+    raise TypeError(f"{name} must be a dict with str keys, got {type(d).__name__}.")
+  try:
+    return json.loads(json.dumps(d))
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be JSON-serialisable (numbers, strings, lists, "
+                    f"dicts): {e}.") from e
+
+
+_ABSENT = "<absent>"
+
+
+def check_signature(stored: dict[str, Any] | None, current: dict[str, Any] | None, *,
+                    where: str = "the checkpoint") -> None:
+  """Raise ``SignatureMismatchError`` if two run signatures differ in any field.
+
+  A run signature is a small JSON dict of the settings that define a run's
+  trajectory (learning rate, batch size, number of steps, objective, model, seed,
+  ...): the caller chooses the fields. Values are compared after a JSON round
+  trip (a tuple equals the list it is saved as). Nothing is compared when either
+  is None (a checkpoint written without one, or a caller that passes none).
+
+  Args:
+    stored: the signature saved with a checkpoint (``CheckpointManager.signature``).
+    current: the signature of the run about to continue from it.
+    where: how the message names the checkpoint.
+
+  Raises:
+    SignatureMismatchError: listing every differing field as ``old → new``.
+  """
+  if stored is None or current is None:
+    return
+  stored = _json_normal(stored, "the stored signature")
+  current = _json_normal(current, "signature")
+  differ = sorted(k for k in set(stored) | set(current)
+                  if stored.get(k, _ABSENT) != current.get(k, _ABSENT))
+  if differ:
+    changes = ", ".join(f"{k} {json.dumps(stored.get(k, _ABSENT))} → "
+                        f"{json.dumps(current.get(k, _ABSENT))}" for k in differ)
+    raise SignatureMismatchError(
+        f"{where} was written by a run with other settings ({changes}); to continue "
+        f"that run, use its settings; to start a new run, use another workdir (or "
+        f"move this one aside). Nothing was moved or deleted.")
+
+
+def check_structure(saved: Any, target: Any, *, where: str = "the checkpoint") -> None:
+  """Raise ``StructureMismatchError`` if two trees differ in leaf paths or shapes.
+
+  Args:
+    saved: the saved tree's metadata (leaves with ``.shape``), or any pytree.
+    target: the tree to restore into (``jax.ShapeDtypeStruct`` leaves, arrays).
+    where: how the message names the checkpoint.
+
+  Raises:
+    StructureMismatchError: naming the first differing leaf path (in sorted
+      order) and both shapes, and how many leaves differ in all.
+  """
+  a = {k: tuple(np.shape(v) if not hasattr(v, "shape") else v.shape)
+       for k, v in _flat(saved).items()}
+  b = {k: tuple(np.shape(v) if not hasattr(v, "shape") else v.shape)
+       for k, v in _flat(target).items()}
+  differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  if not differ:
+    return
+  k = differ[0]
+  if k not in a:
+    first = f"leaf {k} (shape {b[k]}) is in the model but not in the checkpoint"
+  elif k not in b:
+    first = f"leaf {k} (shape {a[k]}) is in the checkpoint but not in the model"
+  else:
+    first = f"leaf {k} has shape {a[k]} in the checkpoint but {b[k]} in the model"
+  more = f" ({len(differ) - 1} more leaves differ)" if len(differ) > 1 else ""
+  error = StructureMismatchError(
+      f"{where} does not fit the model: {first}{more}; restore it with the model "
+      f"that wrote it, or use another workdir to train this model from scratch. "
+      f"Nothing was moved or deleted.")
+  error.reason = f"does not fit the model: {first}"
+  raise error
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+  """One line: the error's type and the first line of its message, truncated."""
+  text = getattr(e, "reason", None) or (
+      str(e).strip().splitlines()[0] if str(e).strip() else "")
+  if not isinstance(e, CheckpointError):
+    text = f"{type(e).__name__}: {text}"
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --- the manager -------------------------------------------------------------------
+
+
 class CheckpointManager:
   """Save and restore training state under ``directory`` (one sub-directory per step).
 
   Args:
     directory: where checkpoints live (created if missing).
     max_to_keep: keep only the newest ``max_to_keep`` checkpoints (None: all).
+      At least 1. Older steps are deleted only after a new step was saved
+      successfully, never when a manager is opened.
 
   Raises:
+    ValueError: ``max_to_keep`` is not None or a positive int.
     PermissionError: if ``directory`` cannot be created or written.
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3):
+    if max_to_keep is not None and (
+        isinstance(max_to_keep, bool) or not isinstance(max_to_keep, (int, np.integer))
+        or max_to_keep < 1):
+      raise ValueError(
+          f"max_to_keep (the config's keep_checkpoints) must be None (keep all) or an "
+          f"int >= 1, got {max_to_keep!r}: keeping 0 would delete every checkpoint "
+          f"right after writing it. Use keep_checkpoints=1 or more, or "
+          f"checkpoint_every=0 to save only at the end.")
     self.directory = os.path.abspath(os.fspath(directory))
     try:
       os.makedirs(self.directory, exist_ok=True)
@@ -113,12 +355,14 @@ class CheckpointManager:
     if not os.access(self.directory, os.W_OK):
       raise PermissionError(f"checkpoint directory {self.directory!r} is not writable; "
                             f"choose a writable --workdir.")
-    self.max_to_keep = max_to_keep
+    self.max_to_keep = None if max_to_keep is None else int(max_to_keep)
     self._manager = self._make_manager()
 
   def _make_manager(self) -> ocp.CheckpointManager:
+    # Orbax keeps everything: pruning is done by ``_prune``, after a save is complete
+    # (orbax's own pruning also runs when finalising a step failed).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False,
+        max_to_keep=None, create=True, enable_async_checkpointing=False,
         cleanup_tmp_directories=True)
     return ocp.CheckpointManager(self.directory, options=options,
                                  item_names=("state", "meta"))
@@ -132,76 +376,137 @@ class CheckpointManager:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
-  def save(self, step: int, state: Any, *, meta: dict[str, Any] | None = None) -> None:
+  def save(self, step: int, state: Any, *, meta: dict[str, Any] | None = None,
+           signature: dict[str, Any] | None = None) -> None:
     """Save ``state`` and ``meta`` as checkpoint ``step`` (blocking, atomic).
 
     Every process must call this (multi-host); replicated arrays are written once.
+    With the step saved, steps beyond the newest ``max_to_keep`` are deleted. A
+    step that already exists is left as it is.
 
     Args:
       step: the training step the state is at (number of updates applied).
       state: pytree of arrays.
-      meta: small JSON-serialisable dict (data position, seeds, ...).
+      meta: small JSON-serialisable dict (data position, seeds, ...); the key
+        ``"_sslit"`` is reserved.
+      signature: small JSON dict of the settings that define the run (see
+        :func:`check_signature`), stored with the step and checked by
+        ``restore(..., signature=...)``.
     """
     meta = dict(meta or {})
+    if _RESERVED in meta:
+      raise ValueError(f"meta key {_RESERVED!r} is reserved for sslit's checksums and "
+                       f"signature; rename that key.")
     meta.setdefault("step", int(step))
+    info: dict[str, Any] = {"format": _FORMAT}
+    if signature is not None:
+      info["signature"] = _json_normal(signature, "signature")
     if int(step) in self._manager.all_steps():
       return
+    data = _keys_to_data(state)
+    # Only process 0 writes ``meta``: the others need not hash.
+    info["checksums"] = _checksums(data) if jax.process_index() == 0 else {}
+    meta[_RESERVED] = info
     self._manager.save(
         int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(data),
                                 meta=ocp.args.JsonSave(meta)),
         force=True)
     self._manager.wait_until_finished()
+    self._prune(int(step))
 
-  def restore(self, abstract_state: Any, *, step: int | None = None
+  def _prune(self, new_step: int) -> None:
+    """Delete steps beyond the newest ``max_to_keep``, once ``new_step`` is complete."""
+    if self.max_to_keep is None:
+      return
+    self._manager.reload()
+    steps = self.all_steps()
+    if not _on_every_process(new_step in steps):
+      warnings.warn(f"checkpoint step {new_step} in {self.directory} is not listed as "
+                    f"complete after saving it; no older checkpoint was deleted.",
+                    RuntimeWarning, stacklevel=3)
+      return
+    for s in steps[:-self.max_to_keep]:
+      if s != new_step:
+        self._manager.delete(s)
+
+  def signature(self, step: int | None = None) -> dict[str, Any] | None:
+    """The run signature saved with checkpoint ``step`` (default: the newest), or None."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None:
+      return None
+    return self._read_meta(step)[1].get("signature")
+
+  def restore(self, abstract_state: Any, *, step: int | None = None,
+              signature: dict[str, Any] | None = None
               ) -> tuple[Any, dict[str, Any], int] | None:
     """Restore a checkpoint into the structure, dtypes and shardings of ``abstract_state``.
 
-    With ``step=None`` the newest checkpoint is used; if it cannot be read it is
-    renamed ``<step>.corrupt`` with a warning and the previous one is tried.
+    With ``step=None`` the newest checkpoint is used; if it cannot be read or its
+    data do not match their checksums, it is renamed ``<step>.corrupt`` with a
+    one-line warning and the previous one is tried.
 
     Args:
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` (with ``sharding``), e.g.
         from ``jax.eval_shape`` of the initialiser.
       step: a specific step to restore (no fallback), or None for the newest.
+      signature: the current run's signature; compared with the one saved with
+        the step before anything is read (None: not compared).
 
     Returns:
       ``(state, meta, step)``, or None if the directory holds no checkpoint.
 
     Raises:
+      SignatureMismatchError: the step was saved with another signature.
+      StructureMismatchError: no step fits ``abstract_state`` (paths or shapes).
+      ChecksumMismatchError: ``step`` was given and its data are damaged.
       CheckpointError: checkpoints exist but none could be restored.
     """
     target = _abstract_keys_to_data(abstract_state)
-    restore_one = lambda s: self._restore_step(s, abstract_state, target)
+    restore_one = lambda s: self._restore_step(s, abstract_state, target, signature)
     if step is not None:
       return restore_one(int(step))
     return self._newest_good(restore_one)
 
-  def restore_raw(self, *, step: int | None = None
+  def restore_raw(self, *, step: int | None = None,
+                  signature: dict[str, Any] | None = None
                   ) -> tuple[Any, dict[str, Any], int] | None:
     """Restore without a target: nested dicts of NumPy arrays as saved (keys as data).
 
     For reading a run's parameters without rebuilding its optimiser (``sslit
     eval``). The arrays are read on the host whatever devices and processes wrote
-    them (a checkpoint of a two-process run reads in one process). Same fallback
-    as :meth:`restore`.
+    them (a checkpoint of a two-process run reads in one process). Same checks
+    (checksums; the signature if given) and fallback as :meth:`restore`.
     """
     def restore_one(s):
+      meta, info = self._read_meta(s)
+      where = f"checkpoint step {s} in {self.directory}"
+      check_signature(info.get("signature"), signature, where=where)
       # Without a target orbax would rebuild the saved shardings, which name the
       # devices of the run that wrote them; NumPy leaves ask for host arrays.
-      handler = ocp.StandardCheckpointHandler()
-      try:
-        saved = handler.metadata(epath.Path(self.directory) / str(s) / "state")
-      finally:
-        handler.close()
-      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), self._saved_tree(s))
       restored = self._manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                     meta=ocp.args.JsonRestore()))
-      return restored["state"], dict(restored["meta"]), s
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+      _verify(restored["state"], info.get("checksums"), where)
+      return restored["state"], meta, s
     if step is not None:
       return restore_one(int(step))
     return self._newest_good(restore_one)
+
+  def _read_meta(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(meta without the reserved key, the reserved record)`` of a step."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = dict(restored["meta"])
+    info = meta.pop(_RESERVED, None)
+    return meta, (info if isinstance(info, dict) else {})
+
+  def _saved_tree(self, step: int) -> Any:
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.metadata(epath.Path(self.directory) / str(step) / "state")
+    finally:
+      handler.close()
 
   def _newest_good(self, restore_one):
     steps = self.all_steps()
@@ -211,34 +516,46 @@ class CheckpointManager:
     for s in reversed(steps):
       try:
         result, error = restore_one(s), None
-      except Exception as e:  # corrupt or incompatible: try the previous one
+      except SignatureMismatchError:
+        raise  # another run's checkpoint, not a damaged one: nothing is moved
+      except Exception as e:  # damaged or incompatible: try the previous one
         result, error = None, e
+        _log.debug("checkpoint step %s in %s could not be restored", s, self.directory,
+                   exc_info=e)
       # All processes must resume from the same step.
       if not _on_every_process(error is None):
         errors.append((s, error or CheckpointError(
             f"step {s} was read by this process but not by every process")))
         continue
-      # An older checkpoint reads fine, so the newer ones are corrupt: move them
+      # An older checkpoint reads fine, so the newer ones are damaged: move them
       # aside (never delete) so that training can write those steps again.
       for bad, e in errors:
         moved = self._move_aside(bad)
         warnings.warn(
-            f"checkpoint at step {bad} in {self.directory} could not be restored "
-            f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and resumed "
-            f"from step {s} instead.", RuntimeWarning, stacklevel=3)
+            f"checkpoint step {bad} in {self.directory} could not be restored "
+            f"({_short(e)}); moved it to {moved}, resuming from step {s}.",
+            RuntimeWarning, stacklevel=3)
       return result
+    for _, e in errors:
+      if isinstance(e, StructureMismatchError):
+        raise e  # the model changed: say how, rather than "none could be restored"
     raise CheckpointError(
-        f"none of the checkpoints in {self.directory} could be restored "
-        f"(nothing was moved or deleted):\n  " +
-        "\n  ".join(f"step {s}: {type(e).__name__}: {e}" for s, e in errors) +
-        "\nMove the directory aside to start from scratch.") from errors[0][1]
+        f"none of the checkpoints in {self.directory} could be restored ("
+        + "; ".join(f"step {s}: {_short(e, 100)}" for s, e in errors) +
+        "); nothing was moved or deleted. Move the directory aside to start from "
+        "scratch.") from errors[0][1]
 
-  def _restore_step(self, step: int, abstract_state: Any, target: Any):
+  def _restore_step(self, step: int, abstract_state: Any, target: Any,
+                    signature: dict[str, Any] | None = None):
+    where = f"checkpoint step {step} in {self.directory}"
+    meta, info = self._read_meta(step)
+    check_signature(info.get("signature"), signature, where=where)
+    check_structure(self._saved_tree(step), target, where=where)
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                      meta=ocp.args.JsonRestore()))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    _verify(restored["state"], info.get("checksums"), where)
     state = _data_to_keys(abstract_state, restored["state"])
-    return state, dict(restored["meta"]), step
+    return state, meta, step
 
   def _move_aside(self, step: int) -> str:
     src = os.path.join(self.directory, str(step))
@@ -265,3 +582,140 @@ class CheckpointManager:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# --- the run directory's lock ------------------------------------------------------
+
+
+def _distributed_process() -> tuple[int, int] | None:
+  """``(process_id, num_processes)`` if ``jax.distributed`` is initialised, else None.
+
+  ``jax.distributed.is_initialized()`` first, so a single-process program's XLA
+  backend is not started by asking (its flags may still be set after the lock).
+  """
+  if not jax.distributed.is_initialized():
+    return None
+  return jax.process_index(), jax.process_count()
+
+
+class RunLock:
+  """An exclusive lock on a run directory, held while a run writes into it.
+
+  ``fcntl.flock`` on ``<workdir>/.lock``, which then holds the holder's pid, host
+  and start time (JSON). The operating system releases the lock when the holder
+  exits, however it exits (``kill -9`` included), so a lock left by a dead process
+  never blocks; the file itself stays (emptied on a clean exit).
+
+  Multi-host (``jax.distributed`` initialised): every process enters the lock;
+  process 0 alone takes it and tells the others (a collective) whether it got it,
+  so either all processes run or all raise. On a filesystem where ``flock`` is not
+  supported, a ``RuntimeWarning`` says that the directory is not locked and the
+  run goes on. Child processes forked while the lock is held share it: it is
+  released when the last of them exits.
+
+  Args:
+    workdir: the run directory (created if missing).
+
+  Raises:
+    RunLockedError: on entering, if another process holds the lock.
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.workdir = os.path.abspath(os.fspath(workdir))
+    self.path = os.path.join(self.workdir, ".lock")
+    self._fd: int | None = None
+
+  def __enter__(self) -> "RunLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  @property
+  def locked(self) -> bool:
+    """Whether this process holds the lock now."""
+    return self._fd is not None
+
+  def acquire(self) -> None:
+    """Take the lock; raise ``RunLockedError`` at once if another process holds it."""
+    if self._fd is not None:
+      return
+    dist = _distributed_process()
+    error = None
+    if dist is None or dist[0] == 0:
+      try:
+        self._take()
+      except Exception as e:  # pylint: disable=broad-except  # tell the others first
+        error = e
+    if dist is not None and dist[1] > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+      if not ok and error is None:  # not process 0: report what process 0 met
+        holder = _read_holder(self.path)
+        error = (RunLockedError(_locked_message(self.workdir, holder)) if holder else
+                 CheckpointError(f"process 0 could not lock workdir {self.workdir}; "
+                                 f"see its error."))
+    if error is not None:
+      raise error
+
+  def _take(self) -> None:
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise PermissionError(f"cannot create the lock file {self.path!r}: {e.strerror}; "
+                            f"choose a writable --workdir.") from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise RunLockedError(_locked_message(self.workdir, _read_holder(self.path))) from None
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise
+      warnings.warn(f"cannot lock {self.workdir} ({e.strerror}: the filesystem does not "
+                    f"support flock); nothing keeps a second run out of it.",
+                    RuntimeWarning, stacklevel=3)
+      return
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now(datetime.timezone.utc).strftime(
+                  "%Y-%m-%d %H:%M:%S UTC")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+    os.fsync(fd)
+    self._fd = fd
+
+  def release(self) -> None:
+    """Release the lock (a no-op if not held)."""
+    fd, self._fd = self._fd, None
+    if fd is None:
+      return
+    try:
+      os.ftruncate(fd, 0)
+    except OSError:
+      pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _read_holder(path: str) -> dict[str, Any]:
+  # The holder writes its record right after taking the lock: wait briefly for it.
+  for _ in range(20):
+    try:
+      with open(path) as f:
+        text = f.read()
+      if text.strip():
+        return json.loads(text)
+    except (OSError, ValueError):
+      pass
+    time.sleep(0.05)
+  return {}
+
+
+def _locked_message(workdir: str, holder: dict[str, Any]) -> str:
+  who = (f"pid {holder.get('pid')} on host {holder.get('host')} since "
+         f"{holder.get('since')}" if holder.get("pid") else
+         "another process (its pid could not be read from the lock file)")
+  return f"workdir {workdir} is in use by {who}; wait for it or use another --workdir."

@@ -62,34 +62,32 @@ def set_cpu_device_count(n: int) -> bool:
   return not started
 
 
-_SERIAL_LAPACK_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
 def serialize_cpu_lapack() -> bool:
-  """Work around a jaxlib < 0.11 hang of batched LAPACK kernels on small CPUs.
+  """Work around a jaxlib < 0.11 hang of batched LAPACK kernels on CPUs.
 
-  On jaxlib 0.10, batched Cholesky/eigh kernels split their batch over XLA's intra-op
-  pool and block on it; when the scheduler runs as many of them at once as the pool
-  has threads (2 on a 2-core machine), every worker waits and the program hangs. It
-  was seen in ``cpa.representation_information``'s pairwise bounds. Scheduling the
-  program without the concurrency optimisation serialises them. Like
+  On jaxlib 0.10, batched Cholesky/eigh/triangular-solve kernels split their batch
+  over XLA's intra-op pool and block on it; when XLA's concurrency-optimised
+  (breadth-first) schedule runs as many of them at once as the pool has threads
+  (2 on a 2-core machine), every worker waits and the program hangs (seen in
+  ``cpa.representation_information`` and ``estimators.mixture_entropy_mc``).
+  ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` selects XLA's
+  depth-first, memory-minimising schedule instead, under which they do not run
+  side by side. ``import sslit`` already applies it (``sslit.SERIAL_LAPACK_FLAG``);
+  this function is for code that rebuilt ``XLA_FLAGS`` since. Like
   ``set_cpu_device_count``, only effective before the backend starts; a no-op on
-  jaxlib >= 0.11 (that path is gone there, and the flag may be too).
+  jaxlib >= 0.11, and when ``XLA_FLAGS`` already names the option (the user's
+  choice wins).
 
   Returns:
-    True if the flag is now set (or was already), False otherwise.
+    True if the option is now in ``XLA_FLAGS`` (set here or before), False otherwise.
   """
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  try:
-    major, minor = (int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2])
-  except Exception:  # pylint: disable=broad-except
-    return False
+  import sslit  # pylint: disable=g-import-not-at-top
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
+  if sslit._FLAG_NAME in flags:  # pylint: disable=protected-access
     return True
-  if (major, minor) >= (0, 11) or _backend_started():
+  if not sslit._jaxlib_affected() or _backend_started():  # pylint: disable=protected-access
     return False
-  os.environ["XLA_FLAGS"] = (flags + " " + _SERIAL_LAPACK_FLAG).strip()
+  os.environ["XLA_FLAGS"] = (flags + " " + sslit.SERIAL_LAPACK_FLAG).strip()
   return True
 
 
@@ -141,11 +139,9 @@ def _cpu_step_options() -> tuple[tuple[str, str], ...]:
 
 
 def _backend_started() -> bool:
-  try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    return bool(getattr(xla_bridge, "_backends", {}))
-  except Exception:  # pragma: no cover - private API moved: assume started
-    return True
+  """Whether JAX has started an XLA backend (``sslit._backend_started``: one place)."""
+  import sslit  # pylint: disable=g-import-not-at-top
+  return sslit._backend_started()  # pylint: disable=protected-access
 
 
 def initialize(*, coordinator_address: str | None = None,

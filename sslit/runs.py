@@ -254,45 +254,58 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     augment.preset(options.augment, image_size=train_ds.image_shape[0])  # known name
   model = build_model(config)
   chief = jax.process_index() == 0
-  changed = prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
-                            write=chief)
-  if changed:
-    log("sslit train: resuming with changed settings: " + ", ".join(
-        f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
-  evaluators = []
-  if int(config.eval_every):
-    evaluators.append(_every(int(config.eval_every), options.num_steps,
-                             evaluate.make_probe_evaluator(
-        models.make_apply_fn(model, "rep"), train_ds, test_ds, num_train=5000,
-        num_test=1000)))
-  if int(config.get("monitor_every", 0)):
-    evaluators.append(_every(int(config.monitor_every), options.num_steps,
-                             _monitor(config, model, train_ds, test_ds,
-                                      num_examples=int(config.get("monitor_examples",
-                                                                  512)))))
-  log(f"sslit train: {config.objective} on {config.dataset}, {options.num_steps} steps "
-      f"of {options.batch_size} on {mesh.devices.size} device(s); workdir {workdir}")
-  clock.lap("setup_s")
-  result = train_lib.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
-                         evaluators=evaluators, options=options)
-  clock.lap("fit_s")
-  compile_s = [h["compile_s"] for h in result.history if "compile_s" in h]
-  if compile_s:
-    clock.laps["compile_s"] = compile_s[0]  # the first step, part of fit_s
-  if result.resumed_from is not None:
-    log(f"sslit train: resumed from step {result.resumed_from}")
-  results = report = None
-  if config.eval.enabled:
-    results = offline_eval(config, model, result.variables, train_ds, test_ds,
-                           step=result.step, workdir=workdir, write=chief)
-    clock.lap("eval_s")
-  if config.get("report", True) and chief:
-    report = write_report(workdir)
-    clock.lap("report_s")
-  if chief:
-    clock.write(os.path.join(workdir, "timings.json"), steps=result.step - int(
-        result.resumed_from or 0))
+  from sslit import checkpoint
+  train_lib.ensure_writable(workdir)
+  # One run at a time in a run directory: a second one fails at once, naming this
+  # one's pid (every process of a multi-host run enters; process 0 holds it).
+  with checkpoint.RunLock(workdir):
+    changed = prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
+                              write=chief)
+    options = dataclasses.replace(options, accept_changes=tuple(changed))
+    if changed:
+      log("sslit train: resuming with changed settings: " + ", ".join(
+          f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+    evaluators = []
+    if int(config.eval_every):
+      evaluators.append(_every(int(config.eval_every), options.num_steps,
+                               evaluate.make_probe_evaluator(
+          models.make_apply_fn(model, "rep"), train_ds, test_ds, num_train=5000,
+          num_test=1000)))
+    if int(config.get("monitor_every", 0)):
+      evaluators.append(_every(int(config.monitor_every), options.num_steps,
+                               _monitor(config, model, train_ds, test_ds,
+                                        num_examples=int(config.get("monitor_examples",
+                                                                    512)))))
+    log(f"sslit train: {config.objective} on {config.dataset}, {options.num_steps} steps "
+        f"of {options.batch_size} on {mesh.devices.size} device(s); workdir {workdir}")
+    clock.lap("setup_s")
+    result = train_lib.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
+                           evaluators=evaluators, options=options, lock=False,
+                           signature=_signature(config))
+    clock.lap("fit_s")
+    compile_s = [h["compile_s"] for h in result.history if "compile_s" in h]
+    if compile_s:
+      clock.laps["compile_s"] = compile_s[0]  # the first step, part of fit_s
+    if result.resumed_from is not None:
+      log(f"sslit train: resumed from step {result.resumed_from}")
+    results = report = None
+    if config.eval.enabled:
+      results = offline_eval(config, model, result.variables, train_ds, test_ds,
+                             step=result.step, workdir=workdir, write=chief)
+      clock.lap("eval_s")
+    if config.get("report", True) and chief:
+      report = write_report(workdir)
+      clock.lap("report_s")
+    if chief:
+      clock.write(os.path.join(workdir, "timings.json"), steps=result.step - int(
+          result.resumed_from or 0))
   return TrainResult(result, results, report)
+
+
+def _signature(config: ConfigDict) -> dict:
+  """What a run's checkpoints must agree on besides ``FitOptions``: model and data."""
+  return {"model": config_lib.to_dict(config.model), "dataset": config.dataset,
+          "cpu_devices": config.get("cpu_devices", 0)}
 
 
 class _Clock:

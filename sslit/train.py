@@ -19,6 +19,7 @@ schedule. Library code never reads a config object: ``fit`` takes a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import sys
@@ -47,7 +48,7 @@ from sslit.optim import (OPTIMIZERS, decay_mask, ema_momentum_schedule,
 __all__ = [
     "TrainState", "FitResult", "NonFiniteLossError", "make_schedule",
     "ema_momentum_schedule", "decay_mask", "make_optimizer", "make_train_step",
-    "fit", "FitOptions", "images_to_float", "ensure_writable",
+    "fit", "FitOptions", "images_to_float", "ensure_writable", "run_signature",
 ]
 
 # Representation statistics (computed on logging steps only).
@@ -355,7 +356,12 @@ class FitOptions:
     eval_every: evaluator period in steps (0: only at the end).
     max_train_seconds: stop early (with a checkpoint) after this much training
       time (None or 0: no cap); the schedule stays the one of ``num_steps``.
-    resume: restore the newest good checkpoint of the run directory if any.
+    resume: restore the newest good checkpoint of the run directory if any. Each
+      checkpoint stores the run's signature (:func:`run_signature`); resuming
+      with other trajectory settings raises ``checkpoint.SignatureMismatchError``
+      listing them, except for the fields named in ``accept_changes``.
+    accept_changes: signature fields allowed to differ from the checkpoint's
+      (e.g. ``("learning_rate",)`` to resume after a non-finite loss).
     progress: show a tqdm progress bar (process 0 only).
     tensorboard: also write TensorBoard events when tensorboard is importable.
   """
@@ -383,6 +389,7 @@ class FitOptions:
   eval_every: int = 0
   max_train_seconds: float | None = None
   resume: bool = True
+  accept_changes: tuple[str, ...] = ()
   progress: bool = True
   tensorboard: bool = True
 
@@ -418,10 +425,32 @@ def _due(hook: _Hook, step: int, final: bool) -> bool:
   return final or bool(hook.every and step % hook.every == 0)
 
 
+SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
+                    "augment", "optimizer", "learning_rate", "weight_decay",
+                    "momentum", "warmup_steps", "end_lr_factor", "scale_lr_by_batch",
+                    "grad_clip", "ema_momentum", "probe", "probe_learning_rate",
+                    "seed", "normalize")
+
+
+def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
+  """The settings that define a run's trajectory, as a small JSON-ready dict.
+
+  ``SIGNATURE_FIELDS`` of ``options`` (an objective or augmentation given as an
+  object is named by its ``name`` or ``repr``) plus ``extra`` (e.g. the model and
+  data set of a config). Stored with every checkpoint and compared on resume.
+  """
+  def plain(v):
+    return json.loads(json.dumps(v, default=lambda x: getattr(x, "name", repr(x))))
+  sig = {f: plain(getattr(options, f)) for f in SIGNATURE_FIELDS}
+  sig.update({k: plain(v) for k, v in dict(extra or {}).items()})
+  return sig
+
+
 def fit(*, model: Any, dataset: Any, options: FitOptions,
         workdir: str | os.PathLike | None = None, mesh: Any = None,
         evaluators: Sequence[Callable] = (),
-        data_iterator_fn: Callable | None = None) -> FitResult:
+        data_iterator_fn: Callable | None = None,
+        signature: Mapping[str, Any] | None = None, lock: bool = True) -> FitResult:
   """Pretrain ``model`` with a self-supervised objective on ``dataset``.
 
   A short loop: the jitted step, then the hooks that are due (log, evaluate,
@@ -440,6 +469,9 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       ``metrics.jsonl``.
     data_iterator_fn: ``(start_step) -> iterator of host batches`` replacing
       ``sslit.data.batch_iterator`` (each batch is this process's part).
+    signature: extra signature fields (see :func:`run_signature`).
+    lock: hold ``checkpoint.RunLock(workdir)`` while training (False: the caller
+      holds it, as ``sslit.runs.train`` does).
 
   Returns:
     A ``FitResult`` (final state, eval variables, logged history, final step,
@@ -450,8 +482,14 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     ValueError: bad arguments (unknown objective, batch size not divisible by
       the device count, BYOL without a predictor, ...).
   """
+  if workdir is not None and lock:
+    with checkpoint_lib.RunLock(workdir):
+      return fit(model=model, dataset=dataset, options=options, workdir=workdir,
+                 mesh=mesh, evaluators=evaluators, data_iterator_fn=data_iterator_fn,
+                 signature=signature, lock=False)
   o = options
-  run = _setup(model, dataset, o, workdir, mesh)
+  sig = run_signature(o, signature)
+  run = _setup(model, dataset, o, workdir, mesh, sig)
   state, start, manager = run.state, run.start, run.manager
   is_chief = jax.process_index() == 0
   writer = metrics_lib.MetricsWriter(
@@ -493,7 +531,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     del metrics
     manager.save(step, state, meta={"step": step, "data_step": step, "seed": o.seed,
                                     "batch_size": o.batch_size,
-                                    "num_steps": o.num_steps})
+                                    "num_steps": o.num_steps}, signature=sig)
     last_saved = step
 
   hooks = [_Hook(o.log_every, log)]
@@ -545,7 +583,7 @@ class _Setup(NamedTuple):
   tensorboard_dir: str | None
 
 
-def _setup(model, dataset, o: FitOptions, workdir, mesh) -> _Setup:
+def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   """Objective, optimiser, abstract shapes, restore-or-init and the jitted step."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(o.batch_size, mesh)
@@ -618,7 +656,9 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh) -> _Setup:
 
   state, resumed_from = None, None
   if manager is not None and o.resume:
-    restored = manager.restore(abstract_state)
+    stored = manager.signature() or {}
+    accepted = {k: stored[k] for k in o.accept_changes if k in stored}
+    restored = manager.restore(abstract_state, signature={**sig, **accepted})
     if restored is not None:
       state, _, resumed_from = restored
   if state is None:

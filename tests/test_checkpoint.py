@@ -1,8 +1,10 @@
-"""sslit.checkpoint: round trip, keep-last-K, atomicity, corrupt fallback."""
+"""sslit.checkpoint: round trip, keep-last-K, atomicity, corrupt fallback, checksums,
+run signatures, structure checks, the keep rule. (RunLock: tests/test_robustness.py.)"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import jax
@@ -93,8 +95,9 @@ def test_all_corrupt_raises_and_moves_nothing(tmp_path):
   m = checkpoint.CheckpointManager(tmp_path)
   m.save(1, _state(1))
   _corrupt(tmp_path, 1)
-  with pytest.raises(checkpoint.CheckpointError, match="none of the checkpoints"):
+  with pytest.raises(checkpoint.CheckpointError, match="none of the checkpoints") as e:
     m.restore(checkpoint.abstract_like(_state(0)))
+  assert "\n" not in str(e.value) and len(str(e.value)) < 400  # one short line
   assert os.path.isdir(tmp_path / "1")
   m.close()
 
@@ -110,3 +113,139 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(PermissionError, match="writable"):
     checkpoint.CheckpointManager(blocker / "ckpt")
+
+
+def _big_state(seed):
+  """A state whose data file is mostly array bytes (a 64x64 float32 leaf)."""
+  rng = np.random.default_rng(seed)
+  tree = {"params": {"w": rng.standard_normal((64, 64)).astype(np.float32)},
+          "key": jax.random.key(seed)}
+  return parallel.replicate(tree, parallel.make_mesh())
+
+
+def _flip_one_bit(directory, step):
+  """Flip one bit in the middle of the step's largest array-data file."""
+  files = glob.glob(os.path.join(directory, str(step), "state", "**", "d", "*"),
+                    recursive=True)
+  big = max(files, key=os.path.getsize)
+  with open(big, "r+b") as f:
+    data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x10
+    f.seek(0)
+    f.write(data)
+
+
+def test_flipped_bit_in_newest_falls_back_with_one_short_warning(tmp_path):
+  m = checkpoint.CheckpointManager(tmp_path, max_to_keep=3)
+  m.save(1, _big_state(1))
+  m.save(2, _big_state(2))
+  _flip_one_bit(tmp_path, 2)
+  with pytest.warns(RuntimeWarning) as record:
+    restored, _, step = m.restore(checkpoint.abstract_like(_big_state(0)))
+  assert step == 1 and _equal(restored, _big_state(1))
+  (w,) = [str(r.message) for r in record]
+  # Caught by the checksum (orbax reads the flipped bit without complaint).
+  assert "step 2" in w and "checksum mismatch in leaf params/w" in w and "\n" not in w
+  assert os.path.isdir(tmp_path / "2.corrupt")
+  m.close()
+
+
+def test_flipped_bit_in_the_only_step_is_a_clear_error(tmp_path):
+  m = checkpoint.CheckpointManager(tmp_path)
+  m.save(1, _big_state(1))
+  _flip_one_bit(tmp_path, 1)
+  for restore in (lambda: m.restore(checkpoint.abstract_like(_big_state(0))), m.restore_raw):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"none of the checkpoints .*step 1: checksum mismatch in leaf params/w") as e:
+      restore()
+    assert "\n" not in str(e.value)
+  with pytest.raises(checkpoint.ChecksumMismatchError, match="params/w"):
+    m.restore(checkpoint.abstract_like(_big_state(0)), step=1)
+  assert m.all_steps() == [1] and not glob.glob(str(tmp_path / "*.corrupt*"))
+  m.close()
+
+
+def test_checkpoint_without_checksums_still_restores(tmp_path):
+  # A step written before checksums existed: meta without the reserved record.
+  m = checkpoint.CheckpointManager(tmp_path)
+  m.save(1, _state(1), meta={"seed": 1})
+  path = tmp_path / "1" / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  assert set(meta["_sslit"]["checksums"]) == {"params/w", "params/b", "step", "key"}
+  del meta["_sslit"]
+  path.write_text(json.dumps(meta))
+  m.close()
+  m = checkpoint.CheckpointManager(tmp_path)
+  restored, meta, step = m.restore(checkpoint.abstract_like(_state(0)),
+                                   signature={"lr": 0.1})
+  assert step == 1 and meta == {"seed": 1, "step": 1} and _equal(restored, _state(1))
+  m.close()
+
+
+def test_signature_is_stored_and_a_changed_one_is_refused(tmp_path):
+  sig = {"learning_rate": 0.1, "batch_size": 8, "num_steps": 100, "widths": (4, 4)}
+  m = checkpoint.CheckpointManager(tmp_path)
+  m.save(1, _state(1), signature=sig)
+  assert m.signature() == {**sig, "widths": [4, 4]}
+  _, _, step = m.restore(checkpoint.abstract_like(_state(0)), signature=sig)
+  assert step == 1
+  changed = {**sig, "learning_rate": 0.2, "num_steps": 200, "seed": 3}
+  for restore in (lambda s: m.restore(checkpoint.abstract_like(_state(0)), signature=s),
+                  lambda s: m.restore_raw(signature=s)):
+    with pytest.raises(checkpoint.SignatureMismatchError) as e:
+      restore(changed)
+    msg = str(e.value)
+    assert ("learning_rate 0.1 → 0.2, num_steps 100 → 200, seed \"<absent>\" → 3" in msg
+            and "another workdir" in msg and "step 1" in msg), msg
+  assert m.all_steps() == [1] and not glob.glob(str(tmp_path / "*.corrupt*"))
+  checkpoint.check_signature(None, changed)  # nothing stored: nothing to compare
+  with pytest.raises(TypeError, match="JSON"):
+    m.save(2, _state(2), signature={"fn": object()})
+  m.close()
+
+
+def test_model_that_does_not_fit_names_the_leaf_and_both_shapes(tmp_path):
+  m = checkpoint.CheckpointManager(tmp_path)
+  m.save(1, _state(1))
+  m.save(2, _state(2))
+  wider = _state(0)
+  wider["params"]["w"] = np.zeros((3, 5), np.float32)
+  with pytest.raises(checkpoint.StructureMismatchError,
+                     match=r"params/w has shape \(3, 4\) in the checkpoint but \(3, 5\) "
+                           r"in the model"):
+    m.restore(checkpoint.abstract_like(wider))
+  extra = _state(0)
+  extra["params"]["v"] = np.zeros(2, np.float32)
+  with pytest.raises(checkpoint.StructureMismatchError,
+                     match=r"params/v \(shape \(2,\)\) is in the model but not in the"):
+    m.restore(checkpoint.abstract_like(extra))
+  assert m.all_steps() == [1, 2] and not glob.glob(str(tmp_path / "*.corrupt*"))
+  m.close()
+
+
+@pytest.mark.parametrize("keep", [0, -1, 1.5, True])
+def test_keep_below_one_is_refused(tmp_path, keep):
+  with pytest.raises(ValueError, match="max_to_keep .*keep_checkpoints"):
+    checkpoint.CheckpointManager(tmp_path, max_to_keep=keep)
+  assert not os.listdir(tmp_path)
+
+
+def test_smaller_keep_deletes_only_after_a_new_save(tmp_path):
+  m = checkpoint.CheckpointManager(tmp_path, max_to_keep=3)
+  for s in (1, 2, 3):
+    m.save(s, _state(s))
+  m.close()
+  m = checkpoint.CheckpointManager(tmp_path, max_to_keep=1)
+  assert m.all_steps() == [1, 2, 3]  # opening deletes nothing
+  m.restore(checkpoint.abstract_like(_state(0)))
+  m.save(3, _state(3))  # an existing step: not saved again, nothing deleted
+  assert m.all_steps() == [1, 2, 3]
+  m.save(4, _state(4))
+  assert m.all_steps() == [4] and sorted(os.listdir(tmp_path)) == ["4"]
+  m.close()
+  m = checkpoint.CheckpointManager(tmp_path, max_to_keep=None)
+  m.save(5, _state(5))
+  assert m.all_steps() == [4, 5]
+  with pytest.raises(ValueError, match="reserved"):
+    m.save(6, _state(6), meta={"_sslit": 1})
+  m.close()

@@ -268,6 +268,25 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   np.testing.assert_allclose([e.value for e in events],
                              2 * [again["trained"]["linear_top1"]], rtol=1e-6)
 
+  # An optimisation setting may change on request only; the change is recorded.
+  code, out = _run(argv + ["--config.num_steps=40", "--config.eval.enabled=false",
+                           "--config.report=false"], capsys)
+  assert code == 2 and "--resume_with_changes" in out
+  code, out = _run(argv + ["--config.num_steps=40", "--config.eval.enabled=false",
+                           "--config.report=false", "--resume_with_changes"], capsys)
+  assert code == 0, out
+  assert "resuming with changed settings: num_steps 30 -> 40" in out
+  history = [json.loads(l) for l in
+             (workdir / "config_history.jsonl").read_text().splitlines()]
+  assert history[-1]["changed"] == {"num_steps": [30, 40]}
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "30", "40"]
+
+  # A second sslit train on a workdir in use exits at once, naming the holder.
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  with checkpoint.RunLock(workdir):
+    code, out = _run(argv + ["--config.num_steps=40"], capsys)
+  assert code == 1 and f"in use by pid {os.getpid()}" in out
+
 
 def test_command_line_entry_point_exit_status(tmp_path):
   proc = subprocess.run(

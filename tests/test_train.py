@@ -449,7 +449,8 @@ def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_comp
   kw = dict(FIT_KWARGS, num_steps=2, log_every=1)
   want = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "off",
                    tensorboard=False, **kw)
-  assert sorted(os.listdir(tmp_path / "off")) == ["checkpoints", "metrics.jsonl"]
+  assert sorted(f for f in os.listdir(tmp_path / "off") if f != ".lock") == [
+      "checkpoints", "metrics.jsonl"]
   # tensorboard unimportable (its submodules too, cached ones included).
   for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")]:
     monkeypatch.setitem(sys.modules, name, None)
@@ -458,9 +459,37 @@ def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_comp
     import tensorboard.summary.writer.event_file_writer  # pylint: disable=g-import-not-at-top,unused-import
   caplog.set_level("INFO")
   res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "missing", **kw)
-  assert sorted(os.listdir(tmp_path / "missing")) == ["checkpoints", "metrics.jsonl"]
+  assert sorted(f for f in os.listdir(tmp_path / "missing") if f != ".lock") == [
+      "checkpoints", "metrics.jsonl"]
   assert [l["step"] for l in res.history] == [1, 2]
   chex.assert_trees_all_equal(res.state.params, want.state.params)
   notes = [r for r in caplog.records if r.name == "sslit.metrics"]
   assert len(notes) == 1 and notes[0].levelname == "INFO", notes
   assert "tensorboard is not installed" in notes[0].getMessage()
+
+
+def test_resume_checks_the_checkpoint_signature(tmp_path, digits, fast_compile):
+  """Through the Python API too: other trajectory settings never resume silently."""
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  kw = dict(FIT_KWARGS, num_steps=4, log_every=2, checkpoint_every=2)
+  run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path, **kw)
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  with pytest.raises(checkpoint.SignatureMismatchError,
+                     match=r"learning_rate 0\.001 → 0\.0005"):
+    run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+            **dict(kw, learning_rate=5e-4, num_steps=6))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before  # nothing moved
+  # Accepted explicitly: resumes from step 4 with the new settings.
+  res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+                **dict(kw, learning_rate=5e-4, num_steps=6,
+                       accept_changes=("learning_rate", "num_steps")))
+  assert res.resumed_from == 4 and res.step == 6
+
+
+def test_a_second_run_on_a_locked_workdir_fails_at_once(tmp_path, digits):
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  with checkpoint.RunLock(tmp_path):
+    with pytest.raises(checkpoint.RunLockedError, match=f"pid {os.getpid()}"):
+      run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
+              **dict(FIT_KWARGS, num_steps=2))
+  assert not (tmp_path / "checkpoints").exists()
