@@ -719,6 +719,11 @@ def test_mmcr_closed_form(x64):
   loss, aux = _jitted(obj.mmcr_loss)(z, z)
   np.testing.assert_allclose([loss, aux["centroid_norm"], aux["local_nuclear_norm"]],
                              [-3.0, 1.0, np.sqrt(2.0)], rtol=1e-12)
+  # float32 through the Gram eigenvalues stays close to float64.
+  z_a, z_b = _views(np.random.default_rng(3), 64, 16)
+  want = ref.mmcr(z_a, z_b)["loss"]
+  got = _jitted(obj.mmcr_loss)(z_a.astype(np.float32), z_b.astype(np.float32))[0]
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_wmse_collapse_needs_eps():
