@@ -8,6 +8,7 @@ same process. The PyTorch functions implement the same math with the same algori
 the frameworks, not the formulas; their values are checked against sslit's.
 
 Run:  /work/venv/bin/python bench/objectives.py [--quick] [--large] [--repeats R]
+      [--rows NAME,NAME,...]
 
 Timing: warm-up calls (compilation) excluded, ``block_until_ready``, median of
 ``--repeats`` calls. ``torch.set_num_threads(2)``, ``OMP_WAIT_POLICY=PASSIVE``.
@@ -147,6 +148,100 @@ def t_information(z_a, z_b, entropy):
   return 25 * inv - coeff * (h - const)
 
 
+def t_simsiam(p_a, p_b, z_a, z_b):
+  def neg_cos(p, z):
+    return -torch.mean(torch.sum(_t_normalize(p) * _t_normalize(z.detach()), 1))
+  return (neg_cos(p_a, z_b) + neg_cos(p_b, z_a)) / 2
+
+
+def t_moco_v3(q_a, q_b, k_a, k_b, temperature=0.2):
+  def ctr(q, k):
+    logits = _t_normalize(q) @ _t_normalize(k.detach()).T / temperature
+    labels = torch.arange(q.shape[0])
+    return torch.nn.functional.cross_entropy(logits, labels) * 2 * temperature
+  return ctr(q_a, k_b) + ctr(q_b, k_a)
+
+
+def _t_swapped_ce(targets, log_probs):
+  g, n = targets.shape[:2]
+  m = log_probs.shape[0]
+  ce = -torch.einsum("gnk,mnk->gm", targets, log_probs) / n
+  keep = torch.arange(g)[:, None] != torch.arange(m)[None, :]
+  return torch.sum(ce * keep) / (g * (m - 1))
+
+
+def t_dino(student, teacher, center, ts=0.1, tt=0.07):
+  q = torch.softmax((teacher.detach() - center) / tt, -1)
+  return _t_swapped_ce(q, torch.log_softmax(student / ts, -1))
+
+
+def t_sinkhorn(scores, epsilon=0.05, iterations=3):
+  n, p = scores.shape
+  log_q = scores.detach() / epsilon
+  log_q = log_q - torch.logsumexp(log_q.reshape(-1), 0)
+  for _ in range(iterations):
+    log_q = log_q - torch.logsumexp(log_q, 0, keepdim=True) - math.log(p)
+    log_q = log_q - torch.logsumexp(log_q, 1, keepdim=True) - math.log(n)
+  return torch.exp(log_q) * n
+
+
+def t_swav(z, prototypes, temperature=0.1):
+  scores = torch.einsum("vnk,pk->vnp", _t_normalize_last(z), prototypes)
+  codes = torch.stack([t_sinkhorn(scores[i]) for i in range(2)])
+  return _t_swapped_ce(codes, torch.log_softmax(scores / temperature, -1))
+
+
+def _t_normalize_last(z):
+  return torch.nn.functional.normalize(z, dim=-1, eps=1e-12)
+
+
+def _t_whiten(z):
+  n, k = z.shape
+  zc = z - z.mean(0)
+  chol = torch.linalg.cholesky(zc.T @ zc / (n - 1))
+  return torch.linalg.solve_triangular(chol, zc.T, upper=False).T
+
+
+def t_wmse(z_a, z_b):
+  cos = torch.sum(_t_normalize(_t_whiten(z_a)) * _t_normalize(_t_whiten(z_b)), 1)
+  return torch.mean(2 - 2 * cos)
+
+
+def t_mmcr(z_a, z_b):
+  u = _t_normalize_last(torch.stack([z_a, z_b]))
+  return -torch.sum(torch.linalg.svdvals(u.mean(0)))
+
+
+def t_knn_log_dist(x):
+  n = x.shape[0]
+  sq = torch.sum(x * x, 1)
+  d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T
+  d2 = d2.masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))
+  idx = torch.argmin(d2.detach(), 1)
+  return torch.log(torch.linalg.vector_norm(x - x[idx], dim=1))
+
+
+def t_kozachenko_leonenko(x):
+  n, d = x.shape
+  psi = lambda m: -0.5772156649015329 + math.fsum(1.0 / j for j in range(1, m))
+  const = psi(n) - psi(1) + 0.5 * d * math.log(math.pi) - math.lgamma(d / 2 + 1)
+  return const + d * torch.mean(t_knn_log_dist(x))
+
+
+def t_vicreg_koleo(z_a, z_b, coeff=2.5, eps=1e-8):
+  inv = torch.mean(2 - 2 * torch.sum(_t_normalize(z_a) * _t_normalize(z_b), 1))
+
+  def koleo(z):
+    u = torch.nn.functional.normalize(z, dim=1, eps=eps)
+    return -torch.mean(torch.log(torch.exp(t_knn_log_dist(u)) + eps))
+  return 25 * inv - coeff * (-koleo(z_a) - koleo(z_b)) / 2
+
+
+def _prototypes(k, p=100):
+  c = np.random.default_rng(1).normal(size=(p, k)).astype(np.float32)
+  return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
 # ----------------------------------------------------------------------------------
 # Cases: (name, sslit loss of (a, b), torch loss of (a, b), number of inputs).
 
@@ -171,6 +266,25 @@ def _cases():
       ("pairwise_entropy",
        lambda a, b: estimators.pairwise_entropy(a, jnp.float32(a.shape[1])),
        lambda a, b: t_pairwise(a, float(a.shape[1]))),
+      ("simsiam", lambda a, b: objectives.simsiam_loss(a, b, b, a)[0],
+       lambda a, b: t_simsiam(a, b, b, a)),
+      ("moco_v3", lambda a, b: objectives.moco_v3_loss(a, b, b, a)[0],
+       lambda a, b: t_moco_v3(a, b, b, a)),
+      ("dino", lambda a, b: objectives.dino_loss(
+          jnp.stack([a, b]), jnp.stack([b, a]), jnp.zeros(a.shape[1]))[0],
+       lambda a, b: t_dino(torch.stack([a, b]), torch.stack([b, a]),
+                           torch.zeros(a.shape[1]))),
+      ("swav (P=100)", lambda a, b: objectives.swav_loss(
+          jnp.stack([a, b]), jnp.asarray(_prototypes(a.shape[1])))[0],
+       lambda a, b: t_swav(torch.stack([a, b]),
+                           torch.from_numpy(_prototypes(a.shape[1])))),
+      ("wmse", first(objectives.wmse_loss), t_wmse),
+      ("mmcr", first(objectives.mmcr_loss), t_mmcr),
+      ("vicreg+koleo", first(objectives.get_objective("vicreg+koleo").fn),
+       t_vicreg_koleo),
+      ("kozachenko_leonenko",
+       lambda a, b: estimators.kozachenko_leonenko_entropy(a),
+       lambda a, b: t_kozachenko_leonenko(a)),
   ]
 
 
@@ -183,13 +297,18 @@ def _median_ms(fn, repeats):
   return statistics.median(times)
 
 
-def bench_size(n, k, repeats, warmup=1):
+def bench_size(n, k, repeats, warmup=1, only=None):
   rng = np.random.default_rng(0)
   a_np = rng.normal(size=(n, k)).astype(np.float32)
   b_np = (a_np + 0.5 * rng.normal(size=(n, k))).astype(np.float32)
   a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
   rows = []
   for name, f_jax, f_torch in _cases():
+    if only is not None and name not in only:
+      continue
+    if name == "wmse" and n <= k:
+      print(f"| {name:18s} | {n:5d} | {k:5d} | n/a (whitening needs n > k) |")
+      continue
     step = jax.jit(jax.value_and_grad(f_jax, argnums=(0, 1)))
 
     def run_jax():
@@ -224,7 +343,10 @@ def main(argv=None):
                       help="also (4096, 8192): minutes per row on a 2-core CPU")
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls per row (default 20, 5 for k >= 2048)")
+  parser.add_argument("--rows", default=None,
+                      help="comma-separated row names to run (default: all)")
   args = parser.parse_args(argv)
+  rows = None if args.rows is None else set(args.rows.split(","))
   torch.set_num_threads(2)
   sizes = SIZES[:1] if args.quick else SIZES + (LARGE if args.large else [])
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch "
@@ -235,7 +357,7 @@ def main(argv=None):
   print("|---|---|---|---|---|---|---|")
   for n, k in sizes:
     repeats = args.repeats or (20 if k < 2048 else 5 if k < 8192 else 2)
-    bench_size(n, k, repeats)
+    bench_size(n, k, repeats, only=rows)
   if not args.large and not args.quick:
     print("(4096, 8192) skipped: pass --large (several minutes per row on 2 CPU "
           "cores).")

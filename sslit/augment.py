@@ -25,6 +25,13 @@ the jitted step::
   step_key = jax.random.fold_in(key, step)
   x_a, x_b = two_views(step_key, batch["image"], cfg_a, cfg_b)
 
+Multi-crop (SwAV, DINO): :func:`multi_crop_configs` turns a preset into two global
+crops at the full size and a local-crop config at a smaller size, and
+:func:`multi_crop_views` draws them all from one key::
+
+  cfgs = multi_crop_configs("byol", image_size=32, local_size=16)
+  global_views, local_views = multi_crop_views(step_key, images, *cfgs, num_local=6)
+
 This module imports only jax and numpy.
 """
 
@@ -43,6 +50,7 @@ from sslit import _validate
 
 __all__ = [
     "AugmentConfig", "PRESETS", "preset", "augment_batch", "two_views",
+    "multi_crop_configs", "multi_crop_views",
     "sample_params", "apply_params", "sample_crop_box", "resize_matrix",
     "resized_crop", "adjust_brightness", "adjust_contrast", "adjust_saturation",
     "adjust_hue", "rgb_to_grayscale", "gaussian_kernel1d", "gaussian_blur",
@@ -574,3 +582,76 @@ def two_views(key: jax.Array, images: jax.Array, cfg_a: AugmentConfig,
   """Two independent views: ``augment_batch`` with the two halves of ``split(key)``."""
   key_a, key_b = jax.random.split(key)
   return augment_batch(key_a, images, cfg_a), augment_batch(key_b, images, cfg_b)
+
+
+def multi_crop_configs(name: str, *, image_size: int | tuple[int, int],
+                       local_size: int | tuple[int, int],
+                       global_scale: tuple[float, float] = (0.4, 1.0),
+                       local_scale: tuple[float, float] = (0.05, 0.4)
+                       ) -> tuple[AugmentConfig, AugmentConfig, AugmentConfig]:
+  """Configs of the multi-crop recipe (SwAV, DINO) built on a :func:`preset`.
+
+  The two global crops are the preset's two views with ``crop_scale=global_scale``
+  at ``image_size``; the local crop is the first view with ``crop_scale=local_scale``
+  at ``local_size``, its blur probability capped at 0.5 and no solarization (DINO's
+  local transform).
+
+  Args:
+    name: one of ``PRESETS``.
+    image_size: global crop size (e.g. 32 for 32px inputs; 224 in the papers).
+    local_size: local crop size (e.g. 16; 96 in the papers).
+    global_scale: area fraction of the global crops ((0.4, 1) in DINO; SwAV's
+      (0.14, 1) for 224px).
+    local_scale: area fraction of the local crops ((0.05, 0.4) in DINO; SwAV's
+      (0.05, 0.14)).
+
+  Returns:
+    ``(global_a, global_b, local)`` configs.
+  """
+  cfg_a, cfg_b = preset(name, image_size=image_size)
+  replace = dataclasses.replace
+  local = replace(cfg_a, image_size=local_size, crop_scale=local_scale,
+                  blur_prob=min(cfg_a.blur_prob, 0.5), solarize_prob=0.0)
+  return (replace(cfg_a, crop_scale=global_scale),
+          replace(cfg_b, crop_scale=global_scale), local)
+
+
+def multi_crop_views(key: jax.Array, images: jax.Array, global_a: AugmentConfig,
+                     global_b: AugmentConfig, local: AugmentConfig, *,
+                     num_local: int) -> tuple[jax.Array, jax.Array]:
+  """Two global crops and ``num_local`` local crops of every image, from one key.
+
+  ``split(key, 2 + num_local)``: the first two keys give the global views
+  (``augment_batch`` with ``global_a`` and ``global_b``), the others one local view
+  each (``augment_batch`` with ``local``, vmapped over the keys). Jittable with the
+  configs and ``num_local`` static.
+
+  Args:
+    key: PRNG key (``jax.random.key``).
+    images: ``[n, H, W, C]``, ``C`` in {1, 3}, uint8 or float in [0, 1].
+    global_a: config of the first global crop.
+    global_b: config of the second global crop (same output size as ``global_a``).
+    local: config of the local crops.
+    num_local: number of local crops ``V >= 0``.
+
+  Returns:
+    ``(global_views, local_views)``: float32 ``[2, n, H_g, W_g, C]`` and
+    ``[V, n, H_l, W_l, C]`` in [0, 1]. Feed ``concat`` of both, global first, as the
+    ``m = 2 + V`` views of ``dino_loss``/``swav_loss``.
+  """
+  _check_images(images)
+  for cfg in (global_a, global_b, local):
+    if not isinstance(cfg, AugmentConfig):
+      raise TypeError(f"configs must be AugmentConfig, got {type(cfg).__name__}.")
+  size_a = _output_size(global_a, images.shape[1:])
+  size_b = _output_size(global_b, images.shape[1:])
+  if size_a != size_b:
+    raise ValueError(f"the two global crops must have the same size, got {size_a} "
+                     f"and {size_b}.")
+  if not isinstance(num_local, (int, np.integer)) or num_local < 0:
+    raise ValueError(f"num_local must be an int >= 0, got {num_local!r}.")
+  keys = jax.random.split(key, 2 + int(num_local))
+  global_views = jnp.stack([augment_batch(keys[0], images, global_a),
+                            augment_batch(keys[1], images, global_b)])
+  local_views = jax.vmap(lambda k: augment_batch(k, images, local))(keys[2:])
+  return global_views, local_views

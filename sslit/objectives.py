@@ -17,8 +17,11 @@ Read in the information-theoretic view (SPEC.md section 3), each loss is an
   over the negatives (a kernel density estimate on the sphere).
 * Barlow Twins: diagonal of the cross-correlation; off-diagonal decorrelation.
 * BYOL: ``2 - 2 cos`` through a predictor; no entropy term (predictor + stop-grad).
-* Information family: mean squared distance; LogDet or pairwise-distance estimate
-  of ``H(Z)`` in nats.
+* Information family: mean squared distance; LogDet, pairwise-distance or KoLeo
+  (nearest-neighbour) estimate of ``H(Z)``.
+
+SimSiam, MoCo v3, DINO, SwAV, W-MSE and MMCR live in :mod:`sslit.objectives_extra`;
+they are re-exported here and registered in :func:`get_objective`.
 
 References:
   Bardes, Ponce, LeCun. VICReg. ICLR 2022 (and github.com/facebookresearch/vicreg).
@@ -40,11 +43,14 @@ import jax.numpy as jnp
 
 import sslit._validate as _validate
 import sslit.estimators as estimators
+from sslit.objectives_extra import (dino_loss, dino_teacher_temperature, mmcr_loss,
+                                    moco_v3_loss, simsiam_loss, sinkhorn_knopp,
+                                    swav_loss, wmse_loss)
 
 Array = jax.Array
 Aux = dict[str, Array]
 
-ENTROPY_ESTIMATORS = ("logdet", "pairwise_kl", "pairwise_bhattacharyya")
+ENTROPY_ESTIMATORS = ("logdet", "pairwise_kl", "pairwise_bhattacharyya", "koleo")
 INVARIANCES = ("mse", "squared_distance", "cosine")
 
 # The project's default entropy weights (the paper's values are not known). Chosen on
@@ -52,10 +58,11 @@ INVARIANCES = ("mse", "squared_distance", "cosine")
 # collapse, small enough that the invariance term still shapes the embedding.
 # The pairwise estimates change by at most log n, LogDet by O(k) nats, hence the
 # different magnitudes; with Adam only the ratio to sim_coeff matters.
+# KoLeo (not tuned): DINOv2's weight 0.1 per unit of invariance loss, times sim_coeff.
 DEFAULT_ENTROPY_COEFF = {"logdet": 1.0, "pairwise_kl": 100.0,
-                         "pairwise_bhattacharyya": 400.0}
+                         "pairwise_bhattacharyya": 400.0, "koleo": 2.5}
 DEFAULT_BYOL_ENTROPY_COEFF = {"logdet": 0.02, "pairwise_kl": 1.0,
-                              "pairwise_bhattacharyya": 1.0}
+                              "pairwise_bhattacharyya": 1.0, "koleo": 0.1}
 
 # Row norms below this are treated as this (keeps the gradient of z / |z| finite at
 # z = 0, as torch.nn.functional.normalize does).
@@ -73,8 +80,7 @@ def _as_float(z: Array) -> Array:
 
 
 def _l2_normalize(z: Array) -> Array:
-  sq = jnp.sum(z * z, axis=-1, keepdims=True)
-  return z * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
+  return estimators.l2_normalize(z, eps=_NORM_EPS)
 
 
 def _sum_sq_of_product(a: Array, b: Array) -> Array:
@@ -358,6 +364,8 @@ def _entropy(z: Array, *, entropy: str, beta: float, pairwise_variance: float | 
              normalize: bool) -> tuple[Array, Array | float]:
   """The estimate in nats and its part that does not depend on ``z``."""
   k = z.shape[1]
+  if entropy == "koleo":  # scale-free: normalises the rows itself
+    return -estimators.koleo_loss(z), 0.0
   if normalize:
     z = _l2_normalize(z) * jnp.sqrt(jnp.asarray(k, z.dtype))
   if entropy == "logdet":
@@ -411,6 +419,12 @@ def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
 
   * ``"logdet"``: ``1/2 log det(I + beta C)``, C the unbiased covariance
     (:func:`sslit.estimators.logdet_entropy`); finite for ``n < k`` and at collapse.
+  * ``"koleo"``: ``mean_i log rho_i``, ``rho_i`` the distance of row ``i`` to its
+    nearest neighbour after scaling the rows to unit norm (minus DINOv2's KoLeo
+    regulariser, :func:`sslit.estimators.koleo_loss`): the Kozachenko-Leonenko
+    entropy estimate on the sphere up to a factor (the dimension) and a constant.
+    Scale-free (``normalize`` does not change it); pair it with
+    ``invariance="cosine"`` so that the whole loss is.
   * ``"pairwise_kl"`` / ``"pairwise_bhattacharyya"``: Kolchinsky-Tracey estimate
     (:func:`sslit.estimators.pairwise_entropy`) of the equal-weight mixture of
     ``N(z_i, sigma^2 I)`` over the batch rows, ``sigma^2 = pairwise_variance``
@@ -433,11 +447,11 @@ def information_loss(z_a: Array, z_b: Array, *, entropy: str = "logdet",
   Args:
     z_a: embeddings of the first view, ``[n, k]``, float, ``n >= 2``.
     z_b: embeddings of the second view, ``[n, k]``.
-    entropy: one of ``"logdet"``, ``"pairwise_kl"``, ``"pairwise_bhattacharyya"``.
+    entropy: one of ``ENTROPY_ESTIMATORS``.
     sim_coeff: weight of the invariance term.
     entropy_coeff: weight of the mean entropy of the two branches; ``None`` takes
       the project's default for the estimator, ``DEFAULT_ENTROPY_COEFF``
-      (logdet 1, pairwise_kl 100, pairwise_bhattacharyya 400).
+      (logdet 1, pairwise_kl 100, pairwise_bhattacharyya 400, koleo 2.5).
     keep_variance_covariance: also add VICReg's variance and covariance terms.
     std_coeff: weight of VICReg's variance term (only if kept).
     cov_coeff: weight of VICReg's covariance term (only if kept).
@@ -523,10 +537,10 @@ def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
     t_b: target-network projections of view b, ``[n, k]``.
     z_a: online projector outputs of view a, ``[n, k']``.
     z_b: online projector outputs of view b, ``[n, k']``.
-    entropy: one of ``"logdet"``, ``"pairwise_kl"``, ``"pairwise_bhattacharyya"``.
+    entropy: one of ``ENTROPY_ESTIMATORS``.
     sim_coeff: weight of the BYOL term.
     entropy_coeff: weight of the mean entropy of the two branches; ``None`` takes
-      ``DEFAULT_BYOL_ENTROPY_COEFF`` (logdet 0.02, pairwise 1).
+      ``DEFAULT_BYOL_ENTROPY_COEFF`` (logdet 0.02, pairwise 1, koleo 0.1).
     beta: LogDet's scale.
     pairwise_variance: component variance of the pairwise estimators (``None``:
       ``k'``).
@@ -559,11 +573,33 @@ def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
 # Registry.
 
 
+# What the training step must carry and feed for each kind of objective (see
+# Objective): "ema" = a momentum copy of the online parameters, "predictor" = a
+# predictor head on the online branch, "center" = DINO's [K] centre, "prototypes" =
+# SwAV's [P, k] prototype matrix, "multi_crop" = stacked views [m, n, ...].
+KIND_STATE: dict[str, tuple[str, ...]] = {
+    "pair": (),
+    "byol": ("ema", "predictor"),
+    "simsiam": ("predictor",),
+    "moco": ("ema", "predictor"),
+    "dino": ("ema", "center", "multi_crop"),
+    "swav": ("prototypes", "multi_crop"),
+}
+
+
 class Objective(NamedTuple):
-  """A named objective: ``kind`` says how ``fn`` is called.
+  """A named objective: ``kind`` says how ``fn`` is called (and ``KIND_STATE`` what
+  state the training step needs for it).
 
   ``kind == "pair"``: ``fn(z_a, z_b) -> (loss, aux)``.
   ``kind == "byol"``: ``fn(p_a, p_b, t_a, t_b, z_a, z_b) -> (loss, aux)``.
+  ``kind == "simsiam"``: ``fn(p_a, p_b, z_a, z_b)`` (online predictor and projector
+  outputs; no EMA).
+  ``kind == "moco"``: ``fn(q_a, q_b, k_a, k_b)`` (online predictor outputs, momentum
+  encoder projections).
+  ``kind == "dino"``: ``fn(student [m, n, K], teacher [g, n, K], center [K],
+  teacher_temperature=...)``; ``aux["center"]`` is the next centre.
+  ``kind == "swav"``: ``fn(z [m, n, k], prototypes [P, k])``.
   """
   name: str
   kind: str
@@ -589,8 +625,18 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Any], dict[str, Any]]] = {
     "byol+logdet": ("byol", byol_information_loss, {"entropy": "logdet"}),
     "byol+pairdist": ("byol", byol_information_loss,
                       {"entropy": "pairwise_bhattacharyya"}),
+    "vicreg+koleo": ("pair", information_loss,
+                     {"entropy": "koleo", "invariance": "cosine"}),
+    "byol+koleo": ("byol", byol_information_loss, {"entropy": "koleo"}),
+    "simsiam": ("simsiam", simsiam_loss, {}),
+    "moco_v3": ("moco", moco_v3_loss, {}),
+    "dino": ("dino", dino_loss, {}),
+    "swav": ("swav", swav_loss, {}),
+    "wmse": ("pair", wmse_loss, {}),
+    "mmcr": ("pair", mmcr_loss, {}),
 }
-_ALIASES = {"infonce": "simclr", "barlow": "barlow_twins"}
+_ALIASES = {"infonce": "simclr", "barlow": "barlow_twins", "mocov3": "moco_v3",
+            "w_mse": "wmse"}
 
 
 def list_objectives() -> list[str]:

@@ -304,3 +304,57 @@ def test_bad_input_raises_clear_errors():
   with pytest.raises(ValueError, match="blur_kernel_size 9 is too large"):
     aug.augment_batch(KEY, np.zeros((2, 4, 4, 3), np.uint8),
                       aug.AugmentConfig(blur_prob=1.0, blur_kernel_size=9))
+
+
+# ---------------------------------------------------------- multi-crop
+
+
+def test_multi_crop_configs():
+  g_a, g_b, local = aug.multi_crop_configs("byol", image_size=32, local_size=16)
+  base_a, base_b = aug.preset("byol", image_size=32)
+  assert g_a == dataclasses.replace(base_a, crop_scale=(0.4, 1.0))
+  assert g_b == dataclasses.replace(base_b, crop_scale=(0.4, 1.0))
+  assert local.image_size == (16, 16) and local.crop_scale == (0.05, 0.4)
+  assert local.blur_prob == 0.5 and local.solarize_prob == 0.0
+  assert local.brightness == base_a.brightness
+
+
+def test_multi_crop_views_reuse_augment_batch(rng):
+  # Each view is augment_batch with its own key of split(key, 2 + V): jitted, the
+  # vmap over the local keys gives the same as one call per key. One program (the
+  # compile is what costs here).
+  x = _rgb(rng, n=3, h=16, w=16)
+  cfgs = aug.multi_crop_configs("none", image_size=16, local_size=8)
+
+  @jax.jit
+  def run(k, im):
+    keys = jax.random.split(k, 4)
+    return (aug.multi_crop_views(k, im, *cfgs, num_local=2),
+            [aug.augment_batch(keys[0], im, cfgs[0]),
+             aug.augment_batch(keys[3], im, cfgs[2])],
+            aug.sample_params(keys[2], cfgs[2], batch_size=64, image_shape=(16, 16)))
+
+  (glob, loc), (want_global, want_local), params = run(KEY, x)
+  assert glob.shape == (2, 3, 16, 16, 3) and loc.shape == (2, 3, 8, 8, 3)
+  assert glob.dtype == loc.dtype == jnp.float32
+  assert 0.0 <= float(jnp.min(loc)) and float(jnp.max(glob)) <= 1.0
+  np.testing.assert_allclose(glob[0], want_global, atol=1e-6)
+  np.testing.assert_allclose(loc[1], want_local, atol=1e-6)
+  assert not np.allclose(glob[0], glob[1])
+  no_local = jax.eval_shape(
+      lambda k, im: aug.multi_crop_views(k, im, *cfgs, num_local=0), KEY, x)
+  assert no_local[1].shape == (0, 3, 8, 8, 3)
+  # Local crops cover 5-40 % of the image (up to rounding of the box sides).
+  area = np.asarray(params["box"][:, 2] * params["box"][:, 3]) / 256
+  assert 0.03 <= area.min() and area.max() <= 0.45
+
+
+def test_multi_crop_bad_input(rng):
+  x = _rgb(rng, n=2, h=16, w=16)
+  g_a, _, local = aug.multi_crop_configs("none", image_size=16, local_size=8)
+  with pytest.raises(ValueError, match="same size"):
+    aug.multi_crop_views(KEY, x, g_a, local, local, num_local=1)
+  with pytest.raises(ValueError, match="num_local"):
+    aug.multi_crop_views(KEY, x, g_a, g_a, local, num_local=-1)
+  with pytest.raises(ValueError, match=r"\[n, H, W, C\]"):
+    aug.multi_crop_views(KEY, x[0], g_a, g_a, local, num_local=1)

@@ -36,6 +36,7 @@ INFO_CASES = {
                            normalize=True),
     "logdet_cos_norm": dict(entropy="logdet", invariance="cosine", normalize=True,
                             entropy_coeff=0.5),
+    "koleo_cos": dict(entropy="koleo", invariance="cosine"),
 }
 
 SHAPES = [(8, 4), (2, 5), (5, 12), (17, 3)]
@@ -204,7 +205,7 @@ def _pair_fns():
   fns = {name: functools.partial(fn, **opts)
          for name, (fn, _, opts) in PAIR_CASES.items()
          if name != "byol" and name not in VARIANTS}
-  for name in ["logdet_beta_keep", "kl_sqdist_norm", "bhat_var"]:
+  for name in ["logdet_beta_keep", "kl_sqdist_norm", "bhat_var", "koleo_cos"]:
     fns["information_" + name] = functools.partial(obj.information_loss,
                                                    **INFO_CASES[name])
   return fns
@@ -249,18 +250,41 @@ def test_check_grads_byol_kind(rng, x64):
 CANONICAL = sorted({obj.get_objective(n).name for n in obj.list_objectives()})
 
 
+def _prototypes(p, k, dtype=jnp.float32):
+  c = np.cos(np.arange(p)[:, None] * 1.7 + np.arange(k)[None, :] * 0.9)
+  return jnp.asarray(c / np.linalg.norm(c, axis=1, keepdims=True), dtype)
+
+
+def _call(o, a, b):
+  """Call objective ``o`` with inputs of its kind built from two ``[n, k]`` views."""
+  if o.kind == "pair":
+    return o.fn(a, b)
+  if o.kind == "byol":
+    return o.fn(a, b, b, a, a, b)
+  if o.kind in ("simsiam", "moco"):
+    return o.fn(a, b, b, a)
+  if o.kind == "dino":
+    return o.fn(jnp.stack([a, b, 0.5 * a]), jnp.stack([b, a]),
+                jnp.zeros(a.shape[1], a.dtype))
+  assert o.kind == "swav", o.kind
+  return o.fn(jnp.stack([a, b, 0.5 * a]), _prototypes(6, a.shape[1], a.dtype))
+
+
+def _scalars(aux):
+  return {k: v for k, v in aux.items() if k != "center"}
+
+
 @jax.jit
 def _all_objectives(z_a, z_b):
   """Loss, aux and input gradients of every canonical objective, in one program."""
   out = {}
   for name in CANONICAL:
     o = obj.get_objective(name)
-    if o.kind == "pair":
-      f = o.fn
-    else:
-      f = lambda a, b, o=o: o.fn(a, b, b, a, a, b)
+    if name == "wmse":  # whitening a collapsed batch needs eps > 0 (tested below)
+      o = obj.get_objective(name, eps=1e-3)
+    f = lambda a, b, o=o: _call(o, a, b)
     (loss, aux), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(z_a, z_b)
-    out[name] = (loss, aux, grads)
+    out[name] = (loss, _scalars(aux), grads)
   return out
 
 
@@ -334,9 +358,9 @@ def test_jit_equals_eager(rng):
   z_a, z_b = (jnp.asarray(z, jnp.float32) for z in _views(rng, 8, 4))
   jitted = _all_objectives(z_a, z_b)
   for name in CANONICAL:
-    o = obj.get_objective(name)
-    args = (z_a, z_b) if o.kind == "pair" else (z_a, z_b, z_b, z_a, z_a, z_b)
-    loss, aux = o.fn(*args)
+    o = obj.get_objective(name, **({"eps": 1e-3} if name == "wmse" else {}))
+    loss, aux = _call(o, z_a, z_b)
+    aux = _scalars(aux)
     np.testing.assert_allclose(jitted[name][0], loss, rtol=2e-5, atol=1e-5,
                                err_msg=name)
     assert set(jitted[name][1]) == set(aux)
@@ -455,16 +479,22 @@ def test_registry_round_trip_and_kinds(rng):
   for name in names:
     o = obj.get_objective(name)
     assert isinstance(o, obj.Objective)
-    assert o.kind in ("pair", "byol")
+    assert o.kind in obj.KIND_STATE
     again = obj.get_objective(o.name, **o.fn.keywords)
     assert again.name == o.name and again.kind == o.kind
-    args = (z_a, z_b) if o.kind == "pair" else (z_a, z_b, z_b, z_a, z_a, z_b)
-    np.testing.assert_array_equal(again.fn(*args)[0], o.fn(*args)[0])
+    np.testing.assert_array_equal(_call(again, z_a, z_b)[0], _call(o, z_a, z_b)[0])
   assert obj.get_objective("infonce").name == "simclr"
   assert obj.get_objective("barlow").name == "barlow_twins"
+  assert obj.get_objective("mocov3").name == "moco_v3"
   kinds = {n: obj.get_objective(n).kind for n in names}
   assert {n for n, k in kinds.items() if k == "byol"} == {
-      "byol", "byol+logdet", "byol+pairdist"}
+      "byol", "byol+logdet", "byol+pairdist", "byol+koleo"}
+  assert {n: kinds[n] for n in ["simsiam", "moco_v3", "dino", "swav", "wmse", "mmcr",
+                                "vicreg+koleo"]} == {
+      "simsiam": "simsiam", "moco_v3": "moco", "dino": "dino", "swav": "swav",
+      "wmse": "pair", "mmcr": "pair", "vicreg+koleo": "pair"}
+  assert obj.KIND_STATE["moco"] == ("ema", "predictor")
+  assert obj.KIND_STATE["simsiam"] == ("predictor",)
 
 
 def test_registry_presets_and_overrides(rng):
@@ -487,3 +517,245 @@ def test_registry_errors():
     obj.get_objective("simclr", temprature=0.2)
   with pytest.raises(ValueError, match="entropy.*logdet"):
     obj.get_objective("vicreg+logdet", entropy="knn")
+
+
+# ---------------------------------------------------------------------------------
+# SimSiam, MoCo v3, DINO, SwAV, W-MSE, MMCR (sslit.objectives_extra).
+
+
+def _extra_inputs(rng, n, k, num_views=3, num_protos=6):
+  """Float64 inputs for every new objective: four [n, k] arrays, stacked views."""
+  p_a, p_b, z_a, z_b = (rng.normal(size=(n, k)) for _ in range(4))
+  views = rng.normal(size=(num_views, n, k))
+  teacher = views[:2] + 0.3 * rng.normal(size=(2, n, k))
+  center = 0.1 * rng.normal(size=k)
+  protos = rng.normal(size=(num_protos, k))
+  protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+  return dict(p_a=p_a, p_b=p_b, z_a=z_a, z_b=z_b, views=views, teacher=teacher,
+              center=center, protos=protos)
+
+
+# name -> (jax call, reference call) on the inputs of _extra_inputs.
+EXTRA_CASES = {
+    "simsiam": (lambda x: obj.simsiam_loss(x["p_a"], x["p_b"], x["z_a"], x["z_b"]),
+                lambda x: ref.simsiam(x["p_a"], x["p_b"], x["z_a"], x["z_b"])),
+    "moco_v3": (lambda x: obj.moco_v3_loss(x["p_a"], x["p_b"], x["z_a"], x["z_b"]),
+                lambda x: ref.moco_v3(x["p_a"], x["p_b"], x["z_a"], x["z_b"])),
+    "dino": (lambda x: obj.dino_loss(x["views"], x["teacher"], x["center"]),
+             lambda x: ref.dino(x["views"], x["teacher"], x["center"])),
+    "dino_warm": (
+        lambda x: obj.dino_loss(x["views"], x["teacher"][:1], x["center"],
+                                teacher_temperature=0.04, center_momentum=0.5),
+        lambda x: ref.dino(x["views"], x["teacher"][:1], x["center"],
+                           teacher_temperature=0.04, center_momentum=0.5)),
+    "swav": (lambda x: obj.swav_loss(x["views"], x["protos"]),
+             lambda x: ref.swav(x["views"], x["protos"])),
+    "swav_1global": (
+        lambda x: obj.swav_loss(x["views"], x["protos"], num_global=1,
+                                sinkhorn_iterations=5, epsilon=0.1),
+        lambda x: ref.swav(x["views"], x["protos"], num_global=1,
+                           sinkhorn_iterations=5, epsilon=0.1)),
+    "mmcr": (lambda x: obj.mmcr_loss(x["z_a"], x["z_b"]),
+             lambda x: ref.mmcr(x["z_a"], x["z_b"])),
+    "mmcr_3views_local": (
+        lambda x: obj.mmcr_loss(x["z_a"], x["z_b"], x["p_a"], local_coeff=0.3),
+        lambda x: ref.mmcr(x["z_a"], x["z_b"], x["p_a"], local_coeff=0.3)),
+}
+
+
+@jax.jit
+def _extra_all(x):
+  return {name: fn(x) for name, (fn, _) in EXTRA_CASES.items()}
+
+
+def test_extra_objectives_match_reference(rng, x64):
+  # One shape, n < k (n > k: the gradient test); each compile costs seconds.
+  x = _extra_inputs(rng, 5, 7)
+  results = _extra_all(x)
+  for name, (_, reference) in EXTRA_CASES.items():
+    loss, aux = results[name]
+    want = reference(x)
+    if "center" in want:
+      np.testing.assert_allclose(aux.pop("center"), want.pop("center"), rtol=1e-12)
+    _assert_matches(loss, aux, want, rtol=1e-9, atol=1e-10, case=name)
+
+
+@pytest.mark.parametrize("whitening_size,eps", [(None, 0.0), (6, 0.1)])
+def test_wmse_matches_reference(whitening_size, eps, rng, x64):
+  z_a, z_b = _views(rng, 12, 4)
+  fn = _jitted(obj.wmse_loss, whitening_size=whitening_size, eps=eps)
+  loss, aux = fn(z_a, z_b)
+  _assert_matches(loss, aux, ref.wmse(z_a, z_b, whitening_size=whitening_size,
+                                      eps=eps), rtol=1e-9, atol=1e-10)
+
+
+def _numeric_grad(f, x, h=1e-6):
+  g = np.zeros_like(x)
+  for idx in np.ndindex(x.shape):
+    e = np.zeros_like(x)
+    e[idx] = h
+    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
+  return g
+
+
+# name -> (loss as a function of the one input that gets a gradient, its reference).
+def _grad_cases(x):
+  return {
+      "simsiam": (lambda p: obj.simsiam_loss(p, x["p_b"], x["z_a"], x["z_b"])[0],
+                  lambda p: ref.simsiam(p, x["p_b"], x["z_a"], x["z_b"])["loss"]),
+      "moco_v3": (lambda q: obj.moco_v3_loss(q, x["p_b"], x["z_a"], x["z_b"])[0],
+                  lambda q: ref.moco_v3(q, x["p_b"], x["z_a"], x["z_b"])["loss"]),
+      "dino": (lambda s: obj.dino_loss(s, x["teacher"], x["center"])[0],
+               lambda s: ref.dino(s, x["teacher"], x["center"])["loss"]),
+      "swav": (lambda v: obj.swav_loss(v, x["protos"])[0],
+               lambda v: ref.swav(v, x["protos"], code_views=x["views"])["loss"]),
+      "mmcr": (lambda z: obj.mmcr_loss(z, x["z_b"], local_coeff=0.3)[0],
+               lambda z: ref.mmcr(z, x["z_b"], local_coeff=0.3)["loss"]),
+      "wmse": (lambda z: obj.wmse_loss(z, x["p_a"])[0],
+               lambda z: ref.wmse(z, x["p_a"])["loss"]),
+  }
+
+
+def test_extra_gradients_match_reference(rng, x64):
+  # The gradient of each loss against central differences of the float64 oracle
+  # (not of the function under test), on the input that receives a gradient.
+  x = _extra_inputs(rng, 5, 3)
+  inputs = {"simsiam": x["p_a"], "moco_v3": x["p_a"], "dino": x["views"],
+            "swav": x["views"], "mmcr": x["z_a"], "wmse": x["z_a"]}
+  cases = _grad_cases(x)
+  grads = jax.jit(lambda ins: {name: jax.grad(cases[name][0])(ins[name])
+                               for name in cases})(inputs)
+  for name, (_, reference) in cases.items():
+    np.testing.assert_allclose(grads[name], _numeric_grad(reference, inputs[name]),
+                               rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_extra_stop_gradients(rng, x64):
+  x = _extra_inputs(rng, 5, 3)
+  g = jax.jit(lambda z_a, z_b, teacher, center: (
+      jax.grad(lambda a, b: obj.simsiam_loss(x["p_a"], x["p_b"], a, b)[0],
+               argnums=(0, 1))(z_a, z_b),
+      jax.grad(lambda a, b: obj.moco_v3_loss(x["p_a"], x["p_b"], a, b)[0],
+               argnums=(0, 1))(z_a, z_b),
+      jax.grad(lambda t, c: obj.dino_loss(x["views"], t, c)[0],
+               argnums=(0, 1))(teacher, center)))(
+                   x["z_a"], x["z_b"], x["teacher"], x["center"])
+  for gi in jax.tree.leaves(g):
+    np.testing.assert_array_equal(gi, 0.0)
+
+
+def test_extra_invariances(rng, x64):
+  # Row permutation of every input that has a batch axis, and the view swaps.
+  x = _extra_inputs(rng, 5, 7)  # the shape compiled by the reference test
+  perm = rng.permutation(5)
+  xp = {k: (v[:, perm] if v.ndim == 3 else v[perm] if k not in ("center", "protos")
+            else v) for k, v in x.items()}
+  swap = dict(x, p_a=x["p_b"], p_b=x["p_a"], z_a=x["z_b"], z_b=x["z_a"],
+              views=x["views"][[1, 0, 2]], teacher=x["teacher"][::-1])
+  base, permuted, swapped = _extra_all(x), _extra_all(xp), _extra_all(swap)
+  for name in EXTRA_CASES:
+    np.testing.assert_allclose(permuted[name][0], base[name][0], rtol=1e-10,
+                               err_msg=f"{name} permutation")
+  for name in ["simsiam", "moco_v3", "dino", "swav", "mmcr"]:
+    np.testing.assert_allclose(swapped[name][0], base[name][0], rtol=1e-10,
+                               err_msg=f"{name} swap")
+  z_a, z_b = _views(rng, 12, 4)
+  fn = _jitted(obj.wmse_loss)
+  np.testing.assert_allclose(fn(z_b, z_a)[0], fn(z_a, z_b)[0], rtol=1e-10)
+  # Whitening removes each view's own affine scale and shift.
+  np.testing.assert_allclose(fn(3.0 * z_a + 1.0, 0.5 * z_b - 2.0)[0],
+                             fn(z_a, z_b)[0], rtol=1e-9)
+  np.testing.assert_allclose(fn(z_a[::-1], z_b[::-1])[0], fn(z_a, z_b)[0],
+                             rtol=1e-10)
+
+
+def test_dino_teacher_temperature_schedule():
+  sched = jax.jit(lambda s: obj.dino_teacher_temperature(s, warmup_steps=100))
+  np.testing.assert_allclose([float(sched(s)) for s in [0, 50, 100, 1000]],
+                             [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+  assert float(obj.dino_teacher_temperature(3, warmup_steps=0)) == pytest.approx(0.07)
+  # The schedule feeds dino_loss as a traced temperature.
+  x = _extra_inputs(np.random.default_rng(1), 4, 3)
+  step_loss = jax.jit(lambda s: obj.get_objective("dino").fn(
+      x["views"], x["teacher"], x["center"],
+      teacher_temperature=obj.dino_teacher_temperature(s, warmup_steps=10))[0])
+  want = ref.dino(x["views"], x["teacher"], x["center"], teacher_temperature=0.04)
+  np.testing.assert_allclose(step_loss(0), want["loss"], rtol=1e-5)
+
+
+def test_sinkhorn_marginals(rng, x64):
+  scores = np.tanh(rng.normal(size=(12, 4)))
+  q = _jitted(obj.sinkhorn_knopp, epsilon=1.0, num_iterations=50)(scores)
+  np.testing.assert_allclose(np.sum(q, axis=1), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(np.sum(q, axis=0), 12 / 4, rtol=1e-6)
+  np.testing.assert_allclose(_jitted(obj.sinkhorn_knopp)(scores),
+                             ref.sinkhorn(scores), rtol=1e-10)
+
+
+def test_swav_sharded_equals_unsharded(rng):
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices")
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,))
+  on_batch = NamedSharding(mesh, PartitionSpec(None, "data"))
+  x = {k: jnp.asarray(v, jnp.float32) for k, v in _extra_inputs(rng, 8, 5).items()}
+  fn = jax.jit(lambda views: (
+      obj.swav_loss(views, x["protos"]),
+      obj.sinkhorn_knopp(jnp.einsum("nk,pk->np", views[0], x["protos"]))))
+  sharded = fn(jax.device_put(x["views"], on_batch))
+  single = fn(x["views"])
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  # The normalisation is global: codes of each half alone are different.
+  halves = np.concatenate([obj.sinkhorn_knopp(s) for s in np.split(
+      np.einsum("nk,pk->np", x["views"][0], x["protos"]), 2)])
+  assert np.max(np.abs(halves - np.asarray(single[1]))) > 1e-3
+
+
+def test_mmcr_closed_form(x64):
+  # Identical views on orthonormal rows: every centroid has norm 1 and C = I_n; each
+  # sample's [2, k] view matrix [u; u] has the one singular value sqrt(2).
+  z = np.eye(5)[:3] * np.array([[2.0], [0.5], [3.0]])
+  loss, aux = _jitted(obj.mmcr_loss)(z, z)
+  np.testing.assert_allclose([loss, aux["centroid_norm"], aux["local_nuclear_norm"]],
+                             [-3.0, 1.0, np.sqrt(2.0)], rtol=1e-12)
+  # float32 through the Gram eigenvalues stays close to float64.
+  z_a, z_b = _views(np.random.default_rng(3), 64, 16)
+  want = ref.mmcr(z_a, z_b)["loss"]
+  got = _jitted(obj.mmcr_loss)(z_a.astype(np.float32), z_b.astype(np.float32))[0]
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_wmse_collapse_needs_eps():
+  z = jnp.ones((8, 3))
+  plain, shrunk = jax.jit(lambda z: (obj.wmse_loss(z, z)[0],
+                                     obj.wmse_loss(z, z, eps=1e-3)[0]))(z)
+  assert not np.isfinite(float(plain)) and np.isfinite(float(shrunk))
+
+
+def test_extra_bad_input():
+  ok, v3 = jnp.ones((4, 3)), jnp.ones((3, 4, 3))
+  with pytest.raises(ValueError, match=r"p_a.*\(4, 3\).*z_b.*\(4, 2\)"):
+    obj.simsiam_loss(ok, ok, ok, jnp.ones((4, 2)))
+  with pytest.raises(ValueError, match=r"q_a.*\(4, 3\).*k_b.*\(5, 3\)"):
+    obj.moco_v3_loss(ok, ok, ok, jnp.ones((5, 3)))
+  with pytest.raises(ValueError, match="temperature"):
+    obj.moco_v3_loss(ok, ok, ok, ok, temperature=0.0)
+  with pytest.raises(ValueError, match=r"teacher.*\(4, 4, 3\).*student.*\(3, 4, 3\)"):
+    obj.dino_loss(v3, jnp.ones((4, 4, 3)), jnp.zeros(3))
+  with pytest.raises(ValueError, match=r"center.*\(3,\).*\(4,\)"):
+    obj.dino_loss(v3, v3[:2], jnp.zeros(4))
+  with pytest.raises(ValueError, match=r"student.*\[num_views, n, k\].*\(4, 3\)"):
+    obj.dino_loss(ok, v3, jnp.zeros(3))
+  with pytest.raises(ValueError, match=r"prototypes.*\(6, 2\)"):
+    obj.swav_loss(v3, jnp.ones((6, 2)))
+  with pytest.raises(ValueError, match="num_global"):
+    obj.swav_loss(v3, jnp.ones((6, 3)), num_global=4)
+  with pytest.raises(ValueError, match=r"whitening_size.*\(4, 3\)"):
+    obj.wmse_loss(ok, ok, whitening_size=3)
+  with pytest.raises(ValueError, match=r"whitening_size.*\(3, 4\)"):
+    obj.wmse_loss(ok.T, ok.T)
+  with pytest.raises(ValueError, match=r"view 2.*\(5, 3\)"):
+    obj.mmcr_loss(ok, ok, jnp.ones((5, 3)))
+  with pytest.raises(ValueError, match="warmup_steps"):
+    obj.dino_teacher_temperature(0, warmup_steps=-1)

@@ -154,3 +154,17 @@ def mixture_conditional_entropy(covs, k):
   covs = np.asarray(covs, np.float64)
   n = 1 if covs.ndim == 0 else covs.shape[0]
   return float(np.mean(gaussian_entropy(full_covs(covs, n, k))))
+
+
+def kozachenko_leonenko(x, k=1):
+  """Kozachenko-Leonenko estimate (Kraskov et al. 2004, eq. 20, Euclidean norm):
+  psi(n) - psi(k) + log c_d + (d/n) sum log eps_i, eps_i twice the distance to the
+  k-th neighbour and c_d = pi^{d/2} / Gamma(1 + d/2) / 2^d."""
+  x = np.asarray(x, np.float64)
+  n, d = x.shape
+  log_eps = []
+  for i in range(n):
+    dist = np.sort(np.sqrt(np.sum((x - x[i]) ** 2, axis=1)))
+    log_eps.append(np.log(2 * dist[k]))  # dist[0] = 0 is the point itself
+  log_cd = 0.5 * d * np.log(np.pi) - special.gammaln(1 + d / 2) - d * np.log(2)
+  return special.digamma(n) - special.digamma(k) + log_cd + d * np.mean(log_eps)

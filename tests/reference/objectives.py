@@ -1,8 +1,9 @@
 """Float64 NumPy oracles for ``sslit.objectives`` (slow and obvious on purpose).
 
 Written from the formulas (SPEC.md section 4 and the reference implementations of
-VICReg, SimCLR, Barlow Twins and BYOL) with explicit loops where a loop is the
-clearest statement, and without importing sslit: a reference must not share code
+VICReg, SimCLR, Barlow Twins and BYOL; for SimSiam, MoCo v3, DINO, SwAV, W-MSE, MMCR
+and KoLeo from the equations and pseudo-code of their papers) with explicit loops
+where a loop is the clearest statement, and without importing sslit: a reference must not share code
 with what it checks. Every function returns a dict of float64 scalars: ``loss`` and
 one entry per term, named as in the ``aux`` dicts of ``sslit.objectives``.
 """
@@ -135,8 +136,20 @@ def pairwise_entropy_isotropic(means, var, *, distance="kl"):
   return h_comp - total / n
 
 
+def koleo(z, *, eps=1e-8):
+  """DINOv2's KoLeo: -mean_i log(min_{j != i} |u_i - u_j| + eps), u = z / |z|."""
+  z = np.asarray(z, np.float64)
+  u = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), eps)
+  n = len(u)
+  rho = [min(np.linalg.norm(u[i] - u[j]) for j in range(n) if j != i)
+         for i in range(n)]
+  return -np.mean(np.log(np.array(rho) + eps))
+
+
 def _entropies(e_a, e_b, entropy, beta, pairwise_variance):
   k = e_a.shape[1]
+  if entropy == "koleo":
+    return -koleo(e_a), -koleo(e_b), 0.0
   if entropy == "logdet":
     return logdet_entropy(e_a, beta=beta), logdet_entropy(e_b, beta=beta), 0.0
   dist = entropy[len("pairwise_"):]
@@ -193,6 +206,150 @@ def information(z_a, z_b, *, entropy="logdet", sim_coeff, entropy_coeff,
     out.update(variance=v["variance"], covariance=v["covariance"])
   out["loss"] = loss
   return out
+
+
+def _unit(x):
+  return x / np.linalg.norm(x)
+
+
+def _log_softmax(x):
+  top = np.max(x)
+  return x - top - np.log(np.sum(np.exp(x - top)))
+
+
+def simsiam(p_a, p_b, z_a, z_b):
+  """SimSiam (Chen & He 2021, Algorithm 1): L = D(p1, z2)/2 + D(p2, z1)/2,
+  D(p, z) = -<p/|p|, z/|z|>, batch mean."""
+  def d(p, z):
+    return np.mean([-_unit(pi) @ _unit(zi) for pi, zi in
+                    zip(np.asarray(p, np.float64), np.asarray(z, np.float64))])
+  loss = d(p_a, z_b) / 2 + d(p_b, z_a) / 2
+  return dict(loss=loss, invariance=loss)
+
+
+def moco_v3(q_a, q_b, k_a, k_b, *, temperature=0.2):
+  """MoCo v3 (Chen, Xie, He 2021, Algorithm 1): ctr(q1, k2) + ctr(q2, k1),
+  ctr = CrossEntropy(q k^T / t, labels = arange(n)) * 2t."""
+  def ctr(q, k):
+    q = [_unit(v) for v in np.asarray(q, np.float64)]
+    k = [_unit(v) for v in np.asarray(k, np.float64)]
+    pos, lse = [], []
+    for i, qi in enumerate(q):
+      logits = np.array([qi @ kj / temperature for kj in k])
+      pos.append(-logits[i])
+      lse.append(logits[i] - _log_softmax(logits)[i])
+    return np.mean(pos), np.mean(lse)
+  (i1, l1), (i2, l2) = ctr(q_a, k_b), ctr(q_b, k_a)
+  inv, lse = i1 + i2, l1 + l2
+  return dict(loss=2 * temperature * (inv + lse), invariance=inv, log_sum_exp=lse)
+
+
+def _row_entropies(probs):
+  """(H(mean p), mean H(p)) over a list of distributions."""
+  probs = np.asarray(probs)
+  h = lambda p: -sum(x * np.log(x) for x in p if x > 0)
+  return h(probs.mean(0)), np.mean([h(p) for p in probs])
+
+
+def dino(student, teacher, center, *, student_temperature=0.1,
+         teacher_temperature=0.07, center_momentum=0.9):
+  """DINO (Caron et al. 2021, Algorithm 1 and the multi-crop loss of its code):
+  every teacher (global) crop iq against every student crop v != iq."""
+  student = np.asarray(student, np.float64)
+  teacher = np.asarray(teacher, np.float64)
+  center = np.asarray(center, np.float64)
+  g, n, _ = teacher.shape
+  m = student.shape[0]
+  q = np.array([[np.exp(_log_softmax((teacher[i, r] - center) / teacher_temperature))
+                 for r in range(n)] for i in range(g)])
+  total, terms = 0.0, 0
+  for iq in range(g):
+    for v in range(m):
+      if v == iq:
+        continue
+      total += np.mean([-q[iq, r] @ _log_softmax(student[v, r] / student_temperature)
+                        for r in range(n)])
+      terms += 1
+  loss = total / terms
+  new_center = (center_momentum * center
+                + (1 - center_momentum) * teacher.reshape(g * n, -1).mean(0))
+  marginal, conditional = _row_entropies(q.reshape(g * n, -1))
+  return dict(loss=loss, invariance=loss, marginal_entropy=marginal,
+              conditional_entropy=conditional, center=new_center)
+
+
+def sinkhorn(scores, *, epsilon=0.05, num_iterations=3):
+  """SwAV's Sinkhorn-Knopp (Caron et al. 2020, Algorithm 1 / distributed_sinkhorn),
+  in the exp domain with Q of shape [P, n] as in the paper; returns [n, P]."""
+  q = np.exp(np.asarray(scores, np.float64) / epsilon).T
+  p, n = q.shape
+  q /= q.sum()
+  for _ in range(num_iterations):
+    q /= q.sum(axis=1, keepdims=True)
+    q /= p
+    q /= q.sum(axis=0, keepdims=True)
+    q /= n
+  return (q * n).T
+
+
+def swav(z, prototypes, *, num_global=2, temperature=0.1, epsilon=0.05,
+         sinkhorn_iterations=3, code_views=None):
+  """SwAV swapped prediction with multi-crop (Caron et al. 2020, section 3.1).
+
+  ``code_views``: the views the codes are computed from (default ``z``); passing
+  fixed ones holds the codes constant, as SwAV's stop-gradient does.
+  """
+  z = np.asarray(z, np.float64)
+  c = np.asarray(prototypes, np.float64)
+  m, n, _ = z.shape
+  scores = np.array([[c @ _unit(z[v, r]) for r in range(n)] for v in range(m)])
+  cz = z if code_views is None else np.asarray(code_views, np.float64)
+  loss = 0.0
+  for i in range(num_global):
+    code_scores = np.array([c @ _unit(cz[i, r]) for r in range(n)])
+    q = sinkhorn(code_scores, epsilon=epsilon, num_iterations=sinkhorn_iterations)
+    sub = 0.0
+    for v in range(m):
+      if v != i:
+        sub += np.mean([-q[r] @ _log_softmax(scores[v, r] / temperature)
+                        for r in range(n)])
+    loss += sub / (m - 1)
+  loss /= num_global
+  probs = [np.exp(_log_softmax(s / temperature)) for s in scores.reshape(m * n, -1)]
+  marginal, conditional = _row_entropies(probs)
+  return dict(loss=loss, invariance=loss, marginal_entropy=marginal,
+              conditional_entropy=conditional)
+
+
+def wmse(z_a, z_b, *, whitening_size=None, eps=0.0):
+  """W-MSE (Ermolov et al. 2021): W = L^{-1}, L L^T the (shrunk) covariance of each
+  group of rows, per view; loss = mean |x_a/|x_a| - x_b/|x_b||^2."""
+  def whiten(z):
+    z = np.asarray(z, np.float64)
+    n, k = z.shape
+    w = whitening_size or n
+    out = np.zeros_like(z)
+    for start in range(0, n, w):
+      g = z[start:start + w]
+      cov = (1 - eps) * _cov(g) + eps * np.eye(k)
+      out[start:start + w] = (g - g.mean(0)) @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    return out
+  x_a, x_b = whiten(z_a), whiten(z_b)
+  loss = np.mean([np.sum((_unit(a) - _unit(b)) ** 2) for a, b in zip(x_a, x_b)])
+  return dict(loss=loss, invariance=loss)
+
+
+def mmcr(*views, local_coeff=0.0):
+  """MMCR (Yerxa et al. 2023): -|C|_* + lambda mean_i |Z_i|_*, C the centroids."""
+  u = np.array([[_unit(r) for r in np.asarray(v, np.float64)] for v in views])
+  m, n, _ = u.shape
+  cent = u.mean(0)
+  nuc = np.sum(np.linalg.svd(cent, compute_uv=False))
+  local = np.mean([np.sum(np.linalg.svd(u[:, i], compute_uv=False))
+                   for i in range(n)])
+  return dict(loss=-nuc + local_coeff * local, nuclear_norm=nuc,
+              local_nuclear_norm=local,
+              centroid_norm=np.mean(np.linalg.norm(cent, axis=1)))
 
 
 def spec_views():
