@@ -277,17 +277,22 @@ def _verdict_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
                               for k in ("bound", "test_loss", "loss_range")])
 
 
-def _summary(results: Mapping[str, Any], methods: Sequence[str],
-             outputs: Sequence[str], verdict: str) -> dict[str, Any]:
-  parts, evidence = [], {}
+def _seed0(results: Mapping[str, Any], methods: Sequence[str],
+           outputs: Sequence[str]):
+  """``(method, output, entry, seed-0 series, seed-0 tightness)`` of every pair."""
   for m in methods:
     for o in outputs:
       e = results[m][o]
-      s = e["seeds"][0]["series"]
-      tg = e["seeds"][0]["tightness"]
-      parts.append(f"{m}/{o} bound/test loss {tg['ratio'][-1]:.0f}x (c = "
-                   f"{s['loss_range'][-1]:.3g}, dominant {tg['dominant'][-1]})")
-      evidence[f"{m}/{o}"] = e["verdict"]
+      yield m, o, e, e["seeds"][0]["series"], e["seeds"][0]["tightness"]
+
+
+def _summary(results: Mapping[str, Any], methods: Sequence[str],
+             outputs: Sequence[str], verdict: str) -> dict[str, Any]:
+  parts, evidence = [], {}
+  for m, o, e, s, tg in _seed0(results, methods, outputs):
+    parts.append(f"{m}/{o} bound/test loss {tg['ratio'][-1]:.0f}x (c = "
+                 f"{s['loss_range'][-1]:.3g}, dominant {tg['dominant'][-1]})")
+    evidence[f"{m}/{o}"] = e["verdict"]
   ck = {k: sum(results[m][o]["verdict"][k] for m in methods for o in outputs)
         for k in ("checkpoints", "failures", "vacuous")}
   result = (f"{ck['checkpoints']} checkpoints, bound < test loss at "
@@ -420,15 +425,11 @@ def main(argv: list[str] | None = None) -> int:
   })
   common.say("method        output  steps  final bound  final test loss  min margin"
              "  bound/loss  dominant term  verdict")
-  for m in methods:
-    for o in outputs:
-      e = results[m][o]
-      s = e["seeds"][0]["series"]
-      tg = e["seeds"][0]["tightness"]
-      common.say(f"{m:13s} {o:6s} {e['checkpoints']:6d}  {s['bound'][-1]:11.4g}  "
-                 f"{s['test_loss'][-1]:15.4g}  {e['min_margin']:10.4g}  "
-                 f"{tg['ratio'][-1]:10.3g}  {tg['dominant'][-1]:15s} "
-                 f"{e['verdict']['verdict']}")
+  for m, o, e, s, tg in _seed0(results, methods, outputs):
+    common.say(f"{m:13s} {o:6s} {e['checkpoints']:6d}  {s['bound'][-1]:11.4g}  "
+               f"{s['test_loss'][-1]:15.4g}  {e['min_margin']:10.4g}  "
+               f"{tg['ratio'][-1]:10.3g}  {tg['dominant'][-1]:15s} "
+               f"{e['verdict']['verdict']}")
   common.say(f"paper's claim (bound holds at every checkpoint for every method): "
              f"{verdict.upper()} (held at every checkpoint: {all(held.values())}); "
              f"results in "

@@ -6,6 +6,14 @@ Barlow Twins, BYOL and VICReg and of the four information-theoretic variants
 invariance term plus an explicit LogDet or pairwise-distance entropy estimate,
 SPEC 4), mean and standard deviation over seeds. The paper's claim: **each variant
 beats its base method** (the VICReg variants VICReg, the BYOL variants BYOL).
+Criterion (``CRITERION``, docs/experiment_table1.md): per variant, the paired
+per-seed linear-probe difference to its base with a 95 % t-interval over >= 3
+seeds; held / not held / undecided. kNN (k = 20) and low-label linear probes (1 %
+and 10 % of the training labels, class-balanced seeded subsets) are reported with
+the same intervals. At the cpu/full scales each variant's entropy weight is chosen
+from ``--coef-grid`` (multiples of the default) by a linear probe on a validation
+split of the training set (``select_coefficients``); the test split is never used
+for the choice.
 
 Each (method, seed) is one ``sslit train`` run (``common.train_run``) in
 ``<workdir>/<method>/seed<s>``, with only the trained network's linear probe
@@ -18,11 +26,12 @@ Commands:
 
 - ``sslit reproduce table1 --scale smoke [--methods vicreg,vicreg+logdet]``:
   the tiny MLP on the bundled 8x8 digits, ~30 steps a run, seconds each.
-- ``sslit reproduce table1 --scale cpu [--seeds 2] [--steps 400]``: the default
+- ``sslit reproduce table1 --scale cpu [--seeds 3] [--steps 400]``: the default
   ConvNet on Fashion-MNIST, 400 steps (0.85 epoch at batch 128) a run, the same
   recipe for every method (the default config's: AdamW, peak lr 4e-3, batch 128,
   "simclr" views, 1024-1024 projector; BYOL adds its predictor and EMA target);
-  8 runs a seed, each about 1.5 minutes on a quiet 2-core CPU (4 under load).
+  8 runs a seed plus 12 coefficient-selection runs, each about 1.5 minutes on a
+  quiet 2-core CPU (4 under load): about 1 h 10 min with the default 3 seeds.
 - ``sslit reproduce table1 --scale full --seeds 3 [--dataset cifar100]``: ResNet-18
   with the CIFAR stem, 1000 epochs, on an accelerator, with each method's
   solo-learn CIFAR recipe (``FULL_METHOD_OVERRIDES``); use one ``--workdir`` per

@@ -148,7 +148,7 @@ def test_negative_control_labels_shifted_at_test_time(experiment):
   rcond = 10 * np.sqrt(np.finfo(np.float32).eps)
   w = np.linalg.lstsq(z[:150], y[:150], rcond=rcond)[0]
   shifted = np.mean(np.linalg.norm(z[150:] @ w - y_shift[150:], axis=1))
-  assert shifted > 2 * s["test_loss"][-1]  # the control does hurt the head
+  assert shifted > 1.5 * s["test_loss"][-1]  # the control does hurt the head
   control = bound_exp.checkpoint_verdict([s["bound"][-1]], [shifted],
                                          [s["loss_range"][-1]])
   assert control["verdict"] != "held"
