@@ -276,8 +276,11 @@ def balanced_subset(labels: Sequence[int], fraction: float, seed: int) -> np.nda
   return np.sort(np.concatenate(picked))
 
 
-def _run_features(run_dir: str) -> tuple[Any, ...]:
-  """``(train_x, train_y, test_x, test_y, num_classes)`` of a run's final network."""
+def _run_features(run_dir: str, *, test: bool = True) -> tuple[Any, ...]:
+  """``(train_x, train_y, test_x, test_y, num_classes)`` of a run's final network.
+
+  ``test=False``: the test split is not read (``test_x``, ``test_y`` are None).
+  """
   from sslit import features, models, runs  # pylint: disable=g-import-not-at-top
   run = runs.open_run(run_dir)
   apply_fn = models.make_apply_fn(run.model, "rep")
@@ -287,7 +290,7 @@ def _run_features(run_dir: str) -> tuple[Any, ...]:
   tr = features.extract_features(apply_fn, run.variables, src, batch_size=bs,
                                  mean=mean, std=std)
   te = features.extract_features(apply_fn, run.variables, run.test_ds, batch_size=bs,
-                                 mean=mean, std=std)
+                                 mean=mean, std=std) if test else (None, None)
   return (*tr, *te, int(run.train_ds.num_classes))
 
 
@@ -339,7 +342,7 @@ def validation_top1(run_dir: str, *, step: int, l2: float, steps: int,
   from sslit import evaluate  # pylint: disable=g-import-not-at-top
 
   def compute():
-    tr_x, tr_y, _, _, num_classes = _run_features(run_dir)
+    tr_x, tr_y, _, _, num_classes = _run_features(run_dir, test=False)
     val = balanced_subset(tr_y, val_fraction, 0)
     fit = np.setdiff1d(np.arange(len(tr_y)), val)
     res = evaluate.linear_probe(tr_x[fit], tr_y[fit], tr_x[val], tr_y[val],

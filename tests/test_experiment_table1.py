@@ -223,6 +223,56 @@ def test_balanced_subset_and_coefficient_choice():
     table1.balanced_subset(labels, 0.0, seed=0)
 
 
+def test_validation_probe_uses_only_the_training_split(monkeypatch, tmp_path):
+  """Synthetic features: the probe is fit and scored on the training split only."""
+  from sslit import evaluate
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 40)
+  x = (np.eye(3)[y] * 2 + rng.normal(0, 1, (120, 3))).astype(np.float32)
+  asked = []
+
+  def fake_features(run_dir, *, test=True):
+    asked.append(test)
+    return x, y, None, None, 3
+  monkeypatch.setattr(table1, "_run_features", fake_features)
+  got = table1.validation_top1(str(tmp_path), step=5, l2=1e-4, steps=20)
+  assert asked == [False]  # the test split is never read
+  val = table1.balanced_subset(y, 0.1, 0)
+  fit = np.setdiff1d(np.arange(120), val)
+  want = evaluate.linear_probe(x[fit], y[fit], x[val], y[val], num_classes=3,
+                               l2=1e-4, steps=20)["top1"]
+  assert got == pytest.approx(want)
+  assert _load(tmp_path / "validation.json")["value"]["num_val"] == len(val) == 12
+  # Cached: a second call with the same settings computes nothing.
+  assert table1.validation_top1(str(tmp_path), step=5, l2=1e-4, steps=20) == got
+  assert asked == [False]
+
+
+def test_select_coefficients_trains_the_grid_and_keeps_the_best(monkeypatch, tmp_path):
+  import argparse
+  trained = []
+
+  def fake_train(run_dir, overrides, *, scale, label):
+    del scale, label
+    trained.append((run_dir, overrides["objective_kwargs"]["entropy_coeff"]))
+    return {"step": 5}, False, None
+  scores = {"x0.5": 70.0, "x1": 71.0, "x2": 72.5}
+  monkeypatch.setattr(table1, "_train_or_reuse", fake_train)
+  monkeypatch.setattr(table1, "_probe_settings", lambda result, run_dir: {})
+  monkeypatch.setattr(table1, "validation_top1",
+                      lambda run_dir: scores[os.path.basename(run_dir)])
+  args = argparse.Namespace(workdir=str(tmp_path), scale="smoke", steps=5,
+                            dataset=None, eval_steps=20)
+  out, error = table1.select_coefficients(args, ["vicreg+logdet"], (0.5, 1.0, 2.0))
+  assert error is None
+  base = table1.default_entropy_coeff("vicreg+logdet")
+  assert [c for _, c in trained] == [0.5 * base, base, 2 * base]
+  assert all(os.sep + os.path.join("select", "vicreg+logdet") in d for d, _ in trained)
+  c = out["vicreg+logdet"]
+  assert c["chosen_multiple"] == 2.0 and c["entropy_coeff"] == 2 * base
+  assert c["val_top1"] == {"0.5": 70.0, "1": 71.0, "2": 72.5}
+
+
 def test_coefficient_override_reaches_the_objective():
   from sslit import objectives
   o = table1.run_overrides("vicreg+pairdist", 0, scale="smoke", entropy_coeff=200.0)
