@@ -1,5 +1,8 @@
 """``python -m experiments <name> [args...]``: run one registered paper experiment.
 
+``python -m experiments summary [--root DIR] [--scale SCALE]`` prints the table of
+every experiment's verdict (``experiments/summary.py``).
+
 ``sslit reproduce <name> ...`` launches this from a repository checkout. The batched
 LAPACK workaround of ``sslit.parallel.serialize_cpu_lapack`` is applied before JAX
 starts (the CPA analyses of the experiments run batched LAPACK kernels).
@@ -16,10 +19,14 @@ from experiments import REGISTRY
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
-    print("usage: python -m experiments <name> [args...]\nexperiments: "
-          + ", ".join(sorted(REGISTRY)))
+    print("usage: python -m experiments <name> [args...]\n"
+          "       python -m experiments summary [--root DIR] [--scale SCALE]\n"
+          "experiments: " + ", ".join(sorted(REGISTRY)))
     return 0 if argv else 2
   name, rest = argv[0], argv[1:]
+  if name == "summary":  # the table of every experiment's verdict; no JAX needed
+    from experiments import summary  # pylint: disable=g-import-not-at-top
+    return summary.main(rest)
   if name not in REGISTRY:
     print(f"sslit reproduce: error: unknown experiment {name!r}; registered: "
           f"{', '.join(sorted(REGISTRY))}.", file=sys.stderr)

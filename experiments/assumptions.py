@@ -21,10 +21,12 @@ plus the Monte-Carlo floor of the two errors: the same statistics for ``M`` exac
 draws from ``N(0, σ² A Aᵀ)`` (what the errors are when A1 holds exactly; with
 ``M`` samples of a ``k``-dim output the covariance error is ≈ sqrt(k/M), not 0).
 
-Claim checked (per trained method, ``claim_held``): at the smallest σ the copies
-stay in their region (``stay_mean ≥ 0.9``), ``stay_mean`` does not grow with σ
-(within 0.02), and the covariance error at the smallest σ is within 25 % of its
-Monte-Carlo floor. The SPEC's "σ = 1e-2 keeps about 57 %" (random 8→32→32→4 MLP)
+Criterion (``CRITERION``, docs/experiment_assumptions.md): at the claim's σ fixed
+per scale (``CLAIM_SIGMA``), the stay fraction's one-sided 95 % lower bound is at
+least 0.9, the stay fraction does not grow with σ (within 0.02) and the covariance
+error is within 25 % of its Monte-Carlo floor; held / not held / undecided. The
+earlier flag (the same thresholds at the smallest σ of whatever grid ran) is kept
+as ``claim_held_smallest_sigma``. The SPEC's "σ = 1e-2 keeps about 57 %" (random 8→32→32→4 MLP)
 was found inconsistent with measurements; this script reports what it measures.
 
 Commands::
@@ -52,6 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import claims as claims_lib
 from experiments import common
 from sslit import parallel
 
@@ -66,6 +69,22 @@ _SUMMARY_KEYS = ("stay_mean", "cov_error_median", "mean_error_median",
 _STAY_MIN = 0.9        # stay fraction required at the smallest σ
 _STAY_TOL = 0.02       # allowed increase of stay between consecutive σ (MC noise)
 _FLOOR_FACTOR = 1.25   # covariance error at the smallest σ vs its MC floor
+# The σ at which the trained nets must meet the thresholds, fixed before the runs
+# (it must be on the grid, else the verdict is undecided): the smoke grid's smallest
+# σ; for the ConvNet/ResNet 1e-6, where the earlier cpu run measured the stay
+# fraction only after its grid was extended downwards (so this choice is not blind
+# for the cpu scale: it is stated, and checked again by every new run).
+CLAIM_SIGMA = {"smoke": 1e-3, "cpu": 1e-6, "full": 1e-6}
+CRITERION = (
+    "for every trained network, at the claim's sigma (smoke 1e-3, cpu and full 1e-6; "
+    "grids smoke 1e-3..1e-1 x3, cpu/full 1e-6..1e-1 x6, log-spaced): (1) the mean "
+    "over inputs of the per-input stay fraction has a one-sided 95 % t lower bound "
+    f">= {_STAY_MIN} (fails if the upper bound is below {_STAY_MIN}, undecided in "
+    f"between); (2) the stay fraction does not grow with sigma on the grid by more "
+    f"than {_STAY_TOL} between neighbours; (3) the median covariance error is <= "
+    f"{_FLOOR_FACTOR} x its Monte-Carlo floor; held if every trained network meets "
+    "all three, not held if any fails one, undecided otherwise or when the claim's "
+    "sigma is not on the grid")
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,7 +186,8 @@ def check_network(model, variables, x: np.ndarray, *, sigmas: Sequence[float],
 
 
 def claim_flags(row: dict) -> dict[str, bool]:
-  """The claim's three conditions on one network's row (see the module doc)."""
+  """The earlier criterion, kept for comparison: the three conditions at the
+  smallest σ of whatever grid ran (``claim_held_smallest_sigma``)."""
   stay = np.asarray(row["stay_mean"], np.float64)
   cov = np.asarray(row["cov_error_median"], np.float64)
   flags = {
@@ -176,8 +196,65 @@ def claim_flags(row: dict) -> dict[str, bool]:
       "cov_error_at_floor_at_smallest_sigma": bool(
           cov[0] <= _FLOOR_FACTOR * row["cov_error_floor"]),
   }
-  flags["claim_held"] = all(flags.values())
+  flags["claim_held_smallest_sigma"] = all(flags.values())
   return flags
+
+
+def network_verdict(row: dict, sigmas: Sequence[float], sigma: float) -> dict[str, Any]:
+  """The criterion (``CRITERION``) on one network's row at the claim's ``sigma``.
+
+  Returns ``{"verdict", "sigma", "stay_interval", "conditions"}``; ``conditions``
+  holds the three conditions' verdicts.
+  """
+  hit = [i for i, s in enumerate(sigmas) if np.isclose(s, sigma, rtol=1e-6)]
+  if not hit:
+    return {"verdict": claims_lib.UNDECIDED, "sigma": sigma, "stay_interval": None,
+            "conditions": {}, "reason": f"sigma {sigma:g} is not on the grid"}
+  i = hit[0]
+  per_input = np.asarray(row["stay_per_input"], np.float64)[i]
+  # A two-sided 90 % interval: its ends are one-sided 95 % bounds.
+  iv = claims_lib.t_interval(per_input, level=0.90)
+  if iv["low"] is None:
+    stay = claims_lib.UNDECIDED
+  elif iv["low"] >= _STAY_MIN:
+    stay = claims_lib.HELD
+  elif iv["high"] < _STAY_MIN:
+    stay = claims_lib.NOT_HELD
+  else:
+    stay = claims_lib.UNDECIDED
+  as_verdict = lambda ok: claims_lib.HELD if ok else claims_lib.NOT_HELD
+  stay_mean = np.asarray(row["stay_mean"], np.float64)
+  cov = float(np.asarray(row["cov_error_median"], np.float64)[i])
+  conditions = {
+      "stay_at_claim_sigma": stay,
+      "stay_nonincreasing": as_verdict(np.all(np.diff(stay_mean) <= _STAY_TOL)),
+      "cov_error_at_floor": as_verdict(cov <= _FLOOR_FACTOR * row["cov_error_floor"]),
+  }
+  return {"verdict": claims_lib.combine(list(conditions.values())), "sigma": sigma,
+          "stay_interval": iv, "cov_error": cov,
+          "cov_error_limit": _FLOOR_FACTOR * row["cov_error_floor"],
+          "conditions": conditions}
+
+
+def _summary(results: dict) -> dict:
+  parts = []
+  for r in results["rows"]:
+    v = r["criterion"]
+    iv = v["stay_interval"]
+    stay = "n/a" if iv is None else (
+        f"stay {iv['mean']:.3f}" + ("" if iv["low"] is None else
+                                    f" (95 % lower bound {iv['low']:.3f})"))
+    cov = "" if "cov_error" not in v else (
+        f", cov error {v['cov_error']:.3f} (limit {v['cov_error_limit']:.3f})")
+    parts.append(f"{r['method']} seed {r['seed']}: {stay}{cov}: {v['verdict']}")
+  result = (f"sigma {results['claim_sigma']:g}, n = {results['num_inputs']}, M = "
+            f"{results['num_samples']}: " + "; ".join(parts))
+  return claims_lib.summary(
+      claim="noisy copies stay in their CPA region and the Gaussian noise model's "
+            "errors vanish as sigma -> 0, for SimCLR- and VICReg-trained networks",
+      criterion=CRITERION, verdict=results["verdict"], result=result,
+      evidence={f"{r['method']}-seed{r['seed']}": r["criterion"]
+                for r in results["rows"]})
 
 
 def _plot(results: dict, workdir: str) -> str:
@@ -253,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = json.load(f).get("trained", {})
       row["linear_top1"] = probe.get("linear_top1")
       row.update(claim_flags(row))
+      row["criterion"] = network_verdict(row, sigmas, CLAIM_SIGMA[args.scale])
       rows.append(row)
       with open(os.path.join(run_dir, "config.json")) as f:
         run_dirs[run_dir] = json.load(f)
@@ -268,21 +346,30 @@ def main(argv: list[str] | None = None) -> int:
                            num_samples=num_samples, seed=seed,
                            chunk_size=args.chunk_size)}
     row.update(claim_flags(row))
+    row["criterion"] = network_verdict(row, sigmas, CLAIM_SIGMA[args.scale])
     rows.append(row)
 
   trained_rows = [r for r in rows if r["method"] != "random_init"]
-  claim_held = all(r["claim_held"] for r in trained_rows)
+  verdict = claims_lib.combine([r["criterion"]["verdict"] for r in trained_rows])
   results = {
       "experiment": NAME, "scale": args.scale, "seeds": args.seeds,
       "sigmas": sigmas, "num_inputs": num_inputs, "num_samples": num_samples,
-      "methods": methods, "rows": rows, "claim_held": claim_held,
-      "claim": ("per trained network: stay_mean >= %.2f at the smallest sigma, "
+      "methods": methods, "rows": rows, "criterion": CRITERION,
+      "claim_sigma": CLAIM_SIGMA[args.scale], "verdict": verdict,
+      "claim_held": claims_lib.as_flag(verdict),
+      "random_init_verdict": [r["criterion"]["verdict"] for r in rows
+                              if r["method"] == "random_init"],
+      "claim_held_smallest_sigma": all(r["claim_held_smallest_sigma"]
+                                       for r in trained_rows),
+      "claim_smallest_sigma": ("the earlier criterion, kept for comparison: per "
+                "trained network: stay_mean >= %.2f at the smallest sigma, "
                 "stay_mean non-increasing in sigma (tolerance %.2f), covariance "
                 "error at the smallest sigma <= %.2f x its Monte-Carlo floor"
                 % (_STAY_MIN, _STAY_TOL, _FLOOR_FACTOR)),
       "configs": run_dirs, "trained_runs": trained,
       "wall_seconds": time.perf_counter() - t0,
   }
+  results["summary"] = _summary(results)
   results["plot"] = _plot(results, args.workdir)
   common.write_results(args.workdir, results)
 
@@ -294,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
                " ".join("%.3f" % v for v in r["cov_error_median"]) +
                f" (floor {r['cov_error_floor']:.3f}) | normal rejected " +
                " ".join("%.2f" % v for v in r["normal_reject_rate"]))
+  common.say(f"[{NAME}] {results['summary']['result']}")
   common.say(f"[{NAME}] paper's claim (stay -> 1 and errors -> MC floor as sigma -> 0)"
-             f" {'HELD' if claim_held else 'DID NOT HOLD'} for the trained networks; "
+             f" {verdict.upper()} for the trained networks (random init: "
+             f"{', '.join(results['random_init_verdict'])}); "
              f"results in {args.workdir}/results.json, plot {results['plot']} "
              f"({results['wall_seconds']:.0f} s)")
   return 0

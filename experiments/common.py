@@ -28,6 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 SCALES = ("smoke", "cpu", "full")
 # The config each scale starts from (a bare name: looked up in experiments/configs/).
 SCALE_CONFIG = {"smoke": "smoke", "cpu": "default", "full": "full_cifar10"}
+# Seeds when --seeds is not given: the criteria need >= 3 seeds for a verdict other
+# than "undecided" (table1, separation); smoke only exercises the code.
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 3, "full": 3}
 
 
 def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
@@ -37,7 +40,8 @@ def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
   """The common command line of an experiment.
 
   ``--scale {smoke,cpu,full}`` (default ``cpu``), ``--workdir`` (default
-  ``runs/reproduce/<name>-<scale>``), ``--seeds N`` (default 1), plus the
+  ``runs/reproduce/<name>-<scale>``), ``--seeds N`` (default ``DEFAULT_SEEDS``:
+  smoke 1, cpu and full 3), plus the
   experiment's own options from ``add_arguments(parser)``; ``check(error, args)``
   validates them together (``error(message)`` exits with status 2 and the usage).
   """
@@ -45,10 +49,13 @@ def parse_args(name: str, argv: Sequence[str] | None, *, description: str,
   p.add_argument("--scale", choices=SCALES, default="cpu")
   p.add_argument("--workdir", default=None,
                  help=f"output directory (default runs/reproduce/{name}-<scale>)")
-  p.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="number of seeds (0, 1, ...; default smoke 1, cpu and full 3)")
   if add_arguments is not None:
     add_arguments(p)
   args = p.parse_args(list(argv or []))
+  if args.seeds is None:
+    args.seeds = DEFAULT_SEEDS[args.scale]
   if args.seeds < 1:
     p.error(f"--seeds must be >= 1, got {args.seeds}")
   if check is not None:

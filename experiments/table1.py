@@ -6,6 +6,14 @@ Barlow Twins, BYOL and VICReg and of the four information-theoretic variants
 invariance term plus an explicit LogDet or pairwise-distance entropy estimate,
 SPEC 4), mean and standard deviation over seeds. The paper's claim: **each variant
 beats its base method** (the VICReg variants VICReg, the BYOL variants BYOL).
+Criterion (``CRITERION``, docs/experiment_table1.md): per variant, the paired
+per-seed linear-probe difference to its base with a 95 % t-interval over >= 3
+seeds; held / not held / undecided. kNN (k = 20) and low-label linear probes (1 %
+and 10 % of the training labels, class-balanced seeded subsets) are reported with
+the same intervals. At the cpu/full scales each variant's entropy weight is chosen
+from ``--coef-grid`` (multiples of the default) by a linear probe on a validation
+split of the training set (``select_coefficients``); the test split is never used
+for the choice.
 
 Each (method, seed) is one ``sslit train`` run (``common.train_run``) in
 ``<workdir>/<method>/seed<s>``, with only the trained network's linear probe
@@ -18,11 +26,12 @@ Commands:
 
 - ``sslit reproduce table1 --scale smoke [--methods vicreg,vicreg+logdet]``:
   the tiny MLP on the bundled 8x8 digits, ~30 steps a run, seconds each.
-- ``sslit reproduce table1 --scale cpu [--seeds 2] [--steps 400]``: the default
+- ``sslit reproduce table1 --scale cpu [--seeds 3] [--steps 400]``: the default
   ConvNet on Fashion-MNIST, 400 steps (0.85 epoch at batch 128) a run, the same
   recipe for every method (the default config's: AdamW, peak lr 4e-3, batch 128,
   "simclr" views, 1024-1024 projector; BYOL adds its predictor and EMA target);
-  8 runs a seed, each about 1.5 minutes on a quiet 2-core CPU (4 under load).
+  8 runs a seed plus 12 coefficient-selection runs, each about 1.5 minutes on a
+  quiet 2-core CPU (4 under load): about 1 h 10 min with the default 3 seeds.
 - ``sslit reproduce table1 --scale full --seeds 3 [--dataset cifar100]``: ResNet-18
   with the CIFAR stem, 1000 epochs, on an accelerator, with each method's
   solo-learn CIFAR recipe (``FULL_METHOD_OVERRIDES``); use one ``--workdir`` per
@@ -44,12 +53,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from experiments import claims as claims_lib
 from experiments import common
 
 NAME = "table1"
@@ -75,6 +86,29 @@ DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
 
 # Steps per run when --steps is not given (None: the scale config's num_steps).
 DEFAULT_STEPS = {"smoke": None, "cpu": 400, "full": None}
+
+# The probes of every run: the full-label linear probe (the criterion), kNN and the
+# low-label linear probes on class-balanced seeded subsets of the training labels.
+KNN_K = 20
+LOW_LABEL_FRACTIONS = (0.01, 0.1)
+PROBES = ("linear", "knn") + tuple(f"low_label_{round(100 * f)}pct"
+                                   for f in LOW_LABEL_FRACTIONS)
+PRIMARY_PROBE = "linear"
+MIN_SEEDS = 3  # fewest seeds for a verdict other than "undecided"
+# Variant coefficients: multiples of the library's default entropy weight, chosen per
+# variant by a linear probe on a validation split carved from the training set.
+DEFAULT_COEF_GRID = {"smoke": (), "cpu": (0.5, 1.0, 2.0), "full": (0.5, 1.0, 2.0)}
+VAL_FRACTION = 0.1
+# The entropy estimator of each variant (sslit.objectives' registry).
+_VARIANT_ENTROPY = {"vicreg+logdet": "logdet", "vicreg+pairdist": "pairwise_bhattacharyya",
+                    "byol+logdet": "logdet", "byol+pairdist": "pairwise_bhattacharyya"}
+CRITERION = (
+    "per variant, the paired per-seed difference of the full-label linear-probe top-1 "
+    "to its base method (same seed), with a two-sided 95 % Student-t interval over "
+    f">= {MIN_SEEDS} seeds: held if the interval lies above 0, not held if below, "
+    "undecided if it contains 0 or fewer seeds ran; the claim 'each variant beats "
+    "its base' is held if every variant run with its base held, not held if any did "
+    "not hold, else undecided")
 
 # Per-method recipe at the full scale: solo-learn's CIFAR pretraining configs
 # (scripts/pretrain/cifar/<method>.yaml); the VICReg family keeps full_cifar10's.
@@ -117,11 +151,30 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                       "fashion_mnist, cifar10); e.g. cifar100 at the full scale")
   p.add_argument("--eval-steps", type=_positive_int, default=None,
                  help="L-BFGS iterations of the linear probe (default the config's)")
+  p.add_argument("--coef-grid", type=_coef_grid, default=None,
+                 help="multiples of each variant's default entropy weight tried on a "
+                      "validation split of the training set (seed 0), e.g. 0.5,1,2; "
+                      "'none' keeps the defaults (default: smoke none, cpu/full "
+                      "0.5,1,2)")
+
+
+def _coef_grid(text: str) -> tuple[float, ...]:
+  if text.strip().lower() in ("", "none"):
+    return ()
+  try:
+    grid = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--coef-grid: expected numbers, got {text!r}.") \
+        from None
+  if not grid or not all(v > 0 for v in grid) or len(set(grid)) != len(grid):
+    raise argparse.ArgumentTypeError(
+        f"--coef-grid: expected distinct positive numbers, got {text!r}.")
+  return grid
 
 
 def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = None,
-                  dataset: str | None = None, eval_steps: int | None = None
-                  ) -> dict[str, Any]:
+                  dataset: str | None = None, eval_steps: int | None = None,
+                  entropy_coeff: float | None = None) -> dict[str, Any]:
   """The config overrides of one (method, seed) run of the table.
 
   Args:
@@ -131,6 +184,7 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
     steps: training steps (None: ``DEFAULT_STEPS[scale]`` or the config's).
     dataset: data set name (None: the config's).
     eval_steps: probe iterations (None: the config's).
+    entropy_coeff: a variant's entropy weight (None: the library's default).
 
   Returns:
     ``{field: value}`` for ``common.train_run``.
@@ -139,7 +193,12 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
   if scale == "full":
     out.update(FULL_METHOD_OVERRIDES[method])
   out.update({"objective": method, "seed": int(seed), "eval.baselines": (),
-              "report": False, "monitor_every": 0})
+              "eval.knn_k": (KNN_K,), "report": False, "monitor_every": 0})
+  if entropy_coeff is not None:
+    if method not in VARIANTS:
+      raise ValueError(f"{method} has no entropy weight (variants: {list(VARIANTS)}).")
+    out["objective_kwargs"] = {**out.get("objective_kwargs", {}),
+                               "entropy_coeff": float(entropy_coeff)}
   steps = steps if steps is not None else DEFAULT_STEPS[scale]
   if steps is not None:
     out["num_steps"] = int(steps)
@@ -191,11 +250,153 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
   return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
-def claims(accuracy: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
-  """The paper's claim per variant whose base method was run: variant mean > base mean.
+def default_entropy_coeff(variant: str) -> float:
+  """The library's default entropy weight of a variant (``sslit.objectives``)."""
+  from sslit import objectives  # pylint: disable=g-import-not-at-top
+  table = (objectives.DEFAULT_BYOL_ENTROPY_COEFF if variant.startswith("byol")
+           else objectives.DEFAULT_ENTROPY_COEFF)
+  return float(table[_VARIANT_ENTROPY[variant]])
 
-  ``exceeds_seed_std`` (seeds > 1): the difference is larger than the larger of the
-  two methods' seed standard deviations; None with one seed.
+
+def balanced_subset(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of a class-balanced seeded subset: ``fraction`` of each class.
+
+  Each class keeps ``max(1, round(fraction · count))`` of its examples, drawn without
+  replacement with ``numpy.random.default_rng(seed)``.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  picked = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    k = max(1, int(round(fraction * len(idx))))
+    picked.append(rng.choice(idx, k, replace=False))
+  return np.sort(np.concatenate(picked))
+
+
+def _run_features(run_dir: str, *, test: bool = True) -> tuple[Any, ...]:
+  """``(train_x, train_y, test_x, test_y, num_classes)`` of a run's final network.
+
+  ``test=False``: the test split is not read (``test_x``, ``test_y`` are None).
+  """
+  from sslit import features, models, runs  # pylint: disable=g-import-not-at-top
+  run = runs.open_run(run_dir)
+  apply_fn = models.make_apply_fn(run.model, "rep")
+  src = features.as_source(run.train_ds)
+  mean, std = features.source_stats(src, None, None)
+  bs = int(run.config.eval.batch_size)
+  tr = features.extract_features(apply_fn, run.variables, src, batch_size=bs,
+                                 mean=mean, std=std)
+  te = features.extract_features(apply_fn, run.variables, run.test_ds, batch_size=bs,
+                                 mean=mean, std=std) if test else (None, None)
+  return (*tr, *te, int(run.train_ds.num_classes))
+
+
+def _cached(path: str, key: Mapping[str, Any], compute) -> dict:
+  """``compute()`` unless ``path`` holds a result for the same ``key``; then it."""
+  key = json.loads(json.dumps(dict(key)))
+  cached = _read_json(path)
+  if isinstance(cached, dict) and cached.get("key") == key:
+    return cached["value"]
+  value = compute()
+  common.write_results(os.path.dirname(path), {"key": key, "value": value},
+                       name=os.path.basename(path))
+  return value
+
+
+def low_label_probes(run_dir: str, *, seed: int, step: int, l2: float, steps: int,
+                     fractions: Sequence[float] = LOW_LABEL_FRACTIONS) -> dict:
+  """Linear-probe top-1 (test split) fitted on class-balanced label subsets.
+
+  One probe per fraction, on ``balanced_subset(train labels, fraction, seed)``;
+  cached in ``<run_dir>/low_label.json``. Returns ``{probe name: {"top1",
+  "num_labels"}}``.
+  """
+  from sslit import evaluate  # pylint: disable=g-import-not-at-top
+
+  def compute():
+    tr_x, tr_y, te_x, te_y, num_classes = _run_features(run_dir)
+    out = {}
+    for f in fractions:
+      idx = balanced_subset(tr_y, f, seed)
+      res = evaluate.linear_probe(tr_x[idx], tr_y[idx], te_x, te_y,
+                                  num_classes=num_classes, l2=l2, steps=steps)
+      out[f"low_label_{round(100 * f)}pct"] = {"top1": res["top1"],
+                                               "num_labels": int(len(idx))}
+    return out
+  key = {"seed": seed, "step": step, "l2": l2, "steps": steps,
+         "fractions": list(fractions)}
+  return _cached(os.path.join(run_dir, "low_label.json"), key, compute)
+
+
+def validation_top1(run_dir: str, *, step: int, l2: float, steps: int,
+                    val_fraction: float = VAL_FRACTION) -> float:
+  """Linear-probe top-1 on a validation split carved from the training set.
+
+  The split is ``balanced_subset(train labels, val_fraction, seed=0)``; the probe is
+  fitted on the rest of the training set. The test set is never read. Cached in
+  ``<run_dir>/validation.json``.
+  """
+  from sslit import evaluate  # pylint: disable=g-import-not-at-top
+
+  def compute():
+    tr_x, tr_y, _, _, num_classes = _run_features(run_dir, test=False)
+    val = balanced_subset(tr_y, val_fraction, 0)
+    fit = np.setdiff1d(np.arange(len(tr_y)), val)
+    res = evaluate.linear_probe(tr_x[fit], tr_y[fit], tr_x[val], tr_y[val],
+                                num_classes=num_classes, l2=l2, steps=steps)
+    return {"val_top1": res["top1"], "num_val": int(len(val))}
+  key = {"step": step, "l2": l2, "steps": steps, "val_fraction": val_fraction}
+  return float(_cached(os.path.join(run_dir, "validation.json"), key,
+                       compute)["val_top1"])
+
+
+def choose_coefficient(scores: Mapping[float, float]) -> float:
+  """The multiple with the best validation top-1; ties go to the one nearest 1."""
+  if not scores:
+    raise ValueError("no validation scores to choose a coefficient from.")
+  return max(scores, key=lambda m: (scores[m], -abs(math.log(m))))
+
+
+def paired_claims(per_seed: Mapping[str, Mapping[str, Sequence[float]]]
+                  ) -> dict[str, dict]:
+  """The criterion per variant whose base method ran, for every probe.
+
+  Args:
+    per_seed: ``{probe: {method: [score per seed]}}`` (seeds in the same order).
+
+  Returns:
+    ``{variant: {"base", "verdict" (the primary probe's), probe: paired difference
+    (claims.paired_difference)}}``.
+  """
+  out = {}
+  for variant, base in VARIANTS.items():
+    primary = per_seed[PRIMARY_PROBE]
+    if variant not in primary or base not in primary:
+      continue
+    entry = {"base": base}
+    for probe, scores in per_seed.items():
+      if variant in scores and base in scores:
+        entry[probe] = claims_lib.paired_difference(scores[variant], scores[base],
+                                                    min_n=MIN_SEEDS)
+    entry["verdict"] = entry[PRIMARY_PROBE]["verdict"]
+    out[variant] = entry
+  return out
+
+
+def claim_verdict(paired: Mapping[str, Mapping[str, Any]]) -> str:
+  """"Each variant beats its base": every variant's verdict combined."""
+  return claims_lib.combine([c["verdict"] for c in paired.values()])
+
+
+def claims(accuracy: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+  """The earlier criterion, kept for comparison: variant mean > base mean.
+
+  It decides on one seed and never says "undecided"; the criterion of record is
+  :func:`paired_claims`. ``exceeds_seed_std`` (seeds > 1): the difference is larger
+  than the larger of the two methods' seed standard deviations; None with one seed.
   """
   out = {}
   for variant, base in VARIANTS.items():
@@ -217,34 +418,42 @@ def _fmt(mean: float, std: float | None) -> str:
   return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def _interval_text(c: Mapping[str, Any]) -> str:
+  iv = c["interval"]
+  if iv["low"] is None:
+    return f"{iv['mean']:+.2f} (n = {iv['n']})"
+  return f"{iv['mean']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+
+
 def markdown_table(results: Mapping[str, Any]) -> str:
-  """Table 1 as Markdown: one row per method, mean ± std, the variants' difference."""
+  """Table 1 as Markdown: mean ± std per probe, the variants' paired differences."""
   dataset = results["dataset"]
   col = DATASET_LABELS.get(dataset, dataset)
   targets = SANITY_TARGETS.get(dataset) if results["scale"] == "full" else None
-  lines = [f"Linear-probe top-1 (%) on the {col} test split, {results['scale']} scale, "
+  probes = [p for p in PROBES if p in results["probes"]]
+  names = {"linear": f"linear ({col})", "knn": f"kNN k={KNN_K}"}
+  lines = [f"Top-1 (%) on the {col} test split, {results['scale']} scale, "
            f"{results['num_steps']} steps a run, {results['seeds']} seed(s) "
-           f"(mean ± std over seeds, ddof 1).", ""]
-  header = f"| method | {col} |"
-  rule = "|---|---|"
+           f"(mean ± std over seeds, ddof 1). Δ: paired per-seed difference of the "
+           f"linear probe to the base method, mean [95 % t-interval].", ""]
+  header = "| method | " + " | ".join(names.get(p, p.replace("_", " "))
+                                      for p in probes) + " |"
+  rule = "|---|" + "---|" * len(probes)
   if targets is not None:
     header += " solo-learn target (SPEC 7.3) |"
     rule += "---|"
-  header += " Δ vs base | claim held |"
+  header += " Δ vs base | verdict |"
   rule += "---|---|"
   lines += [header, rule]
   for m in results["methods"]:
-    acc = results["accuracy"][m]
-    row = f"| {LABELS[m]} | {_fmt(acc['mean'], acc['std'])} |"
+    row = f"| {LABELS[m]} | " + " | ".join(
+        _fmt(results["probes"][p][m]["mean"], results["probes"][p][m]["std"])
+        for p in probes) + " |"
     if targets is not None:
       row += f" {targets[m]:.2f} |" if m in targets else " – |"
     c = results["claims"].get(m)
-    if c is None:
-      row += " | |"
-    else:
-      sig = "" if c["exceeds_seed_std"] is None else (
-          " (> seed std)" if c["exceeds_seed_std"] else " (≤ seed std)")
-      row += f" {c['difference']:+.2f}{sig} | {'yes' if c['beats_base'] else 'no'} |"
+    row += " | |" if c is None else (
+        f" {_interval_text(c[PRIMARY_PROBE])} | {c['verdict']} |")
     lines.append(row)
   return "\n".join(lines) + "\n"
 
@@ -285,6 +494,96 @@ def _plot(results: Mapping[str, Any], workdir: str) -> str:
   return common.save_figure(fig, workdir, NAME)
 
 
+def _train_or_reuse(run_dir: str, overrides: Mapping[str, Any], *, scale: str,
+                    label: str) -> tuple[dict | None, bool, tuple[int, str] | None]:
+  """``(run results, reused, error)`` of one run: reused when finished, else trained.
+
+  ``error`` is None or ``(exit status, message)``.
+  """
+  try:
+    expected = _resolved_config(scale, overrides)
+  except ValueError as e:
+    return None, False, (2, str(e))
+  result = finished_result(run_dir, expected)
+  if result is not None:
+    return result, True, None
+  common.say(f"table1: {label}: training {expected['num_steps']} steps in {run_dir}")
+  try:
+    common.train_run(run_dir, scale=scale, overrides=overrides)
+  except RuntimeError as e:
+    return None, False, (1, str(e))
+  result = finished_result(run_dir, expected)
+  if result is None:
+    return None, False, (1, f"{run_dir} did not finish its {expected['num_steps']} steps "
+                         f"(a wall-clock cap?); run the command again to resume.")
+  return result, False, None
+
+
+def _probe_settings(result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
+  config = _read_json(os.path.join(run_dir, "config.json"))
+  return {"step": int(result["step"]), "l2": float(config["eval"]["l2"]),
+          "steps": int(config["eval"]["steps"])}
+
+
+def select_coefficients(args: Any, variants: Sequence[str], grid: Sequence[float]
+                        ) -> tuple[dict[str, dict], tuple[int, str] | None]:
+  """Each variant's entropy weight: the grid multiple best on the validation split.
+
+  Seed-0 runs in ``<workdir>/select/<variant>/x<multiple>``; returns
+  ``({variant: {"grid", "val_top1", "chosen_multiple", "entropy_coeff"}}, error)``.
+  """
+  out: dict[str, dict] = {}
+  for v in variants:
+    base_coeff = default_entropy_coeff(v)
+    scores = {}
+    for mult in grid:
+      run_dir = os.path.join(args.workdir, "select", v, f"x{mult:g}")
+      overrides = run_overrides(v, 0, scale=args.scale, steps=args.steps,
+                                dataset=args.dataset, eval_steps=args.eval_steps,
+                                entropy_coeff=mult * base_coeff)
+      result, _, error = _train_or_reuse(run_dir, overrides, scale=args.scale,
+                                         label=f"select {v} x{mult:g}")
+      if error:
+        return out, error
+      scores[mult] = validation_top1(run_dir, **_probe_settings(result, run_dir))
+      common.say(f"table1: select {v} x{mult:g} (entropy weight "
+                 f"{mult * base_coeff:g}): validation top-1 {scores[mult]:.2f}")
+    chosen = choose_coefficient(scores)
+    out[v] = {"grid": list(grid), "val_top1": {f"{m:g}": sc for m, sc in scores.items()},
+              "chosen_multiple": chosen, "entropy_coeff": chosen * base_coeff,
+              "default_entropy_coeff": base_coeff}
+  return out, None
+
+
+def _aggregate(runs: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
+               seeds: Sequence[int]) -> dict[str, dict]:
+  """``{probe: {method: {"per_seed", "mean", "std"}}}`` from the per-run scores."""
+  out: dict[str, dict] = {}
+  for probe in PROBES:
+    out[probe] = {}
+    for m in methods:
+      per_seed = [runs[m][f"seed{s}"]["scores"].get(probe) for s in seeds]
+      if any(v is None for v in per_seed):
+        continue
+      mean, std = mean_std(per_seed)
+      out[probe][m] = {"per_seed": per_seed, "mean": mean, "std": std}
+  return {p: v for p, v in out.items() if v}
+
+
+def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
+  parts = []
+  for v, c in results["claims"].items():
+    parts.append(f"{LABELS[v]} {_interval_text(c[PRIMARY_PROBE])} ({c['verdict']})")
+  result = (f"{results['seeds']} seed(s), {results['num_steps']} steps, "
+            f"{DATASET_LABELS.get(results['dataset'], results['dataset'])}; linear-probe"
+            f" Δ vs base, mean [95 % CI]: " + ("; ".join(parts) or "no variant ran "
+                                                "with its base"))
+  return claims_lib.summary(
+      claim="each information-theoretic variant beats its base method (linear probe)",
+      criterion=CRITERION, verdict=results["verdict"], result=result,
+      evidence={v: c[PRIMARY_PROBE] for v, c in results["claims"].items()})
+
+
 def main(argv: list[str] | None = None) -> int:
   """``sslit reproduce table1``: train every (method, seed), probe, tabulate, plot."""
   args = common.parse_args(NAME, argv, description=__doc__.split("\n\n")[0],
@@ -292,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
   t_start = time.perf_counter()
   methods = list(args.methods)
   seeds = list(range(args.seeds))
+  grid = DEFAULT_COEF_GRID[args.scale] if args.coef_grid is None else args.coef_grid
+  coefficients, error = select_coefficients(
+      args, [m for m in methods if m in VARIANTS], grid) if grid else ({}, None)
+  if error:
+    common.say(f"table1: error: {error[1]}")
+    return error[0]
   total = len(methods) * len(seeds)
   runs: dict[str, dict[str, Any]] = {}
   trained = reused = 0
@@ -301,57 +606,51 @@ def main(argv: list[str] | None = None) -> int:
     for s in seeds:
       i += 1
       run_dir = os.path.join(args.workdir, m, f"seed{s}")
+      coeff = coefficients.get(m, {}).get("entropy_coeff")
       overrides = run_overrides(m, s, scale=args.scale, steps=args.steps,
-                                dataset=args.dataset, eval_steps=args.eval_steps)
-      try:
-        expected = _resolved_config(args.scale, overrides)
-      except ValueError as e:
-        common.say(f"table1: error: {e}")
-        return 2
-      result = finished_result(run_dir, expected)
+                                dataset=args.dataset, eval_steps=args.eval_steps,
+                                entropy_coeff=coeff)
       t0 = time.perf_counter()
-      was_reused = result is not None
-      if result is None:
-        common.say(f"table1: [{i}/{total}] {m} seed {s}: training "
-                   f"{expected['num_steps']} steps in {run_dir}")
-        try:
-          common.train_run(run_dir, scale=args.scale, overrides=overrides)
-        except RuntimeError as e:
-          common.say(f"table1: error: {e}")
-          return 1
-        result = finished_result(run_dir, expected)
-        if result is None:
-          common.say(f"table1: error: {run_dir} did not finish its {expected['num_steps']}"
-                     f" steps (a wall-clock cap?); run the command again to resume.")
-          return 1
-        trained += 1
-      else:
-        reused += 1
-      acc = float(result["trained"]["linear_top1"])
-      runs[m][f"seed{s}"] = {"seed": s, "workdir": run_dir, "linear_top1": acc,
-                             "step": int(result["step"]),
+      result, was_reused, error = _train_or_reuse(run_dir, overrides, scale=args.scale,
+                                                  label=f"[{i}/{total}] {m} seed {s}")
+      if error:
+        common.say(f"table1: error: {error[1]}")
+        return error[0]
+      reused += was_reused
+      trained += not was_reused
+      trained_res = result["trained"]
+      scores = {"linear": float(trained_res["linear_top1"]),
+                "knn": trained_res.get(f"knn{KNN_K}_top1")}
+      low = low_label_probes(run_dir, seed=s, **_probe_settings(result, run_dir))
+      scores.update({k: v["top1"] for k, v in low.items()})
+      runs[m][f"seed{s}"] = {"seed": s, "workdir": run_dir,
+                             "linear_top1": scores["linear"], "scores": scores,
+                             "low_label": low, "step": int(result["step"]),
                              "config": _read_json(os.path.join(run_dir, "config.json")),
                              "reused": was_reused,
                              "seconds": time.perf_counter() - t0}
       how = "reused" if was_reused else f"{time.perf_counter() - t0:.0f} s"
-      common.say(f"table1: [{i}/{total}] {m} seed {s}: linear top-1 {acc:.2f} ({how})")
-  accuracy = {}
-  for m in methods:
-    per_seed = [runs[m][f"seed{s}"]["linear_top1"] for s in seeds]
-    mean, std = mean_std(per_seed)
-    accuracy[m] = {"per_seed": per_seed, "mean": mean, "std": std}
+      common.say(f"table1: [{i}/{total}] {m} seed {s}: linear top-1 "
+                 f"{scores['linear']:.2f} ({how})")
+  probes = _aggregate(runs, methods, seeds)
+  accuracy = probes["linear"]
   first = runs[methods[0]]["seed0"]["config"]
-  verdicts = claims(accuracy)
+  paired = paired_claims({p: {m: v["per_seed"] for m, v in by_m.items()}
+                          for p, by_m in probes.items()})
+  verdict = claim_verdict(paired)
   results = {
       "experiment": NAME, "scale": args.scale, "dataset": first["dataset"],
       "num_steps": int(first["num_steps"]), "seeds": len(seeds), "methods": methods,
-      "accuracy": accuracy, "runs": runs, "claims": verdicts,
-      "claim_held": (all(c["beats_base"] for c in verdicts.values())
-                     if verdicts else None),
+      "accuracy": accuracy, "probes": probes, "runs": runs, "claims": paired,
+      "criterion": CRITERION, "verdict": verdict,
+      "claim_held": claims_lib.as_flag(verdict),
+      "claims_mean_difference": claims(accuracy),
+      "coefficients": coefficients, "coef_grid": list(grid),
       "sanity_targets": SANITY_TARGETS,
       "runs_trained": trained, "runs_reused": reused,
       "wall_seconds": time.perf_counter() - t_start,
   }
+  results["summary"] = _summary(results)
   table = markdown_table(results)
   with open(os.path.join(args.workdir, "table1.md"), "w") as f:
     f.write(table)
@@ -361,17 +660,12 @@ def main(argv: list[str] | None = None) -> int:
   if args.scale == "full":
     common.say(_target_header(results["dataset"]))
   common.say(table)
-  for v, c in verdicts.items():
-    extra = "" if c["exceeds_seed_std"] is None else (
-        f"; {'larger' if c['exceeds_seed_std'] else 'not larger'} than the seed std "
-        f"{c['seed_std']:.2f}")
-    common.say(f"table1: claim '{v} beats {c['base']}': "
-               f"{'held' if c['beats_base'] else 'did not hold'} "
-               f"({c['variant_mean']:.2f} vs {c['base_mean']:.2f}, "
-               f"{c['difference']:+.2f}{extra})")
-  if not verdicts:
+  for v, c in paired.items():
+    common.say(f"table1: claim '{v} beats {c['base']}': {c['verdict']} (linear Δ "
+               f"{_interval_text(c[PRIMARY_PROBE])})")
+  if not paired:
     common.say("table1: no variant ran with its base method: no claim to check.")
-  common.say(f"table1: {trained} run(s) trained, {reused} reused, "
+  common.say(f"table1: verdict {verdict}; {trained} run(s) trained, {reused} reused, "
              f"{results['wall_seconds']:.0f} s; results in {args.workdir}/results.json, "
              f"{args.workdir}/table1.md, {plot}")
   return 0

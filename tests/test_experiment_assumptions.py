@@ -41,14 +41,66 @@ def test_rows_and_ranges(done):
 
 
 def test_claim_flags_follow_reported_numbers(done):
+  from scipy import stats
   _, res = done
+  assert res["claim_sigma"] == 1e-3  # the smoke scale's, fixed in advance
   for r in res["rows"]:
     stay, cov = r["stay_mean"], r["cov_error_median"]
     expect = (stay[0] >= 0.9 and stay[1] <= stay[0] + 0.02 and
               cov[0] <= 1.25 * r["cov_error_floor"])
-    assert r["claim_held"] == expect
-  trained = [r["claim_held"] for r in res["rows"] if r["method"] != "random_init"]
-  assert res["claim_held"] == all(trained)
+    assert r["claim_held_smallest_sigma"] == expect  # the earlier criterion
+    # The criterion at sigma = 1e-3 (index 0): a one-sided 95 % t bound on the stay.
+    per_input = np.asarray(r["stay_per_input"][0])
+    c = r["criterion"]
+    if np.ptp(per_input) > 0:
+      low = per_input.mean() - stats.t.ppf(0.95, 5) * stats.sem(per_input)
+      assert c["stay_interval"]["low"] == pytest.approx(low)
+    cond = c["conditions"]
+    assert (cond["cov_error_at_floor"] == "held") == (cov[0] <= 1.25 * r["cov_error_floor"])
+    assert (cond["stay_nonincreasing"] == "held") == (stay[1] <= stay[0] + 0.02)
+    expected = ("not held" if "not held" in cond.values() else
+                "held" if set(cond.values()) == {"held"} else "undecided")
+    assert c["verdict"] == expected
+  trained = [r["criterion"]["verdict"] for r in res["rows"]
+             if r["method"] != "random_init"]
+  expected = ("not held" if "not held" in trained else
+              "held" if set(trained) == {"held"} else "undecided")
+  assert res["verdict"] == res["summary"]["verdict"] == expected
+  assert res["claim_held"] == {"held": True, "not held": False}.get(expected)
+
+
+def _row(stay_per_input, cov, floor):
+  stay = np.asarray(stay_per_input, np.float64)
+  return {"stay_per_input": stay.tolist(), "stay_mean": stay.mean(axis=1).tolist(),
+          "cov_error_median": cov, "cov_error_floor": floor}
+
+
+def test_network_verdict_on_hand_numbers():
+  sigmas = [1e-6, 1e-3, 1e-1]
+  good = _row([[1.0, 0.98, 0.99, 1.0, 0.97, 1.0], [0.5] * 6, [0.0] * 6],
+              [0.25, 0.26, 0.5], 0.24)
+  assert assumptions.network_verdict(good, sigmas, 1e-6)["verdict"] == "held"
+  # Covariance error above 1.25 x its floor: not held.
+  bad_cov = dict(good, cov_error_median=[0.40, 0.3, 0.5], cov_error_floor=0.31)
+  assert assumptions.network_verdict(bad_cov, sigmas, 1e-6)["verdict"] == "not held"
+  # Stay fraction around 0.9 with wide spread: undecided.
+  wide = _row([[1.0, 0.8, 1.0, 0.8, 1.0, 0.8], [0.5] * 6, [0.0] * 6],
+              [0.25, 0.26, 0.5], 0.24)
+  assert assumptions.network_verdict(wide, sigmas, 1e-6)["verdict"] == "undecided"
+  # The claim's sigma is not on the grid (a grid changed after the fact): undecided.
+  assert assumptions.network_verdict(good, [1e-3, 1e-1], 1e-6)["verdict"] == \
+      "undecided"
+
+
+def test_negative_control_sigma_far_too_large(done):
+  """The criterion judged at the largest sigma of the smoke grid (1e-1, where most
+  copies leave their region): every network, trained or not, fails."""
+  _, res = done
+  for r in res["rows"]:
+    assert np.mean(r["stay_per_input"][-1]) < 0.9
+    v = assumptions.network_verdict(r, res["sigmas"], res["sigmas"][-1])
+    assert v["verdict"] == "not held"
+    assert v["conditions"]["stay_at_claim_sigma"] == "not held"
 
 
 def test_stay_fraction_recomputed_independently(done):

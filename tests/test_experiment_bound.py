@@ -65,7 +65,19 @@ def test_flags_are_the_comparisons_of_the_reported_numbers(experiment):
         min(b - t for b, t in zip(s["bound"], s["test_loss"])))
   held = all(e["held_every_checkpoint"] for e in per_output.values())
   assert results["held_every_checkpoint"] == {"vicreg": held}
-  assert results["claim_held"] == held
+  assert results["held_every_checkpoint_all"] == held
+  verdicts = []
+  for e in per_output.values():
+    s = e["seeds"][0]["series"]
+    fails = sum(b < t for b, t in zip(s["bound"], s["test_loss"]))
+    vacuous = sum(b >= c for b, c in zip(s["bound"], s["loss_range"]))
+    assert e["verdict"]["failures"] == fails and e["verdict"]["vacuous"] == vacuous
+    verdicts.append("not held" if fails else "undecided" if vacuous else "held")
+    assert e["verdict"]["verdict"] == verdicts[-1]
+  expected = ("not held" if "not held" in verdicts else
+              "held" if set(verdicts) == {"held"} else "undecided")
+  assert results["verdict"] == results["summary"]["verdict"] == expected
+  assert results["claim_held"] == {"held": True, "not held": False}.get(expected)
   # The config of the run is recorded, with the experiment's settings.
   config = results["runs"]["vicreg-seed0"]["config"]
   assert config["objective"] == "vicreg" and config["num_steps"] == 6
@@ -91,6 +103,61 @@ def test_test_loss_matches_a_numpy_least_squares_head_on_the_checkpoint(experime
   s = results["results"]["vicreg"]["rep"]["seeds"][0]["series"]
   assert s["test_loss"][-1] == pytest.approx(test_loss, rel=2e-3)
   assert s["labeled_term"][-1] == pytest.approx(res_s, rel=2e-3)
+
+
+def test_tightness_is_the_ratio_of_the_reported_numbers(experiment):
+  _, results = experiment
+  for e in results["results"]["vicreg"].values():
+    s, tg = e["seeds"][0]["series"], e["seeds"][0]["tightness"]
+    for i in range(len(s["steps"])):
+      assert tg["ratio"][i] == pytest.approx(s["bound"][i] / s["test_loss"][i])
+      terms = {t: s[t][i] for t in TERMS}
+      for t in TERMS:
+        assert tg["per_term"][t][i] == pytest.approx(terms[t] / s["test_loss"][i])
+      assert tg["dominant"][i] == max(terms, key=terms.get)
+      assert tg["dominant_share"][i] == pytest.approx(max(terms.values()) /
+                                                      s["bound"][i])
+
+
+def test_checkpoint_verdict_on_hand_numbers():
+  v = bound_exp.checkpoint_verdict
+  assert v([2.0, 3.0], [1.0, 1.0], [5.0, 5.0])["verdict"] == "held"
+  assert v([2.0, 0.5], [1.0, 1.0], [5.0, 5.0])["verdict"] == "not held"
+  assert v([2.0, 6.0], [1.0, 1.0], [5.0, 5.0])["verdict"] == "undecided"  # vacuous
+  assert v([], [], [])["verdict"] == "undecided"
+  with pytest.raises(ValueError):
+    v([1.0], [1.0, 2.0], [1.0])
+
+
+def test_negative_control_labels_shifted_at_test_time(experiment):
+  """Test labels shifted by one class: the criterion must not say "held".
+
+  The head is fitted on true labels (first half) and scored on shifted labels
+  (second half): a loss near the largest possible. Either the bound fails (not
+  held) or it held only because it is vacuous (undecided).
+  """
+  workdir, results = experiment
+  from sslit import data, models, runs  # pylint: disable=g-import-not-at-top
+  s = results["results"]["vicreg"]["rep"]["seeds"][0]["series"]
+  run = runs.open_run(str(workdir / "vicreg-seed0"))
+  images, labels = run.test_ds.get(np.arange(len(run.test_ds)))
+  x = data.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  z = np.asarray(models.make_apply_fn(run.model, "rep")(run.variables, x), np.float64)
+  y = np.eye(10)[np.asarray(labels)]
+  y_shift = np.eye(10)[(np.asarray(labels) + 1) % 10]
+  rcond = 10 * np.sqrt(np.finfo(np.float32).eps)
+  w = np.linalg.lstsq(z[:150], y[:150], rcond=rcond)[0]
+  shifted = np.mean(np.linalg.norm(z[150:] @ w - y_shift[150:], axis=1))
+  assert shifted > 1.5 * s["test_loss"][-1]  # the control does hurt the head
+  control = bound_exp.checkpoint_verdict([s["bound"][-1]], [shifted],
+                                         [s["loss_range"][-1]])
+  assert control["verdict"] != "held"
+  # At smoke the bound is vacuous (bound >= c): the check cannot fail, so undecided.
+  vacuous = s["bound"][-1] >= s["loss_range"][-1]
+  assert control["verdict"] == ("undecided" if vacuous else "not held")
+  # The same control on a bound that is not vacuous: the check then fails.
+  assert bound_exp.checkpoint_verdict([0.9 * shifted], [shifted],
+                                      [10 * shifted])["verdict"] == "not held"
 
 
 def test_plots_are_valid_pngs(experiment):
