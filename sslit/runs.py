@@ -255,7 +255,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   model = build_model(config)
   chief = jax.process_index() == 0
   from sslit import checkpoint
-  train_lib.ensure_writable(workdir)
+  # A run directory holding another run is refused before anything is touched
+  # (checked again, and config.json written, under the lock).
+  prepare_workdir(workdir, config, resume_with_changes=resume_with_changes, write=False)
   # One run at a time in a run directory: a second one fails at once, naming this
   # one's pid (every process of a multi-host run enters; process 0 holds it).
   with checkpoint.RunLock(workdir):

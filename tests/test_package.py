@@ -11,7 +11,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SSLIT = ROOT / "sslit"
 
-MATH_MODULES = ("objectives", "estimators", "cpa", "bound", "_validate")
+MATH_MODULES = ("objectives", "objectives_extra", "estimators", "cpa", "bound",
+                "_validate")
 # What a math module may import: the standard library, jax, numpy, scipy and the
 # other math modules. Nothing that trains, reads data or knows about Flax/Optax.
 MATH_ALLOWED_THIRD_PARTY = {"jax", "numpy", "scipy"}

@@ -213,8 +213,10 @@ def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
 
 
 # "vicreg" runs through fit in the metrics/checkpoint and resume tests below.
+# Objectives whose kind the training step runs today (pair, byol).
 CANONICAL = sorted({objectives.get_objective(n).name
-                    for n in objectives.list_objectives()} - {"vicreg"})
+                    for n in objectives.list_objectives()
+                    if objectives.get_objective(n).kind in ("pair", "byol")} - {"vicreg"})
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,9 @@ def uninterrupted(digits):
 
 @pytest.mark.parametrize("name", CANONICAL)
 def test_fit_smoke_every_objective(name, digits, fast_compile):
-  res = run_fit(model=tiny_model(name), objective=name, dataset=digits, batch_size=32,
+  # W-MSE whitens the batch: it needs more examples than embedding dimensions.
+  model = tiny_model(name, projector=(32, 16)) if name == "wmse" else tiny_model(name)
+  res = run_fit(model=model, objective=name, dataset=digits, batch_size=32,
                   num_steps=3, log_every=3, progress=False, seed=0)
   assert res.step == 3 and res.resumed_from is None
   (record,) = res.history
