@@ -522,7 +522,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     del metrics
     variables, rec = _variables(state), {"step": step}
     for ev in evaluators:
-      rec.update({k: (float(v) if np.ndim(v) == 0 else v)
+      rec.update({k: (float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v)
                   for k, v in dict(ev(step, variables)).items()})
     record(rec)
 

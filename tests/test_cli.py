@@ -296,3 +296,18 @@ def test_command_line_entry_point_exit_status(tmp_path):
   assert proc.returncode == 2
   assert "unknown config field 'no_such_field'" in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_undefined_monitor_quantities_are_reported_not_plotted(tmp_path, capsys):
+  """n <= k on the monitor subset: no -inf in metrics, report or plots, a reason."""
+  workdir = tmp_path / "run"
+  code, out = _run(["train", "--config", "smoke", "--workdir", str(workdir),
+                    "--config.monitor_examples=16", "--config.num_steps=15",
+                    "--config.eval.enabled=false"], capsys)
+  assert code == 0, out
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  monitored = [l for l in lines if "monitor/proj/undefined" in l]
+  assert monitored and "n=16 examples in k=64 dimensions" in \
+      monitored[0]["monitor/proj/undefined"]
+  assert all("monitor/proj/entropy_gaussian" not in l for l in lines)
+  assert "-inf" not in (workdir / "report.md").read_text()
