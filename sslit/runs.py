@@ -76,7 +76,10 @@ def build_model(config: ConfigDict):
   and SimSiam the paper's bottleneck predictor (hidden width ``p // 4``), ``p`` the
   projector's output width; SwAV gets ``model.prototypes`` prototypes (0:
   ``min(3000, batch_size // 2)``: without a queue the Sinkhorn equipartition runs
-  over one batch, which should hold more samples than prototypes).
+  over one batch, which should hold more samples than prototypes). W-MSE whitens
+  groups of ``w`` rows (``objective_kwargs.whitening_size``, default the batch) and
+  needs ``w`` greater than the embedding width: a projector (widths) whose last
+  width is at least ``w`` ends at ``w // 2`` instead.
   """
   import jax.numpy as jnp
   from sslit import models, objectives
@@ -87,9 +90,15 @@ def build_model(config: ConfigDict):
   if isinstance(predictor, (list, tuple)):
     predictor = tuple(int(w) for w in predictor)
   try:
-    kind = objectives.get_objective(config.objective).kind
+    objective = objectives.get_objective(config.objective)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
+  kind = objective.kind
+  if objective.name == "wmse" and isinstance(projector, tuple):
+    group = int(config_lib.plain(config.objective_kwargs).get("whitening_size") or
+                config.batch_size)
+    if projector[-1] >= group:
+      projector = projector[:-1] + (max(1, group // 2),)
   needs = objectives.KIND_STATE.get(kind, ())
   if "predictor" in needs and predictor is False:
     predictor = True

@@ -159,15 +159,16 @@ def test_step_loss_decreases_without_retrace_and_probe_leaves_backbone_alone(
   assert float(m["probe_loss"]) < np.log(10)  # better than the uniform guess
 
 
-def test_byol_target_is_the_ema_of_the_online_params(digits, fast_compile):
-  model = tiny_model("byol")
-  obj = objectives.get_objective("byol")
+@pytest.mark.parametrize("name", ["byol", "moco_v3"])  # BYOL's target, MoCo's keys
+def test_target_is_the_ema_of_the_online_params(name, digits, fast_compile):
+  model = tiny_model(name)
+  obj = objectives.get_objective(name)
   tx = optax.sgd(0.1)
   batch = _batch(digits)
   x = train.images_to_float(jnp.asarray(batch["image"]))
   state0 = _init(model, tx, None, jax.random.key(0), x, byol=True)
   ema_fn = train.ema_momentum_schedule(base=0.9, num_steps=10)
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol",
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind,
                                        ema_momentum_fn=ema_fn))
   state1, metrics = step(state0, batch)
   tau = 0.9  # tau at step 0 is the base
@@ -178,7 +179,7 @@ def test_byol_target_is_the_ema_of_the_online_params(digits, fast_compile):
   assert not np.allclose(_flat(state1.params)["backbone/dense0/kernel"],
                          _flat(state0.params)["backbone/dense0/kernel"])
   with pytest.raises(ValueError, match="ema_momentum_fn"):
-    train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol")
+    train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind)
 
 
 def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
@@ -531,29 +532,6 @@ def test_simsiam_has_no_ema_state_and_its_targets_get_no_gradient(digits, fast_c
                          _flat(through_target)["projector/dense0/kernel"], atol=1e-5)
 
 
-def test_moco_key_encoder_is_the_ema_of_the_online_params(digits, fast_compile):
-  model = tiny_model("moco_v3")
-  obj = objectives.get_objective("moco_v3")
-  tx = optax.sgd(0.1)
-  batch = _batch(digits)
-  x = train.images_to_float(jnp.asarray(batch["image"]))
-  state0 = _init(model, tx, None, jax.random.key(0), x, byol=True)
-  ema_fn = train.ema_momentum_schedule(base=0.9, num_steps=10)
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="moco",
-                                       ema_momentum_fn=ema_fn))
-  state1, metrics = step(state0, batch)
-  state2, _ = step(state1, batch)
-  for before, after in ((state0, state1), (state1, state2)):
-    tau = float(ema_fn(int(before.step)))
-    want = jax.tree.map(lambda e, p: tau * e + (1 - tau) * p, before.ema_params,
-                        after.params)
-    chex.assert_trees_all_close(after.ema_params, want, rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(float(metrics["ema_momentum"]), 0.9, rtol=1e-6)
-  assert "log_sum_exp" in metrics
-  with pytest.raises(ValueError, match="ema_momentum_fn"):
-    train.make_train_step(_train_apply(model), obj.fn, tx, kind="moco")
-
-
 def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
     tmp_path, digits, fast_compile):
   model = tiny_model("dino")
@@ -661,3 +639,20 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   assert [l["step"] for l in losses] == [2, 4]
   assert all(np.isfinite(l["loss"]) and "teacher_temperature" in l for l in losses)
   assert json.loads((workdir / "results.json").read_text())["trained"]
+
+
+def test_runs_build_model_gives_each_objective_its_heads():
+  from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("smoke")  # batch 64, projector (64, 64)
+  heads = {}
+  for name in ("vicreg", "byol", "moco_v3", "simsiam", "swav", "wmse", "dino"):
+    config.objective = name
+    m = runs.build_model(config)
+    heads[name] = (m.projector.widths, m.predictor and m.predictor.widths, m.prototypes)
+  assert heads["vicreg"] == heads["dino"] == ((64, 64), None, 0)
+  assert heads["byol"] == heads["moco_v3"] == ((64, 64), (4096, 64), 0)
+  assert heads["simsiam"] == ((64, 64), (16, 64), 0)  # the bottleneck predictor
+  assert heads["swav"] == ((64, 64), None, 32)  # batch_size // 2
+  assert heads["wmse"] == ((64, 32), None, 0)  # whitening needs width < batch
+  config.objective, config.model.prototypes = "swav", 10
+  assert runs.build_model(config).prototypes == 10
