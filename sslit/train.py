@@ -1,11 +1,14 @@
 """Self-supervised pretraining: the train state, the composed step, and ``fit``.
 
 The step is built by composition, ``make_train_step(apply_fn, loss_fn, optimizer,
-...)``: two augmented views made on device from uint8 images (key folded with the
-step), the model's training application (mutable ``batch_stats``), an objective
-``(loss, aux)`` from ``sslit.objectives``, an Optax update, BYOL's EMA target, and
-an online linear probe trained on stop-gradient representations. Swapping the
-objective, the optimiser or the augmentation is a change of argument.
+...)``: two augmented views (or two global and ``V`` local crops) made on device
+from uint8 images (key folded with the step), the model's training application
+(mutable ``batch_stats``), an objective ``(loss, aux)`` from ``sslit.objectives``
+called as its kind says (pair, byol, simsiam, moco, dino, swav), an Optax update,
+the kind's state (the EMA target of BYOL, MoCo and DINO, DINO's centre, SwAV's
+unit-norm prototypes), and an online linear probe trained on stop-gradient
+representations. Swapping the objective, the optimiser or the augmentation is a
+change of argument.
 
 ``fit`` runs the loop: initialisation through ``jax.eval_shape``, replicated
 state on a data-parallel mesh, restore-or-init from the newest checkpoint, a
@@ -80,7 +83,9 @@ class TrainState(NamedTuple):
     params: model parameters.
     batch_stats: BatchNorm running statistics (``{}`` for models without).
     opt_state: Optax state of ``params``.
-    ema_params: BYOL's target-network parameters (``{}`` for other objectives).
+    ema_params: the target network of the objective's kind: BYOL's target and
+      MoCo's key encoder: an EMA of ``params``; DINO: ``{"params": EMA of params,
+      "center": [K]}``; ``{}`` for the other kinds.
     probe_params: online linear probe ``{"kernel": [r, c], "bias": [c]}``
       (``{}`` when the probe is off).
     probe_opt_state: Optax state of the probe.
@@ -432,7 +437,8 @@ class FitOptions:
     num_steps: total number of updates (the schedule's length).
     objective_kwargs: overrides passed to ``get_objective``.
     augment: ``(cfg_a, cfg_b)`` for ``sslit.augment.two_views``, a preset name, a
-      callable ``(key, images) -> (x_a, x_b)``, or None (no augmentation).
+      callable ``(key, images) -> (x_a, x_b)`` (or the multi-crop pair of stacked
+      views, see ``make_train_step``), or None (no augmentation).
     optimizer: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
     learning_rate: base learning rate (> 0), scaled by ``batch_size / 256`` if
       ``scale_lr_by_batch``; linear warm-up then cosine to ``end_lr_factor * peak``.
@@ -589,7 +595,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
 
   Args:
     model: a ``sslit.models.SSLModel`` (Flax module; ``apply(v, x, train=...)``
-      returns ``{"rep", "proj"?, "pred"?}``); BYOL objectives need a predictor.
+      returns ``{"rep", "proj"?, "pred"?, "prototypes"?}``); BYOL, SimSiam and
+      MoCo need a predictor, SwAV prototypes.
     dataset: a ``sslit.data.Dataset`` (``get``, ``num_classes``, ``image_shape``).
     options: a :class:`FitOptions`.
     workdir: run directory for ``metrics.jsonl``, ``tensorboard/`` and
