@@ -492,13 +492,13 @@ def test_models_from_config_lists_are_hashable():
 
 
 def test_swav_prototypes_are_a_unit_norm_parameter_of_the_projector_width():
-  model = models.build_model("mlp", backbone_kwargs={"widths": (8,)}, projector=(6, 5),
-                             predictor=(4, 5), prototypes=7)
+  model = models.build_model("mlp", backbone_kwargs={"widths": (8,)}, projector=(5,),
+                             prototypes=7)
   x = jnp.ones((3, 4))
   v = models.init_variables(model, jax.random.key(0), x)
   assert v["params"]["prototypes"].shape == (7, 5)
   out = model.apply(v, x, train=False)
-  assert sorted(out) == ["pred", "proj", "prototypes", "rep"]
+  assert sorted(out) == ["proj", "prototypes", "rep"]
   np.testing.assert_allclose(np.linalg.norm(out["prototypes"], axis=-1), 1.0, rtol=1e-6)
   assert sorted(model.apply(v, x, train=False, upto="proj")) == ["proj", "rep"]
   scaled = {**v["params"], "prototypes": 3.0 * v["params"]["prototypes"]}

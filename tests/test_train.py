@@ -537,7 +537,7 @@ def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
   model = tiny_model("dino")
   batch = _batch(digits)  # every step's batch; no augmentation, no normalisation
   kw = dict(objective="dino", batch_size=32, log_every=1, checkpoint_every=1,
-            progress=False, normalize=False, data_iterator_fn=lambda start: iter(
+            progress=False, normalize=False, probe=False, data_iterator_fn=lambda start: iter(
                 [batch] * (2 - start)))
   first = run_fit(model=model, dataset=digits, workdir=tmp_path, num_steps=1, **kw)
   (record,) = first.history
@@ -588,14 +588,14 @@ def test_multi_crop_views_shapes_and_steps_with_two_local_crops(digits, fast_com
   from sslit import models  # pylint: disable=g-import-not-at-top
   views = train.multi_crop_fn("none", image_size=8, num_local=2, local_size=4)
   images = jnp.asarray(_batch(digits, 4)["image"])
-  g, l = jax.jit(views)(jax.random.key(0), images)
+  g, l = jax.eval_shape(views, jax.random.key(0), images)  # the step runs them below
   assert g.shape == (2, 4, 8, 8, 1) and l.shape == (2, 4, 4, 4, 1)
   assert train.view_pairs(2) == ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3))
   conv = models.build_model("convnet", backbone_kwargs={"channels": (4,),
                                                         "final_pool": "gap"},
                             projector=(16, 16), prototypes=8)
   kw = dict(batch_size=32, num_steps=2, log_every=2, progress=False, local_crops=2,
-            local_crop_size=4)
+            local_crop_size=4, probe=False)
   (record,) = run_fit(model=conv, objective="swav", dataset=digits, **kw).history
   assert np.isfinite(record["loss"]) and record["rep_effective_rank"] > 1.0
   # An MLP's input size is fixed: refused before anything is compiled.
@@ -631,14 +631,14 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
                    "--config.objective=dino", "--config.num_steps=4",
                    "--config.warmup_steps=1", "--config.log_every=2",
                    "--config.monitor_every=0", "--config.report=false",
-                   "--config.eval.baselines=()", "--config.eval.steps=10"])
+                   "--config.eval.enabled=false", "--config.online_probe=false"])
   out = capsys.readouterr()
   assert code == 0, out.out + out.err
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [l for l in lines if "loss" in l]
   assert [l["step"] for l in losses] == [2, 4]
   assert all(np.isfinite(l["loss"]) and "teacher_temperature" in l for l in losses)
-  assert json.loads((workdir / "results.json").read_text())["trained"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
 
 
 def test_runs_build_model_gives_each_objective_its_heads():
