@@ -142,9 +142,7 @@ def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
 
 
 def _mean_aux(auxes: Sequence[dict]) -> dict:
-  """Entry-wise mean of the aux dicts of several view pairs (one: itself)."""
-  if len(auxes) == 1:
-    return auxes[0]
+  """Entry-wise mean of the aux dicts of several view pairs."""
   return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
 
 
@@ -618,7 +616,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
   Raises:
     NonFiniteLossError: the loss became NaN/inf (checkpoints up to then kept).
     ValueError: bad arguments (unknown objective, batch size not divisible by
-      the device count, BYOL without a predictor, ...).
+      the device count, a model without the heads the objective's kind needs,
+      local crops the model cannot take, ...).
   """
   if workdir is not None and lock:
     with checkpoint_lib.RunLock(workdir):
