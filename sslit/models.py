@@ -37,7 +37,7 @@ __all__ = [
     "ACTIVATIONS", "BACKBONES", "PROJECTORS", "MLP", "ConvNet", "ResNet",
     "ResNet18", "ResNet50", "ProjectionHead", "SSLModel", "build_model",
     "init_variables", "make_apply_fn", "single_input_fn", "preactivation_fn",
-    "param_count", "adaptive_avg_matrix",
+    "param_count", "adaptive_avg_matrix", "normalize_prototypes",
 ]
 
 PREACTIVATIONS = "preactivations"
@@ -414,22 +414,37 @@ PROJECTORS: dict[str, tuple[tuple[int, ...], bool]] = {
 BYOL_PREDICTOR_HIDDEN = 4096
 
 
+def _unit_rows(x: jax.Array) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _prototypes_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32
+                     ) -> jax.Array:
+  """Standard normal rows scaled to unit norm (uniform directions)."""
+  return _unit_rows(jax.random.normal(key, shape, dtype))
+
+
 class SSLModel(nn.Module):
-  """Backbone + optional projector + optional predictor.
+  """Backbone + optional projector + optional predictor + optional prototypes.
 
   ``__call__(x, *, train, upto=None)`` returns a dict with ``"rep"`` ``[n, r]``,
   ``"proj"`` ``[n, p]`` (if a projector) and ``"pred"`` ``[n, p]`` (if a predictor),
-  all float32. ``upto`` ("rep", "proj" or "pred") stops after that output, so
-  analysis code does not pay for the heads.
+  all float32; with ``prototypes = P > 0`` also ``"prototypes"``: SwAV's trainable
+  ``[P, p]`` prototype matrix (the parameter ``params["prototypes"]``, rows of unit
+  norm at initialisation; see :func:`normalize_prototypes`). ``upto`` ("rep",
+  "proj" or "pred") stops after that output, so analysis code does not pay for
+  the heads.
 
   Attributes:
     backbone: a backbone module (see ``BACKBONES``).
     projector: a :class:`ProjectionHead` or None.
     predictor: a :class:`ProjectionHead` or None (BYOL's online predictor).
+    prototypes: number ``P`` of SwAV prototypes (0: none; needs a projector).
   """
   backbone: nn.Module
   projector: nn.Module | None = None
   predictor: nn.Module | None = None
+  prototypes: int = 0
 
   def outputs(self) -> tuple[str, ...]:
     """The output names this model produces."""
@@ -440,6 +455,7 @@ class SSLModel(nn.Module):
         out.append("pred")
     return tuple(out)
 
+  @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
                upto: str | None = None) -> dict[str, jax.Array]:
     if upto is not None:
@@ -451,9 +467,13 @@ class SSLModel(nn.Module):
       return out
     h = self.projector(h, train=train)
     out["proj"] = h.astype(jnp.float32)
-    if upto == "proj" or self.predictor is None:
+    if upto == "proj":
       return out
-    out["pred"] = self.predictor(h, train=train).astype(jnp.float32)
+    if self.prototypes:
+      out["prototypes"] = self.param("prototypes", _prototypes_init,
+                                     (int(self.prototypes), h.shape[-1]))
+    if upto in (None, "pred") and self.predictor is not None:
+      out["pred"] = self.predictor(h, train=train).astype(jnp.float32)
     return out
 
 
@@ -470,7 +490,7 @@ def _widths(value: Any, name: str) -> tuple[int, ...]:
 
 def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = None,
                 projector: str | Sequence[int] | None = "vicreg",
-                predictor: bool | Sequence[int] = False,
+                predictor: bool | Sequence[int] = False, prototypes: int = 0,
                 dtype: Any = jnp.float32) -> SSLModel:
   """Build an :class:`SSLModel` from names.
 
@@ -484,6 +504,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
       layers never have a bias (a BatchNorm follows each).
     predictor: False, True (BYOL's 4096-BN-ReLU-p predictor, p the projector's
       output width) or a sequence of widths ending with the projector's width.
+    prototypes: number of SwAV prototypes ``P`` (0: none), a ``[P, p]`` parameter
+      with ``p`` the projector's output width.
     dtype: compute dtype (float32 or bfloat16); parameters are always float32.
 
   Returns:
@@ -491,8 +513,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
 
   Raises:
     ValueError: unknown backbone/projector name or backbone option, bad widths, a
-      predictor without a projector, or a predictor whose output width is not the
-      projector's.
+      predictor or prototypes without a projector, or a predictor whose output
+      width is not the projector's.
   """
   _validate.check_choice(backbone, tuple(BACKBONES), "backbone")
   cls = BACKBONES[backbone]
@@ -533,7 +555,23 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
         raise ValueError(f"predictor's output width {pwidths[-1]} must equal the "
                          f"projector's output width {head.widths[-1]}.")
     pred = ProjectionHead(widths=pwidths, last_bias=True, dtype=dtype)
-  return SSLModel(backbone=net, projector=head, predictor=pred)
+  if not isinstance(prototypes, (int, np.integer)) or prototypes < 0:
+    raise ValueError(f"prototypes must be an int >= 0, got {prototypes!r}.")
+  if prototypes and head is None:
+    raise ValueError("prototypes need a projector (got projector=None).")
+  return SSLModel(backbone=net, projector=head, predictor=pred,
+                  prototypes=int(prototypes))
+
+
+def normalize_prototypes(params: Any) -> Any:
+  """``params`` with the rows of ``params["prototypes"]`` scaled to unit norm.
+
+  SwAV re-normalises its prototypes after every update; parameters without
+  prototypes are returned unchanged.
+  """
+  if not isinstance(params, Mapping) or "prototypes" not in params:
+    return params
+  return {**params, "prototypes": _unit_rows(params["prototypes"])}
 
 
 # ------------------------------------------------------- pure applications

@@ -70,17 +70,44 @@ def make_mesh(config: ConfigDict):
 
 
 def build_model(config: ConfigDict):
-  """The ``sslit.models`` network of ``config.model`` (BYOL gets its predictor)."""
+  """The ``sslit.models`` network of ``config.model``, with the heads the objective needs.
+
+  ``model.predictor=False`` gives BYOL and MoCo v3 BYOL's predictor (4096-BN-ReLU-p)
+  and SimSiam the paper's bottleneck predictor (hidden width ``p // 4``), ``p`` the
+  projector's output width; SwAV gets ``model.prototypes`` prototypes (0:
+  ``min(3000, batch_size // 2)``: without a queue the Sinkhorn equipartition runs
+  over one batch, which should hold more samples than prototypes). W-MSE whitens
+  groups of ``w`` rows (``objective_kwargs.whitening_size``, default the batch) and
+  needs ``w`` greater than the embedding width: a projector (widths) whose last
+  width is at least ``w`` ends at ``w // 2`` instead.
+  """
   import jax.numpy as jnp
-  from sslit import models
+  from sslit import models, objectives
   m = config.model
   projector, predictor = m.projector, m.predictor
   if isinstance(projector, (list, tuple)):
     projector = tuple(int(w) for w in projector)
   if isinstance(predictor, (list, tuple)):
     predictor = tuple(int(w) for w in predictor)
-  if "byol" in config.objective and predictor is False:
+  try:
+    objective = objectives.get_objective(config.objective)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  kind = objective.kind
+  if objective.name == "wmse" and isinstance(projector, tuple):
+    group = int(config_lib.plain(config.objective_kwargs).get("whitening_size") or
+                config.batch_size)
+    if projector[-1] >= group:
+      projector = projector[:-1] + (max(1, group // 2),)
+  needs = objectives.KIND_STATE.get(kind, ())
+  if "predictor" in needs and predictor is False:
     predictor = True
+    if kind == "simsiam" and isinstance(projector, tuple):
+      predictor = (max(1, projector[-1] // 4), projector[-1])
+  prototypes = 0
+  if "prototypes" in needs:
+    prototypes = int(m.get("prototypes", 0) or 0) or min(
+        3000, max(2, int(config.batch_size) // 2))
   dtype = m.get("dtype", "float32")
   try:
     dtype = jnp.dtype(dtype)
@@ -88,7 +115,8 @@ def build_model(config: ConfigDict):
     raise config_lib.ConfigError(
         f"model.dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
   return models.build_model(m.backbone, backbone_kwargs=config_lib.plain(
-      m.backbone_kwargs), projector=projector, predictor=predictor, dtype=dtype)
+      m.backbone_kwargs), projector=projector, predictor=predictor,
+      prototypes=prototypes, dtype=dtype)
 
 
 def load_datasets(config: ConfigDict):
@@ -115,7 +143,9 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       log_every=int(config.log_every), checkpoint_every=int(config.checkpoint_every),
       keep_checkpoints=int(config.keep_checkpoints),
       eval_every=int(config.eval_every) if eval_every is None else eval_every,
-      max_train_seconds=float(config.max_train_seconds) or None)
+      max_train_seconds=float(config.max_train_seconds) or None,
+      local_crops=int(config.get("local_crops", 0)),
+      local_crop_size=int(config.get("local_crop_size", 0)))
 
 
 def prepare_workdir(workdir: str, config: ConfigDict, *,
@@ -148,6 +178,7 @@ def prepare_workdir(workdir: str, config: ConfigDict, *,
       except json.JSONDecodeError:
         previous = None
     if previous is not None:
+      previous = _with_absent_defaults(previous, resolved)
       differ = sorted(k for k in set(previous) | set(resolved)
                       if previous.get(k) != resolved.get(k)
                       and k not in config_lib.RESUMABLE_FIELDS)
@@ -171,6 +202,34 @@ def prepare_workdir(workdir: str, config: ConfigDict, *,
     json.dump(resolved, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
   return changed
+
+
+def _with_absent_defaults(stored: dict, current: dict) -> dict:
+  """A stored ``config.json`` with the fields it predates at their default value.
+
+  A field of ``current`` that ``stored`` lacks (added to ``configs/default.py``
+  after the run was written, e.g. ``local_crops`` or ``model.prototypes``) takes
+  the default config's value, so the run still resumes when the field is left at
+  its default. Free-form option dicts (``*_kwargs``) are compared as they are.
+  """
+  def fill(stored, current, defaults):
+    out = dict(stored)
+    for k, v in current.items():
+      if k not in defaults or k.endswith("_kwargs"):
+        continue
+      if k not in stored:
+        out[k] = defaults[k]
+      elif isinstance(stored[k], dict) and isinstance(v, dict) and isinstance(
+          defaults[k], dict):
+        out[k] = fill(stored[k], v, defaults[k])
+    return out
+  defaults = config_lib.to_dict(config_lib.load_config(config_lib.DEFAULT_CONFIG))
+  return fill(stored, current, defaults)
+
+
+# Model fields added after runs were checkpointed: in the checkpoint signature only
+# when they differ from their default (0), so earlier runs' checkpoints still resume.
+_LATER_MODEL_FIELDS = ("prototypes",)
 
 
 def _every(period: int, num_steps: int, evaluator):
@@ -306,7 +365,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
 
 def _signature(config: ConfigDict) -> dict:
   """What a run's checkpoints must agree on besides ``FitOptions``: model and data."""
-  return {"model": config_lib.to_dict(config.model), "dataset": config.dataset,
+  model = {k: v for k, v in config_lib.to_dict(config.model).items()
+           if not (k in _LATER_MODEL_FIELDS and not v)}
+  return {"model": model, "dataset": config.dataset,
           "cpu_devices": config.get("cpu_devices", 0)}
 
 

@@ -1,11 +1,14 @@
 """Self-supervised pretraining: the train state, the composed step, and ``fit``.
 
 The step is built by composition, ``make_train_step(apply_fn, loss_fn, optimizer,
-...)``: two augmented views made on device from uint8 images (key folded with the
-step), the model's training application (mutable ``batch_stats``), an objective
-``(loss, aux)`` from ``sslit.objectives``, an Optax update, BYOL's EMA target, and
-an online linear probe trained on stop-gradient representations. Swapping the
-objective, the optimiser or the augmentation is a change of argument.
+...)``: two augmented views (or two global and ``V`` local crops) made on device
+from uint8 images (key folded with the step), the model's training application
+(mutable ``batch_stats``), an objective ``(loss, aux)`` from ``sslit.objectives``
+called as its kind says (pair, byol, simsiam, moco, dino, swav), an Optax update,
+the kind's state (the EMA target of BYOL, MoCo and DINO, DINO's centre, SwAV's
+unit-norm prototypes), and an online linear probe trained on stop-gradient
+representations. Swapping the objective, the optimiser or the augmentation is a
+change of argument.
 
 ``fit`` runs the loop: initialisation through ``jax.eval_shape``, replicated
 state on a data-parallel mesh, restore-or-init from the newest checkpoint, a
@@ -49,6 +52,7 @@ __all__ = [
     "TrainState", "FitResult", "NonFiniteLossError", "make_schedule",
     "ema_momentum_schedule", "decay_mask", "make_optimizer", "make_train_step",
     "fit", "FitOptions", "images_to_float", "ensure_writable", "run_signature",
+    "view_pairs", "multi_crop_fn",
 ]
 
 # Representation statistics (computed on logging steps only).
@@ -79,7 +83,9 @@ class TrainState(NamedTuple):
     params: model parameters.
     batch_stats: BatchNorm running statistics (``{}`` for models without).
     opt_state: Optax state of ``params``.
-    ema_params: BYOL's target-network parameters (``{}`` for other objectives).
+    ema_params: the target network of the objective's kind: BYOL's target and
+      MoCo's key encoder: an EMA of ``params``; DINO: ``{"params": EMA of params,
+      "center": [K]}``; ``{}`` for the other kinds.
     probe_params: online linear probe ``{"kernel": [r, c], "bias": [c]}``
       (``{}`` when the probe is off).
     probe_opt_state: Optax state of the probe.
@@ -135,28 +141,61 @@ def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
   return out
 
 
+def _mean_aux(auxes: Sequence[dict]) -> dict:
+  """Entry-wise mean of the aux dicts of several view pairs."""
+  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
+
+
+def view_pairs(num_local: int) -> tuple[tuple[int, int], ...]:
+  """The view pairs of a two-view objective with ``num_local`` local crops.
+
+  ``(0, 1)`` (the two global views), then every local view ``2 + l`` paired with
+  each global view: ``1 + 2 * num_local`` pairs, averaged with equal weights.
+  """
+  return ((0, 1),) + tuple((g, 2 + l) for l in range(num_local) for g in (0, 1))
+
+
 def make_train_step(apply_fn: Callable, loss_fn: Callable,
                     optimizer: optax.GradientTransformation, *, kind: str = "pair",
                     augment_fn: Callable | None = None,
                     learning_rate_fn: optax.Schedule | None = None,
                     ema_momentum_fn: optax.Schedule | None = None,
+                    teacher_temperature_fn: Callable | None = None,
                     probe_optimizer: optax.GradientTransformation | None = None,
                     stats_every: int = 1, embedding: str = "proj") -> Callable:
   """Compose augmentation, model, objective and optimiser into one training step.
 
   The step is pure (``jax.jit`` it, donating the state):
   ``step(state, batch) -> (state, metrics)``, with
-  ``key_t = fold_in(state.key, state.step)``; ``x_a, x_b = augment_fn(key_t, images)``;
-  ``out_v, stats = apply_fn({"params", "batch_stats"}, x_v)`` per view (BatchNorm
-  statistics of each view's batch, running statistics updated view after view as
-  in the reference implementations); then
+  ``key_t = fold_in(state.key, state.step)``; the views come from
+  ``augment_fn(key_t, images)``: two global views ``x_a, x_b`` and, with
+  multi-crop, ``V`` local views; ``out_v, stats = apply_fn({"params",
+  "batch_stats"}, x_v)`` per view (BatchNorm statistics of each view's batch,
+  running statistics updated view after view as in the reference
+  implementations); then, by ``kind`` (the objective's, see
+  ``sslit.objectives.KIND_STATE``):
 
-  - ``kind == "pair"``: ``loss, aux = loss_fn(e_a, e_b)`` with ``e = out[embedding]``
+  - ``"pair"``: ``loss, aux = loss_fn(e_a, e_b)`` with ``e = out[embedding]``
     (``"proj"``, falling back to ``"rep"`` for models without a projector);
-  - ``kind == "byol"``: the target network (``state.ema_params``) embeds both views
+  - ``"byol"``: the target network (``state.ema_params``) embeds the views
     (training-mode BatchNorm, its statistics discarded) and
-    ``loss, aux = loss_fn(p_a, p_b, t_a, t_b, z_a, z_b)``; after the update
-    ``ema <- tau_t ema + (1 - tau_t) params`` with ``tau_t = ema_momentum_fn(t)``.
+    ``loss, aux = loss_fn(p_a, p_b, t_a, t_b, z_a, z_b)``;
+  - ``"simsiam"``: ``loss_fn(p_a, p_b, z_a, z_b)`` (the online network's own
+    projections are the stop-gradient targets; no EMA);
+  - ``"moco"``: ``loss_fn(q_a, q_b, k_a, k_b)``, queries ``q = pred`` of the online
+    network, keys ``k = proj`` of the momentum encoder ``state.ema_params``;
+  - ``"dino"``: ``loss_fn(student [m, n, K], teacher [2, n, K], center,
+    teacher_temperature=teacher_temperature_fn(t))``: the student's projections of
+    all ``m = 2 + V`` views, the teacher (``state.ema_params["params"]``) of the two
+    global views only; ``state.ema_params["center"]`` is replaced by
+    ``aux["center"]``;
+  - ``"swav"``: ``loss_fn(z [m, n, k], out["prototypes"] [P, k])``; after the update
+    the prototype rows are scaled back to unit norm.
+
+  A two-view kind (pair, byol, simsiam, moco) with ``V`` local views averages its
+  loss and aux over the pairs of :func:`view_pairs` (the target network then
+  embeds every view). For ``"byol"``, ``"moco"`` and ``"dino"``, after the update
+  ``ema <- tau_t ema + (1 - tau_t) params`` with ``tau_t = ema_momentum_fn(t)``.
 
   An online linear probe (softmax regression on ``stop_gradient(rep_a)``, labels
   from the batch, weighted by ``batch["mask"]``) is updated by ``probe_optimizer``
@@ -165,14 +204,19 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   Args:
     apply_fn: training application ``(variables, x) -> (outputs, mutated)``, e.g.
       ``lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])``;
-      ``outputs`` has ``"rep"`` and ``"proj"``/``"pred"`` as the model provides.
+      ``outputs`` has ``"rep"`` and ``"proj"``/``"pred"``/``"prototypes"`` as the
+      model provides.
     loss_fn: an objective's ``fn`` (see ``sslit.objectives.get_objective``).
     optimizer: Optax transformation for ``params``.
-    kind: ``"pair"`` or ``"byol"`` (the objective's kind).
-    augment_fn: ``(key, images [b, H, W, C]) -> (x_a, x_b)``; None: both views are
-      the images as float in [0, 1].
+    kind: the objective's kind, one of ``sslit.objectives.KIND_STATE``.
+    augment_fn: ``(key, images [b, H, W, C]) -> (x_a, x_b)``, or for multi-crop
+      ``(global [2, b, H, W, C], local [V, b, h, w, C])`` (as
+      ``sslit.augment.multi_crop_views`` returns); None: both views are the images
+      as float in [0, 1].
     learning_rate_fn: schedule, only for logging ``lr``.
-    ema_momentum_fn: BYOL target momentum schedule (required for ``"byol"``).
+    ema_momentum_fn: target momentum schedule (required for byol, moco, dino).
+    teacher_temperature_fn: DINO's ``step -> t_t`` (e.g. a partial of
+      ``sslit.objectives.dino_teacher_temperature``); None: the objective's own.
     probe_optimizer: Optax transformation of the online probe.
     stats_every: representation statistics (per-dimension std, effective rank)
       are computed on steps ``t`` with ``(t + 1) % stats_every == 0`` only (inside a
@@ -181,59 +225,113 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
   Returns:
     ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
-    where ``metrics`` is a flat dict of scalars: ``loss``, every aux term,
-    ``grad_norm``, ``lr``, ``probe_loss``, ``probe_acc``, and the statistics.
+    where ``metrics`` is a flat dict of scalars: ``loss``, every scalar aux term
+    (DINO's ``center`` is state, not a metric), ``grad_norm``, ``lr``,
+    ``probe_loss``, ``probe_acc``, ``ema_momentum``, ``teacher_temperature`` and
+    the statistics.
   """
-  if kind not in ("pair", "byol"):
-    raise ValueError(f"unknown objective kind {kind!r}; expected 'pair' or 'byol'.")
-  if kind == "byol" and ema_momentum_fn is None:
-    raise ValueError("kind='byol' needs ema_momentum_fn (see ema_momentum_schedule).")
+  kinds = tuple(objectives_lib.KIND_STATE)
+  if kind not in kinds:
+    raise ValueError(f"unknown objective kind {kind!r}; expected one of {list(kinds)}.")
+  uses_ema = "ema" in objectives_lib.KIND_STATE[kind]
+  if uses_ema and ema_momentum_fn is None:
+    raise ValueError(f"kind={kind!r} needs ema_momentum_fn (see ema_momentum_schedule).")
 
   def views(key, images):
     if augment_fn is None:
       x = images_to_float(images)
-      return x, x
-    return augment_fn(key, images)
+      return (x, x), ()
+    first, second = augment_fn(key, images)
+    if first.ndim == 5:  # multi-crop: stacked global and local views
+      return tuple(first), tuple(second)
+    return (first, second), ()
 
   def embed(out):
     if embedding in out:
       return out[embedding]
     return out["rep"]
 
+  def online(params, stats, xs):
+    """Outputs of every view, BatchNorm statistics chained view after view."""
+    outs = []
+    for x in xs:
+      out, mut = apply_fn({"params": params, "batch_stats": stats}, x)
+      stats = mut.get("batch_stats", stats)
+      outs.append(out)
+    return outs, stats
+
+  def target_of(target_params, stats, xs):
+    target = {"params": target_params, "batch_stats": stats}
+    return [jax.lax.stop_gradient(apply_fn(target, x)[0]["proj"]) for x in xs]
+
+  def two_view_loss(state, stats, outs, xs, num_local):
+    needed = sorted({v for pair in view_pairs(num_local) for v in pair})
+    t = (dict(zip(needed, target_of(state.ema_params, stats, [xs[v] for v in needed])))
+         if kind in ("byol", "moco") else {})
+
+    def pair_loss(i, j):
+      o_i, o_j = outs[i], outs[j]
+      if kind == "pair":
+        return loss_fn(embed(o_i), embed(o_j))
+      if kind == "byol":
+        return loss_fn(o_i["pred"], o_j["pred"], t[i], t[j], o_i["proj"], o_j["proj"])
+      if kind == "simsiam":
+        return loss_fn(o_i["pred"], o_j["pred"], o_i["proj"], o_j["proj"])
+      return loss_fn(o_i["pred"], o_j["pred"], t[i], t[j])  # moco
+
+    results = [pair_loss(i, j) for i, j in view_pairs(num_local)]
+    if len(results) == 1:
+      return results[0]
+    losses, auxes = zip(*results)
+    return sum(losses) / len(losses), _mean_aux(auxes)
+
+  def multi_view_loss(state, stats, outs, xs, step):
+    student = jnp.stack([o["proj"] for o in outs])
+    if kind == "swav":
+      return loss_fn(student, outs[0]["prototypes"])
+    teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2]))
+    kw = {}
+    if teacher_temperature_fn is not None:
+      kw["teacher_temperature"] = teacher_temperature_fn(step)
+    return loss_fn(student, teacher, state.ema_params["center"], **kw)
+
   def step(state: TrainState, batch: Mapping[str, jax.Array]):
     key = jax.random.fold_in(state.key, state.step)
-    x_a, x_b = views(key, batch["image"])
+    global_views, local_views = views(key, batch["image"])
+    xs = global_views + local_views
 
     def loss_of(params):
-      out_a, mut = apply_fn({"params": params, "batch_stats": state.batch_stats}, x_a)
-      stats = mut.get("batch_stats", state.batch_stats)
-      out_b, mut = apply_fn({"params": params, "batch_stats": stats}, x_b)
-      stats = mut.get("batch_stats", stats)
-      if kind == "pair":
-        loss, aux = loss_fn(embed(out_a), embed(out_b))
+      outs, stats = online(params, state.batch_stats, xs)
+      if kind in ("dino", "swav"):
+        loss, aux = multi_view_loss(state, stats, outs, xs, state.step)
       else:
-        target = {"params": state.ema_params, "batch_stats": stats}
-        t_a = jax.lax.stop_gradient(apply_fn(target, x_a)[0]["proj"])
-        t_b = jax.lax.stop_gradient(apply_fn(target, x_b)[0]["proj"])
-        loss, aux = loss_fn(out_a["pred"], out_b["pred"], t_a, t_b,
-                            out_a["proj"], out_b["proj"])
-      return loss, (aux, stats, out_a["rep"], out_a.get("proj"))
+        loss, aux = two_view_loss(state, stats, outs, xs, len(local_views))
+      return loss, (aux, stats, outs[0]["rep"], outs[0].get("proj"))
 
     (loss, (aux, new_stats, rep, proj)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if kind == "swav":
+      params = models.normalize_prototypes(params)
 
     metrics = {"loss": loss}
-    metrics.update({k: v for k, v in aux.items() if k != "loss"})
+    metrics.update({k: v for k, v in aux.items() if k != "loss" and jnp.ndim(v) == 0})
     metrics["grad_norm"] = optax.tree.norm(grads)
     if learning_rate_fn is not None:
       metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+    if kind == "dino" and teacher_temperature_fn is not None:
+      metrics["teacher_temperature"] = teacher_temperature_fn(state.step)
 
     ema_params = state.ema_params
-    if kind == "byol":
+    if uses_ema:
       tau = ema_momentum_fn(state.step)
-      ema_params = jax.tree.map(lambda e, p: tau * e + (1.0 - tau) * p, ema_params, params)
+      ema = lambda e, p: jax.tree.map(lambda a, b: tau * a + (1.0 - tau) * b, e, p)
+      if kind == "dino":
+        ema_params = {"params": ema(ema_params["params"], params),
+                      "center": aux["center"]}
+      else:
+        ema_params = ema(ema_params, params)
       metrics["ema_momentum"] = jnp.asarray(tau, jnp.float32)
 
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
@@ -337,14 +435,33 @@ class FitOptions:
     num_steps: total number of updates (the schedule's length).
     objective_kwargs: overrides passed to ``get_objective``.
     augment: ``(cfg_a, cfg_b)`` for ``sslit.augment.two_views``, a preset name, a
-      callable ``(key, images) -> (x_a, x_b)``, or None (no augmentation).
+      callable ``(key, images) -> (x_a, x_b)`` (or the multi-crop pair of stacked
+      views, see ``make_train_step``), or None (no augmentation).
     optimizer: ``"adamw"``, ``"lars"``, ``"sgd"`` or ``"adam"``.
     learning_rate: base learning rate (> 0), scaled by ``batch_size / 256`` if
       ``scale_lr_by_batch``; linear warm-up then cosine to ``end_lr_factor * peak``.
     weight_decay, momentum, warmup_steps, end_lr_factor, scale_lr_by_batch,
       grad_clip: optimiser and schedule settings (see ``make_optimizer``;
       ``grad_clip`` None or 0: no clipping).
-    ema_momentum: BYOL's base target momentum (cosine-increased to 1).
+    ema_momentum: base momentum of the EMA target of BYOL, MoCo's key encoder
+      and DINO's teacher (cosine-increased to 1).
+    local_crops: number ``V`` of local crops per image (multi-crop; 0: the two
+      views of ``augment``, nothing else changes). With ``V > 0`` the views are
+      ``sslit.augment.multi_crop_views`` of ``multi_crop_configs(augment, ...)``:
+      two global crops at the image size with ``global_crop_scale`` and ``V``
+      local crops of ``local_crop_size`` with ``local_crop_scale``; ``augment``
+      must then be a preset name or None (``"none"``). DINO and SwAV use all the
+      crops (the teacher and the codes see the global ones only); a two-view
+      objective averages its loss over the pairs of :func:`view_pairs`.
+    local_crop_size: side of the local crops (0: half the image size). The model
+      must accept this input size (a convolutional backbone; an MLP's input size
+      is fixed).
+    global_crop_scale, local_crop_scale: area fractions of the global and local
+      crops (DINO's (0.4, 1) and (0.05, 0.4)).
+    teacher_temperature_warmup_steps: DINO's teacher temperature ramp
+      (``sslit.objectives.dino_teacher_temperature``, 0.04 -> 0.07) over this many
+      steps; None: 30 % of ``num_steps`` (the paper's 30 of 100 epochs). Not used
+      when ``objective_kwargs`` sets ``teacher_temperature`` (then constant).
     probe: train an online linear probe on stop-gradient representations.
     probe_learning_rate: Adam learning rate of the online probe.
     seed: seeds initialisation, augmentation and the data order.
@@ -379,6 +496,11 @@ class FitOptions:
   scale_lr_by_batch: bool = True
   grad_clip: float | None = None
   ema_momentum: float = 0.996
+  local_crops: int = 0
+  local_crop_size: int = 0
+  global_crop_scale: tuple[float, float] = (0.4, 1.0)
+  local_crop_scale: tuple[float, float] = (0.05, 0.4)
+  teacher_temperature_warmup_steps: int | None = None
   probe: bool = True
   probe_learning_rate: float = 1e-3
   seed: int = 0
@@ -409,6 +531,11 @@ class FitOptions:
         ("max_train_seconds", not self.max_train_seconds or self.max_train_seconds > 0,
          "> 0 (or 0/None: no cap)"),
         ("optimizer", self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
+        ("local_crops", self.local_crops >= 0, ">= 0 (0: two views)"),
+        ("local_crop_size", self.local_crop_size >= 0, ">= 0 (0: half the image)"),
+        ("teacher_temperature_warmup_steps",
+         self.teacher_temperature_warmup_steps is None
+         or self.teacher_temperature_warmup_steps >= 0, ">= 0 or None"),
     )
     for name, ok, want in checks:
       if not ok:
@@ -430,18 +557,26 @@ SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
                     "momentum", "warmup_steps", "end_lr_factor", "scale_lr_by_batch",
                     "grad_clip", "ema_momentum", "probe", "probe_learning_rate",
                     "seed", "normalize")
+# Fields added after runs were checkpointed: part of the signature only when they
+# differ from their default, so the checkpoints of earlier runs still resume.
+LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
+                          "local_crop_scale", "teacher_temperature_warmup_steps")
 
 
 def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
   """The settings that define a run's trajectory, as a small JSON-ready dict.
 
   ``SIGNATURE_FIELDS`` of ``options`` (an objective or augmentation given as an
-  object is named by its ``name`` or ``repr``) plus ``extra`` (e.g. the model and
-  data set of a config). Stored with every checkpoint and compared on resume.
+  object is named by its ``name`` or ``repr``), the ``LATER_SIGNATURE_FIELDS`` that
+  differ from their default, plus ``extra`` (e.g. the model and data set of a
+  config). Stored with every checkpoint and compared on resume.
   """
   def plain(v):
     return json.loads(json.dumps(v, default=lambda x: getattr(x, "name", repr(x))))
   sig = {f: plain(getattr(options, f)) for f in SIGNATURE_FIELDS}
+  defaults = {f.name: f.default for f in dataclasses.fields(FitOptions)}
+  sig.update({f: plain(getattr(options, f)) for f in LATER_SIGNATURE_FIELDS
+              if plain(getattr(options, f)) != plain(defaults[f])})
   sig.update({k: plain(v) for k, v in dict(extra or {}).items()})
   return sig
 
@@ -458,7 +593,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
 
   Args:
     model: a ``sslit.models.SSLModel`` (Flax module; ``apply(v, x, train=...)``
-      returns ``{"rep", "proj"?, "pred"?}``); BYOL objectives need a predictor.
+      returns ``{"rep", "proj"?, "pred"?, "prototypes"?}``); BYOL, SimSiam and
+      MoCo need a predictor, SwAV prototypes.
     dataset: a ``sslit.data.Dataset`` (``get``, ``num_classes``, ``image_shape``).
     options: a :class:`FitOptions`.
     workdir: run directory for ``metrics.jsonl``, ``tensorboard/`` and
@@ -480,7 +616,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
   Raises:
     NonFiniteLossError: the loss became NaN/inf (checkpoints up to then kept).
     ValueError: bad arguments (unknown objective, batch size not divisible by
-      the device count, BYOL without a predictor, ...).
+      the device count, a model without the heads the objective's kind needs,
+      local crops the model cannot take, ...).
   """
   if workdir is not None and lock:
     with checkpoint_lib.RunLock(workdir):
@@ -589,7 +726,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   parallel.check_batch_size(o.batch_size, mesh)
   obj = (objectives_lib.get_objective(o.objective, **dict(o.objective_kwargs or {}))
          if isinstance(o.objective, str) else o.objective)
-  augment_fn = _make_augment_fn(o.augment, dataset)
+  augment_fn = _make_augment_fn(o, dataset)
   if o.normalize:
     augment_fn = _normalized(augment_fn, dataset)
 
@@ -599,26 +736,21 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   tx = make_optimizer(o.optimizer, learning_rate=schedule, weight_decay=o.weight_decay,
                       momentum=o.momentum, grad_clip=o.grad_clip or None)
   probe_tx = optax.adam(o.probe_learning_rate)
+  needs = objectives_lib.KIND_STATE.get(obj.kind, ())
   ema_fn = (ema_momentum_schedule(base=o.ema_momentum, num_steps=o.num_steps)
-            if obj.kind == "byol" else None)
+            if "ema" in needs else None)
 
   def train_apply(variables, x):
     return model.apply(variables, x, train=True, mutable=["batch_stats"])
 
   # Shapes first (no FLOPs): the view shape, the model's variables and outputs.
-  h, w, c = dataset.image_shape
-  dummy = jax.ShapeDtypeStruct((2, h, w, c), jnp.uint8)
-  if augment_fn is None:
-    view = jax.ShapeDtypeStruct((2, h, w, c), jnp.float32)
-  else:
-    view = jax.eval_shape(lambda k, x: augment_fn(k, x)[0], jax.random.key(0), dummy)
+  view, local_view = _view_shapes(augment_fn, dataset.image_shape)
   init_vars = lambda k: _init_variables(model, k, jnp.zeros(view.shape, view.dtype))
   abstract_vars = jax.eval_shape(init_vars, jax.random.key(0))
   outputs = jax.eval_shape(lambda v, x: train_apply(v, x)[0], abstract_vars, view)
-  if obj.kind == "byol" and ("pred" not in outputs or "proj" not in outputs):
-    raise ValueError(f"objective {obj.name!r} needs a model with a projector and a "
-                     f"predictor (build_model(..., predictor=True)); the model outputs "
-                     f"{sorted(outputs)}.")
+  _check_outputs(obj, outputs)
+  if local_view is not None:
+    _check_local_view(train_apply, abstract_vars, local_view)
   rep_dim = outputs["rep"].shape[-1]
   num_classes = int(dataset.num_classes)
 
@@ -631,7 +763,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        ema_params=params if obj.kind == "byol" else {},
+        ema_params=_ema_init(obj.kind, params, outputs),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params) if o.probe else {},
         key=k_train)
@@ -667,6 +799,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   step_fn = make_train_step(
       train_apply, obj.fn, tx, kind=obj.kind, augment_fn=augment_fn,
       learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
+      teacher_temperature_fn=_teacher_temperature_fn(obj, o),
       probe_optimizer=probe_tx, stats_every=o.log_every)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
@@ -769,7 +902,95 @@ def _init_variables(model: Any, key: jax.Array, x: jax.Array) -> dict:
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-def _make_augment_fn(augment: Any, dataset: Any) -> Callable | None:
+# What each kind needs from the model's outputs (KIND_STATE's heads).
+_KIND_OUTPUTS = {"predictor": ("proj", "pred"), "ema": ("proj",), "center": ("proj",),
+                 "prototypes": ("proj", "prototypes")}
+_KIND_HINTS = {"pred": "a predictor (build_model(..., predictor=True))",
+               "proj": "a projector",
+               "prototypes": "prototypes (build_model(..., prototypes=P))"}
+
+
+def _check_outputs(obj: Any, outputs: Mapping) -> None:
+  """The model has the heads ``obj``'s kind needs (a ValueError naming them)."""
+  needs = objectives_lib.KIND_STATE.get(obj.kind, ())
+  want = sorted({o for n in needs for o in _KIND_OUTPUTS.get(n, ())})
+  missing = [o for o in want if o not in outputs]
+  if missing:
+    raise ValueError(f"objective {obj.name!r} needs a model with "
+                     f"{' and '.join(_KIND_HINTS[o] for o in missing)}; the model "
+                     f"outputs {sorted(outputs)}.")
+
+
+def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) -> None:
+  try:
+    jax.eval_shape(lambda v, x: train_apply(v, x)[0], variables, local_view)
+  except Exception as e:  # pylint: disable=broad-except  (Flax raises its own kinds)
+    raise ValueError(f"the model does not accept local crops of shape "
+                     f"{tuple(local_view.shape[1:])} ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200]}); use a convolutional backbone "
+                     f"or local_crop_size equal to the image size.") from None
+
+
+def _ema_init(kind: str, params: Any, outputs: Mapping) -> Any:
+  """``TrainState.ema_params`` at initialisation for ``kind``."""
+  needs = objectives_lib.KIND_STATE.get(kind, ())
+  if "center" in needs:
+    k = outputs["proj"].shape[-1]
+    return {"params": params, "center": jnp.zeros((k,), jnp.float32)}
+  return params if "ema" in needs else {}
+
+
+def _teacher_temperature_fn(obj: Any, o: FitOptions) -> Callable | None:
+  """DINO's teacher temperature schedule, unless the objective fixes one."""
+  if obj.kind != "dino" or "teacher_temperature" in getattr(obj.fn, "keywords", {}):
+    return None
+  warmup = o.teacher_temperature_warmup_steps
+  warmup = o.num_steps * 3 // 10 if warmup is None else int(warmup)
+  return lambda step: objectives_lib.dino_teacher_temperature(step, warmup_steps=warmup)
+
+
+def _view_shapes(augment_fn: Callable | None, image_shape: Sequence[int]):
+  """Abstract ``[2, H, W, C]`` global view and local view (or None) of the views."""
+  h, w, c = image_shape
+  dummy = jax.ShapeDtypeStruct((2, h, w, c), jnp.uint8)
+  if augment_fn is None:
+    return jax.ShapeDtypeStruct((2, h, w, c), jnp.float32), None
+  first, second = jax.eval_shape(augment_fn, jax.random.key(0), dummy)
+  if len(first.shape) == 5:  # multi-crop: [2, n, ...] and [V, n, ...]
+    local = (jax.ShapeDtypeStruct(second.shape[1:], second.dtype) if second.shape[0]
+             else None)
+    return jax.ShapeDtypeStruct(first.shape[1:], first.dtype), local
+  return first, None
+
+
+def multi_crop_fn(augment: str | None, *, image_size: int, num_local: int,
+                  local_size: int = 0, global_scale: tuple[float, float] = (0.4, 1.0),
+                  local_scale: tuple[float, float] = (0.05, 0.4)) -> Callable:
+  """The multi-crop views function of a preset, for ``make_train_step``.
+
+  ``(key, images [n, H, W, C]) -> (global [2, n, S, S, C], local [V, n, s, s, C])``
+  with ``S = image_size``, ``s = local_size`` (0: ``max(1, image_size // 2)``) and
+  ``V = num_local``: ``sslit.augment.multi_crop_views`` of
+  ``sslit.augment.multi_crop_configs(augment or "none", ...)``.
+  """
+  if augment is not None and not isinstance(augment, str):
+    raise ValueError(f"local crops need augment as a preset name (one of "
+                     f"{list(augment_lib.PRESETS)}) or None, got {augment!r}.")
+  size = int(local_size) or max(1, int(image_size) // 2)
+  g_a, g_b, local = augment_lib.multi_crop_configs(
+      augment or "none", image_size=image_size, local_size=size,
+      global_scale=tuple(global_scale), local_scale=tuple(local_scale))
+  return lambda key, images: augment_lib.multi_crop_views(
+      key, images, g_a, g_b, local, num_local=int(num_local))
+
+
+def _make_augment_fn(o: FitOptions, dataset: Any) -> Callable | None:
+  augment = o.augment
+  if o.local_crops:
+    return multi_crop_fn(augment, image_size=dataset.image_shape[0],
+                         num_local=o.local_crops, local_size=o.local_crop_size,
+                         global_scale=o.global_crop_scale,
+                         local_scale=o.local_crop_scale)
   if augment is None or callable(augment):
     return augment
   if isinstance(augment, str):
@@ -790,7 +1011,7 @@ def _normalized(augment_fn: Callable | None, dataset: Any) -> Callable:
     if augment_fn is None:
       x_a = x_b = images
     else:
-      x_a, x_b = augment_fn(key, images)
+      x_a, x_b = augment_fn(key, images)  # or stacked global and local views
     # The one preprocessing shared with evaluation (features see what training saw).
     return data_lib.preprocess(x_a, mean, std), data_lib.preprocess(x_b, mean, std)
   return views

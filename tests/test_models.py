@@ -489,3 +489,24 @@ def test_models_from_config_lists_are_hashable():
   a = models.build_model("mlp", backbone_kwargs={"widths": [4, 2]}, projector=[4, 2])
   b = models.build_model("mlp", backbone_kwargs={"widths": (4, 2)}, projector=(4, 2))
   assert a.backbone.widths == (4, 2) and hash(a) == hash(b) and a == b
+
+
+def test_swav_prototypes_are_a_unit_norm_parameter_of_the_projector_width():
+  model = models.build_model("mlp", backbone_kwargs={"widths": (8,)}, projector=(5,),
+                             prototypes=7)
+  x = jnp.ones((3, 4))
+  v = models.init_variables(model, jax.random.key(0), x)
+  assert v["params"]["prototypes"].shape == (7, 5)
+  out = model.apply(v, x, train=False)
+  assert sorted(out) == ["proj", "prototypes", "rep"]
+  np.testing.assert_allclose(np.linalg.norm(out["prototypes"], axis=-1), 1.0, rtol=1e-6)
+  assert sorted(model.apply(v, x, train=False, upto="proj")) == ["proj", "rep"]
+  scaled = {**v["params"], "prototypes": 3.0 * v["params"]["prototypes"]}
+  np.testing.assert_allclose(models.normalize_prototypes(scaled)["prototypes"],
+                             v["params"]["prototypes"], rtol=1e-6)
+  plain = {"backbone": {"w": jnp.ones(2)}}
+  assert models.normalize_prototypes(plain) is plain
+  with pytest.raises(ValueError, match="prototypes need a projector"):
+    models.build_model("mlp", projector=None, prototypes=4)
+  with pytest.raises(ValueError, match="prototypes must be an int >= 0"):
+    models.build_model("mlp", prototypes=-1)

@@ -159,15 +159,16 @@ def test_step_loss_decreases_without_retrace_and_probe_leaves_backbone_alone(
   assert float(m["probe_loss"]) < np.log(10)  # better than the uniform guess
 
 
-def test_byol_target_is_the_ema_of_the_online_params(digits, fast_compile):
-  model = tiny_model("byol")
-  obj = objectives.get_objective("byol")
+@pytest.mark.parametrize("name", ["byol", "moco_v3"])  # BYOL's target, MoCo's keys
+def test_target_is_the_ema_of_the_online_params(name, digits, fast_compile):
+  model = tiny_model(name)
+  obj = objectives.get_objective(name)
   tx = optax.sgd(0.1)
   batch = _batch(digits)
   x = train.images_to_float(jnp.asarray(batch["image"]))
   state0 = _init(model, tx, None, jax.random.key(0), x, byol=True)
   ema_fn = train.ema_momentum_schedule(base=0.9, num_steps=10)
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol",
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind,
                                        ema_momentum_fn=ema_fn))
   state1, metrics = step(state0, batch)
   tau = 0.9  # tau at step 0 is the base
@@ -178,7 +179,7 @@ def test_byol_target_is_the_ema_of_the_online_params(digits, fast_compile):
   assert not np.allclose(_flat(state1.params)["backbone/dense0/kernel"],
                          _flat(state0.params)["backbone/dense0/kernel"])
   with pytest.raises(ValueError, match="ema_momentum_fn"):
-    train.make_train_step(_train_apply(model), obj.fn, tx, kind="byol")
+    train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind)
 
 
 def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
@@ -213,10 +214,9 @@ def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
 
 
 # "vicreg" runs through fit in the metrics/checkpoint and resume tests below.
-# Objectives whose kind the training step runs today (pair, byol).
+# "dino" in the DINO and CLI tests at the end.
 CANONICAL = sorted({objectives.get_objective(n).name
-                    for n in objectives.list_objectives()
-                    if objectives.get_objective(n).kind in ("pair", "byol")} - {"vicreg"})
+                    for n in objectives.list_objectives()} - {"vicreg", "dino"})
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,7 @@ def test_fit_smoke_every_objective(name, digits, fast_compile):
   for key in ("lr", "grad_norm", "probe_acc", "rep_std_mean", "rep_effective_rank"):
     assert np.isfinite(record[key]), key
   assert record["rep_effective_rank"] > 1.0
+  assert all(np.ndim(v) == 0 for v in record.values())  # DINO's centre is state
 
 
 def test_fit_writes_metrics_checkpoints_and_returns_when_done(tmp_path, digits, fast_compile):
@@ -497,3 +498,161 @@ def test_a_second_run_on_a_locked_workdir_fails_at_once(tmp_path, digits):
       run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
               **dict(FIT_KWARGS, num_steps=2))
   assert not (tmp_path / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------- the kinds
+
+
+def _unit(x):
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_simsiam_has_no_ema_state_and_its_targets_get_no_gradient(digits, fast_compile):
+  model = tiny_model("simsiam")
+  obj = objectives.get_objective("simsiam")
+  tx = optax.sgd(1.0)  # the update is minus the gradient
+  batch = _batch(digits)
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  state0 = _init(model, tx, None, jax.random.key(0), x)
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="simsiam"))
+  state1, _ = step(state0, batch)
+  assert state1.ema_params == {}
+
+  def neg_cos(params, stop):  # both views are the images (no augmentation)
+    out = _train_apply(model)({"params": params, "batch_stats": state0.batch_stats},
+                              x)[0]
+    z = jax.lax.stop_gradient(out["proj"]) if stop else out["proj"]
+    return -jnp.mean(jnp.sum(_unit(out["pred"]) * _unit(z), -1))
+
+  want, through_target = jax.jit(lambda p: (jax.grad(neg_cos)(p, True),
+                                             jax.grad(neg_cos)(p, False)))(state0.params)
+  got = jax.tree.map(lambda a, b: a - b, state0.params, state1.params)
+  chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(_flat(got)["projector/dense0/kernel"],
+                         _flat(through_target)["projector/dense0/kernel"], atol=1e-5)
+
+
+def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
+    tmp_path, digits, fast_compile):
+  model = tiny_model("dino")
+  batch = _batch(digits)  # every step's batch; no augmentation, no normalisation
+  kw = dict(objective="dino", batch_size=32, log_every=1, checkpoint_every=1,
+            progress=False, normalize=False, probe=False, data_iterator_fn=lambda start: iter(
+                [batch] * (2 - start)))
+  first = run_fit(model=model, dataset=digits, workdir=tmp_path, num_steps=1, **kw)
+  (record,) = first.history
+  assert "center" not in record
+  np.testing.assert_allclose(record["teacher_temperature"], 0.04, rtol=1e-6)
+  # Resumed from step 1 (its centre restored), one more step.
+  again = run_fit(model=model, dataset=digits, workdir=tmp_path, num_steps=2,
+                  accept_changes=("num_steps",), **kw)
+  assert again.resumed_from == 1
+  s1, s2 = parallel.to_host(first.state), parallel.to_host(again.state)
+  assert np.abs(s1.ema_params["center"]).max() > 0 and s1.ema_params["center"].shape == (32,)
+  # centre' = 0.9 centre + 0.1 mean of the teacher's outputs of the two global views
+  # (both the images here), the teacher being the EMA network before the update.
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  t = _train_apply(model)({"params": s1.ema_params["params"],
+                           "batch_stats": s1.batch_stats}, x)[0]["proj"]
+  want = 0.9 * s1.ema_params["center"] + 0.1 * np.mean(np.asarray(t), axis=0)
+  np.testing.assert_allclose(s2.ema_params["center"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_swav_prototypes_stay_unit_norm_and_two_devices_equal_one(digits, fast_compile):
+  if len(jax.devices()) < 2:
+    pytest.skip("needs 2 devices (tests/conftest.py sets 2 fake CPU devices)")
+  model = tiny_model("swav")
+  obj = objectives.get_objective("swav")
+  tx = optax.sgd(0.1, momentum=0.9)
+  batches = [_batch(digits, 32, 32 * i) for i in range(3)]
+  x = train.images_to_float(jnp.asarray(batches[0]["image"]))
+  step = train.make_train_step(_train_apply(model), obj.fn, tx, kind="swav")
+  finals = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = parallel.make_mesh(devices)
+    state = parallel.replicate(_init(model, tx, None, jax.random.key(0), x), mesh)
+    jstep = jax.jit(step)
+    for b in batches:
+      state, metrics = jstep(state, parallel.shard_batch(b, mesh))
+      norms = np.linalg.norm(parallel.to_host(state.params["prototypes"]), axis=-1)
+      np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    assert np.isfinite(float(metrics["loss"]))
+    finals.append(_flat(state.params))
+  assert finals[0]["prototypes"].shape == (16, 32)
+  for k in finals[0]:  # Sinkhorn's 1/epsilon = 20 amplifies rounding a little
+    np.testing.assert_allclose(finals[0][k], finals[1][k], rtol=1e-4, atol=1e-5,
+                               err_msg=k)
+
+
+def test_multi_crop_views_shapes_and_steps_with_two_local_crops(digits, fast_compile):
+  from sslit import models  # pylint: disable=g-import-not-at-top
+  views = train.multi_crop_fn("none", image_size=8, num_local=2, local_size=4)
+  images = jnp.asarray(_batch(digits, 4)["image"])
+  g, l = jax.eval_shape(views, jax.random.key(0), images)  # the step runs them below
+  assert g.shape == (2, 4, 8, 8, 1) and l.shape == (2, 4, 4, 4, 1)
+  assert train.view_pairs(2) == ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3))
+  conv = models.build_model("convnet", backbone_kwargs={"channels": (4,),
+                                                        "final_pool": "gap"},
+                            projector=(16, 16), prototypes=8)
+  kw = dict(batch_size=32, num_steps=2, log_every=2, progress=False, local_crops=2,
+            local_crop_size=4, probe=False)
+  (record,) = run_fit(model=conv, objective="swav", dataset=digits, **kw).history
+  assert np.isfinite(record["loss"]) and record["rep_effective_rank"] > 1.0
+  # An MLP's input size is fixed: refused before anything is compiled.
+  with pytest.raises(ValueError, match="does not accept local crops"):
+    run_fit(model=tiny_model("dino"), objective="dino", dataset=digits, **kw)
+
+
+def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path):
+  from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
+  options = train.FitOptions(objective="vicreg", batch_size=32, num_steps=4)
+  assert sorted(train.run_signature(options)) == sorted(train.SIGNATURE_FIELDS)
+  crops = train.run_signature(train.FitOptions(objective="dino", batch_size=32,
+                                               num_steps=4, local_crops=2))
+  assert crops["local_crops"] == 2 and "local_crop_size" not in crops
+  config = config_lib.load_config("smoke")
+  assert "prototypes" not in runs._signature(config)["model"]  # pylint: disable=protected-access
+  # A config.json written before local_crops, local_crop_size, model.prototypes.
+  stored = config_lib.to_dict(config)
+  for field in ("local_crops", "local_crop_size"):
+    del stored[field]
+  del stored["model"]["prototypes"]
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
+  config.local_crops = 2
+  with pytest.raises(config_lib.ConfigError, match="local_crops"):
+    runs.prepare_workdir(str(tmp_path), config, write=False)
+
+
+def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
+  from sslit import cli  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "dino"
+  code = cli.main(["train", "--config", "smoke", "--workdir", str(workdir),
+                   "--config.objective=dino", "--config.num_steps=4",
+                   "--config.warmup_steps=1", "--config.log_every=2",
+                   "--config.monitor_every=0", "--config.report=false",
+                   "--config.eval.enabled=false", "--config.online_probe=false"])
+  out = capsys.readouterr()
+  assert code == 0, out.out + out.err
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  losses = [l for l in lines if "loss" in l]
+  assert [l["step"] for l in losses] == [2, 4]
+  assert all(np.isfinite(l["loss"]) and "teacher_temperature" in l for l in losses)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+
+
+def test_runs_build_model_gives_each_objective_its_heads():
+  from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("smoke")  # batch 64, projector (64, 64)
+  heads = {}
+  for name in ("vicreg", "byol", "moco_v3", "simsiam", "swav", "wmse", "dino"):
+    config.objective = name
+    m = runs.build_model(config)
+    heads[name] = (m.projector.widths, m.predictor and m.predictor.widths, m.prototypes)
+  assert heads["vicreg"] == heads["dino"] == ((64, 64), None, 0)
+  assert heads["byol"] == heads["moco_v3"] == ((64, 64), (4096, 64), 0)
+  assert heads["simsiam"] == ((64, 64), (16, 64), 0)  # the bottleneck predictor
+  assert heads["swav"] == ((64, 64), None, 32)  # batch_size // 2
+  assert heads["wmse"] == ((64, 32), None, 0)  # whitening needs width < batch
+  config.objective, config.model.prototypes = "swav", 10
+  assert runs.build_model(config).prototypes == 10

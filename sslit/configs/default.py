@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "fashion_mnist"
   c.data_dir = ""            # "" = the default tfds data dir
   c.augment = "simclr"       # preset name of sslit.augment ("none": no views)
+  # Multi-crop: local crops per image besides the two global views (0 = two views;
+  # DINO and SwAV use them natively, two-view objectives average over view pairs).
+  c.local_crops = 0
+  c.local_crop_size = 0      # side in pixels (0 = half the image size)
   # Devices: XLA splits the CPU into this many virtual devices (0 = leave as is).
   c.cpu_devices = 1          # 2 was slower for this small net (docs/recipe.md)
   # Model.
@@ -44,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.backbone_kwargs = ml_collections.ConfigDict(
       {"channels": (16, 32, 64), "pool": "avg", "final_pool": "2x2"})
   c.model.projector = (1024, 1024)
-  c.model.predictor = False
+  c.model.predictor = False  # BYOL, MoCo v3, SimSiam get theirs (runs.build_model)
+  c.model.prototypes = 0     # SwAV only; 0 = min(3000, batch_size // 2)
   c.model.dtype = "float32"
   # Objective.
   c.objective = "vicreg"
@@ -59,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.end_lr_factor = 0.0
   c.grad_clip = 0.0          # 0 = no clipping
-  c.ema_momentum = 0.996     # BYOL only
+  c.ema_momentum = 0.996     # BYOL's target, MoCo v3's keys, DINO's teacher
   c.max_train_seconds = 0.0  # wall-clock cap in seconds (0 = none: the step budget rules)
   c.seed = 0
   # Bookkeeping.
