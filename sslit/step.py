@@ -1,0 +1,309 @@
+"""The training step: the train state and ``make_train_step`` (composed, pure, jitted by ``fit``).
+
+``make_train_step(apply_fn, loss_fn, optimizer, *, kind, ...)`` builds
+``step(state, batch) -> (state, metrics)``: views made on device from uint8 images
+(key folded with the step; two views, or 2 global + V local crops), the model's
+training application (mutable ``batch_stats``), an objective of
+``sslit.objectives`` called as its ``kind`` says (``pair``, ``byol``, ``simsiam``,
+``moco``, ``dino``, ``swav``), an Optax update, the EMA target where the kind has
+one, and an online linear probe on stop-gradient representations. The host loop
+that runs it is ``sslit.train.fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sslit import estimators
+from sslit import models
+from sslit import objectives as objectives_lib
+
+__all__ = ["TrainState", "STATS_KEYS", "make_train_step", "images_to_float",
+           "view_pairs"]
+
+# Representation statistics (computed on logging steps only).
+STATS_KEYS = ("rep_std_mean", "rep_std_min", "rep_effective_rank", "proj_std_mean",
+              "proj_std_min")
+
+
+class TrainState(NamedTuple):
+  """Everything a run needs to continue bit-exactly (a pytree; all leaves arrays).
+
+  Attributes:
+    step: int32 scalar, number of updates applied.
+    params: model parameters.
+    batch_stats: BatchNorm running statistics (``{}`` for models without).
+    opt_state: Optax state of ``params``.
+    ema_params: the target network of the objective's kind: BYOL's target and
+      MoCo's key encoder: an EMA of ``params``; DINO: ``{"params": EMA of params,
+      "center": [K]}``; ``{}`` for the other kinds.
+    probe_params: online linear probe ``{"kernel": [r, c], "bias": [c]}``
+      (``{}`` when the probe is off).
+    probe_opt_state: Optax state of the probe.
+    key: typed PRNG key; the key of step ``t`` is ``fold_in(key, t)``.
+  """
+  step: Any
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  probe_params: Any
+  probe_opt_state: Any
+  key: Any
+
+
+def images_to_float(images: jax.Array) -> jax.Array:
+  """uint8 images -> float32 in [0, 1]; float images are passed through as float32."""
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
+  rep = rep.astype(jnp.float32)
+  std = jnp.std(rep, axis=0)
+  out = {"rep_std_mean": jnp.mean(std), "rep_std_min": jnp.min(std),
+         "rep_effective_rank": estimators.effective_rank(rep)}
+  if proj is not None:
+    pstd = jnp.std(proj.astype(jnp.float32), axis=0)
+    out["proj_std_mean"] = jnp.mean(pstd)
+    out["proj_std_min"] = jnp.min(pstd)
+  return out
+
+
+def _mean_aux(auxes: Sequence[dict]) -> dict:
+  """Entry-wise mean of the aux dicts of several view pairs."""
+  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
+
+
+def view_pairs(num_local: int) -> tuple[tuple[int, int], ...]:
+  """The view pairs of a two-view objective with ``num_local`` local crops.
+
+  ``(0, 1)`` (the two global views), then every local view ``2 + l`` paired with
+  each global view: ``1 + 2 * num_local`` pairs, averaged with equal weights.
+  """
+  return ((0, 1),) + tuple((g, 2 + l) for l in range(num_local) for g in (0, 1))
+
+
+def make_train_step(apply_fn: Callable, loss_fn: Callable,
+                    optimizer: optax.GradientTransformation, *, kind: str = "pair",
+                    augment_fn: Callable | None = None,
+                    learning_rate_fn: optax.Schedule | None = None,
+                    ema_momentum_fn: optax.Schedule | None = None,
+                    teacher_temperature_fn: Callable | None = None,
+                    probe_optimizer: optax.GradientTransformation | None = None,
+                    stats_every: int = 1, embedding: str = "proj") -> Callable:
+  """Compose augmentation, model, objective and optimiser into one training step.
+
+  The step is pure (``jax.jit`` it, donating the state):
+  ``step(state, batch) -> (state, metrics)``, with
+  ``key_t = fold_in(state.key, state.step)``; the views come from
+  ``augment_fn(key_t, images)``: two global views ``x_a, x_b`` and, with
+  multi-crop, ``V`` local views; ``out_v, stats = apply_fn({"params",
+  "batch_stats"}, x_v)`` per view (BatchNorm statistics of each view's batch,
+  running statistics updated view after view as in the reference
+  implementations); then, by ``kind`` (the objective's, see
+  ``sslit.objectives.KIND_STATE``):
+
+  - ``"pair"``: ``loss, aux = loss_fn(e_a, e_b)`` with ``e = out[embedding]``
+    (``"proj"``, falling back to ``"rep"`` for models without a projector);
+  - ``"byol"``: the target network (``state.ema_params``) embeds the views
+    (training-mode BatchNorm, its statistics discarded) and
+    ``loss, aux = loss_fn(p_a, p_b, t_a, t_b, z_a, z_b)``;
+  - ``"simsiam"``: ``loss_fn(p_a, p_b, z_a, z_b)`` (the online network's own
+    projections are the stop-gradient targets; no EMA);
+  - ``"moco"``: ``loss_fn(q_a, q_b, k_a, k_b)``, queries ``q = pred`` of the online
+    network, keys ``k = proj`` of the momentum encoder ``state.ema_params``;
+  - ``"dino"``: ``loss_fn(student [m, n, K], teacher [2, n, K], center,
+    teacher_temperature=teacher_temperature_fn(t))``: the student's projections of
+    all ``m = 2 + V`` views, the teacher (``state.ema_params["params"]``) of the two
+    global views only; ``state.ema_params["center"]`` is replaced by
+    ``aux["center"]``;
+  - ``"swav"``: ``loss_fn(z [m, n, k], out["prototypes"] [P, k])``; after the update
+    the prototype rows are scaled back to unit norm.
+
+  A two-view kind (pair, byol, simsiam, moco) with ``V`` local views averages its
+  loss and aux over the pairs of :func:`view_pairs` (the target network then
+  embeds every view). For ``"byol"``, ``"moco"`` and ``"dino"``, after the update
+  ``ema <- tau_t ema + (1 - tau_t) params`` with ``tau_t = ema_momentum_fn(t)``.
+
+  An online linear probe (softmax regression on ``stop_gradient(rep_a)``, labels
+  from the batch, weighted by ``batch["mask"]``) is updated by ``probe_optimizer``
+  when ``state.probe_params`` is non-empty; it never affects the backbone.
+
+  Args:
+    apply_fn: training application ``(variables, x) -> (outputs, mutated)``, e.g.
+      ``lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])``;
+      ``outputs`` has ``"rep"`` and ``"proj"``/``"pred"``/``"prototypes"`` as the
+      model provides.
+    loss_fn: an objective's ``fn`` (see ``sslit.objectives.get_objective``).
+    optimizer: Optax transformation for ``params``.
+    kind: the objective's kind, one of ``sslit.objectives.KIND_STATE``.
+    augment_fn: ``(key, images [b, H, W, C]) -> (x_a, x_b)``, or for multi-crop
+      ``(global [2, b, H, W, C], local [V, b, h, w, C])`` (as
+      ``sslit.augment.multi_crop_views`` returns); None: both views are the images
+      as float in [0, 1].
+    learning_rate_fn: schedule, only for logging ``lr``.
+    ema_momentum_fn: target momentum schedule (required for byol, moco, dino).
+    teacher_temperature_fn: DINO's ``step -> t_t`` (e.g. a partial of
+      ``sslit.objectives.dino_teacher_temperature``); None: the objective's own.
+    probe_optimizer: Optax transformation of the online probe.
+    stats_every: representation statistics (per-dimension std, effective rank)
+      are computed on steps ``t`` with ``(t + 1) % stats_every == 0`` only (inside a
+      ``lax.cond``; zeros otherwise), to keep the SVD off most steps.
+    embedding: model output fed to a ``"pair"`` objective.
+
+  Returns:
+    ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
+    where ``metrics`` is a flat dict of scalars: ``loss``, every scalar aux term
+    (DINO's ``center`` is state, not a metric), ``grad_norm``, ``lr``,
+    ``probe_loss``, ``probe_acc``, ``ema_momentum``, ``teacher_temperature`` and
+    the statistics.
+  """
+  kinds = tuple(objectives_lib.KIND_STATE)
+  if kind not in kinds:
+    raise ValueError(f"unknown objective kind {kind!r}; expected one of {list(kinds)}.")
+  uses_ema = "ema" in objectives_lib.KIND_STATE[kind]
+  if uses_ema and ema_momentum_fn is None:
+    raise ValueError(f"kind={kind!r} needs ema_momentum_fn (see ema_momentum_schedule).")
+
+  def views(key, images):
+    if augment_fn is None:
+      x = images_to_float(images)
+      return (x, x), ()
+    first, second = augment_fn(key, images)
+    if first.ndim == 5:  # multi-crop: stacked global and local views
+      return tuple(first), tuple(second)
+    return (first, second), ()
+
+  def embed(out):
+    if embedding in out:
+      return out[embedding]
+    return out["rep"]
+
+  def online(params, stats, xs):
+    """Outputs of every view, BatchNorm statistics chained view after view."""
+    outs = []
+    for x in xs:
+      out, mut = apply_fn({"params": params, "batch_stats": stats}, x)
+      stats = mut.get("batch_stats", stats)
+      outs.append(out)
+    return outs, stats
+
+  def target_of(target_params, stats, xs):
+    target = {"params": target_params, "batch_stats": stats}
+    return [jax.lax.stop_gradient(apply_fn(target, x)[0]["proj"]) for x in xs]
+
+  def two_view_loss(state, stats, outs, xs, num_local):
+    needed = sorted({v for pair in view_pairs(num_local) for v in pair})
+    t = (dict(zip(needed, target_of(state.ema_params, stats, [xs[v] for v in needed])))
+         if kind in ("byol", "moco") else {})
+
+    def pair_loss(i, j):
+      o_i, o_j = outs[i], outs[j]
+      if kind == "pair":
+        return loss_fn(embed(o_i), embed(o_j))
+      if kind == "byol":
+        return loss_fn(o_i["pred"], o_j["pred"], t[i], t[j], o_i["proj"], o_j["proj"])
+      if kind == "simsiam":
+        return loss_fn(o_i["pred"], o_j["pred"], o_i["proj"], o_j["proj"])
+      return loss_fn(o_i["pred"], o_j["pred"], t[i], t[j])  # moco
+
+    results = [pair_loss(i, j) for i, j in view_pairs(num_local)]
+    if len(results) == 1:
+      return results[0]
+    losses, auxes = zip(*results)
+    return sum(losses) / len(losses), _mean_aux(auxes)
+
+  def multi_view_loss(state, stats, outs, xs, step):
+    student = jnp.stack([o["proj"] for o in outs])
+    if kind == "swav":
+      return loss_fn(student, outs[0]["prototypes"])
+    teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2]))
+    kw = {}
+    if teacher_temperature_fn is not None:
+      kw["teacher_temperature"] = teacher_temperature_fn(step)
+    return loss_fn(student, teacher, state.ema_params["center"], **kw)
+
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    key = jax.random.fold_in(state.key, state.step)
+    global_views, local_views = views(key, batch["image"])
+    xs = global_views + local_views
+
+    def loss_of(params):
+      outs, stats = online(params, state.batch_stats, xs)
+      if kind in ("dino", "swav"):
+        loss, aux = multi_view_loss(state, stats, outs, xs, state.step)
+      else:
+        loss, aux = two_view_loss(state, stats, outs, xs, len(local_views))
+      return loss, (aux, stats, outs[0]["rep"], outs[0].get("proj"))
+
+    (loss, (aux, new_stats, rep, proj)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if kind == "swav":
+      params = models.normalize_prototypes(params)
+
+    metrics = {"loss": loss}
+    metrics.update({k: v for k, v in aux.items() if k != "loss" and jnp.ndim(v) == 0})
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    if learning_rate_fn is not None:
+      metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+    if kind == "dino" and teacher_temperature_fn is not None:
+      metrics["teacher_temperature"] = teacher_temperature_fn(state.step)
+
+    ema_params = state.ema_params
+    if uses_ema:
+      tau = ema_momentum_fn(state.step)
+      ema = lambda e, p: jax.tree.map(lambda a, b: tau * a + (1.0 - tau) * b, e, p)
+      if kind == "dino":
+        ema_params = {"params": ema(ema_params["params"], params),
+                      "center": aux["center"]}
+      else:
+        ema_params = ema(ema_params, params)
+      metrics["ema_momentum"] = jnp.asarray(tau, jnp.float32)
+
+    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+    if probe_params:
+      feats = jax.lax.stop_gradient(rep).astype(jnp.float32)
+      labels = batch["label"]
+      mask = batch.get("mask")
+      weight = (jnp.ones(labels.shape, jnp.float32) if mask is None
+                else mask.astype(jnp.float32))
+
+      def probe_loss(pp):
+        logits = feats @ pp["kernel"] + pp["bias"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        denom = jnp.maximum(weight.sum(), 1.0)
+        return jnp.sum(ce * weight) / denom, logits
+
+      (p_loss, logits), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(probe_params)
+      p_updates, probe_opt_state = probe_optimizer.update(p_grads, probe_opt_state,
+                                                          probe_params)
+      probe_params = optax.apply_updates(probe_params, p_updates)
+      correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+      metrics["probe_loss"] = p_loss
+      metrics["probe_acc"] = jnp.sum(correct * weight) / jnp.maximum(weight.sum(), 1.0)
+
+    def stats_fn(operands):
+      return _representation_stats(*operands)
+
+    operands = (jax.lax.stop_gradient(rep), None if proj is None else jax.lax.stop_gradient(proj))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(stats_fn, operands))
+    do_stats = (state.step + 1) % stats_every == 0
+    metrics.update(jax.lax.cond(do_stats, stats_fn, lambda _: zeros, operands))
+
+    new_state = TrainState(
+        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
+        ema_params=ema_params, probe_params=probe_params,
+        probe_opt_state=probe_opt_state, key=state.key)
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return new_state, metrics
+
+  return step
