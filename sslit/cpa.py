@@ -721,7 +721,7 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
                                relative_output_noise: float = 0.0,
                                mode: str = "fwd", chunk_size: int | None = None,
                                mesh: Any = None, method: str = "auto",
-                               exact_neighbors: int = 16) -> dict[str, Array]:
+                               exact_neighbors: int = 8) -> dict[str, Array]:
   """The information quantities of SPEC §2–3 for a network and a set of inputs.
 
   Model: ``z = fn(x_n + σ ε) + τ η``, ``ε ~ N(0, I_d)``, ``η ~ N(0, I_k)``: under A1

@@ -322,6 +322,13 @@ def _on_devices(body, mesh: Any, index: Any, *replicated: Array) -> Any:
   return jax.tree.map(lambda a: a[:m], run(index, *replicated))
 
 
+def _lmap(f, xs: Any, batch_size: int) -> Any:
+  """``jax.lax.map`` in steps of ``batch_size``; one ``vmap`` when that is all."""
+  if batch_size >= jax.tree.leaves(xs)[0].shape[0]:
+    return jax.vmap(f)(xs)
+  return jax.lax.map(f, xs, batch_size=batch_size)
+
+
 def _matmul(a: Array, b: Array) -> Array:
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
@@ -335,29 +342,31 @@ def _factor(covs: Array, chunk: int) -> tuple[Array, Array]:
     inv = solve_triangular(chol, eye, lower=True)
     return jnp.sum(jnp.log(jnp.diagonal(chol))), _matmul(inv.T, inv)
 
-  return jax.lax.map(one, covs, batch_size=chunk)
+  return _lmap(one, covs, batch_size=chunk)
 
 
 def _pair_pass(cols: Array, means: Array, covs: Array, prec: Array, *,
-               chunk: int) -> tuple[Array, ...]:
+               chunk: int, trace_chunk: int) -> tuple[Array, ...]:
   """Per component ``j`` of ``cols``, over all ``i`` (``Δ = μ_i − μ_j``):
   ``tr(Σ_j⁻¹ Σ_i)``, ``Δᵀ Σ_j⁻¹ Δ``, ``Δᵀ Σ_j Δ`` and ``‖Δ‖²``, each ``[len(cols), n]``.
 
-  ``chunk`` components at a time: the trace is one ``[n, k²] × [k², chunk]``
-  product and the quadratic forms ``chunk`` ``[n, k] × [k, k]`` products, on exact
-  differences (no ``‖μ_i‖² − 2μ_i·μ_j + ‖μ_j‖²`` cancellation).
+  The traces are ``[n, k²] × [k², trace_chunk]`` products; the quadratic forms one
+  ``[n, k] × [k, 2k]`` product per ``j`` (``[Σ_j⁻¹ | Σ_j]``), ``chunk`` at a time,
+  on exact differences (no ``‖μ_i‖² − 2μ_i·μ_j + ‖μ_j‖²`` cancellation).
   """
   n, k = means.shape
   flat = covs.reshape(n, k * k)
 
   def column(j):
     delta = means - means[j]
-    return (_matmul(flat, prec[j].reshape(-1)),
-            jnp.sum(_matmul(delta, prec[j]) * delta, axis=-1),
-            jnp.sum(_matmul(delta, covs[j]) * delta, axis=-1),
+    prod = _matmul(delta, jnp.concatenate([prec[j], covs[j]], axis=1))
+    return (jnp.sum(prod[:, :k] * delta, axis=-1),
+            jnp.sum(prod[:, k:] * delta, axis=-1),
             jnp.sum(jnp.square(delta), axis=-1))
 
-  return jax.lax.map(column, cols, batch_size=chunk)
+  trace = _lmap(lambda j: _matmul(flat, prec[j].reshape(-1)), cols,
+                      batch_size=trace_chunk)
+  return (trace,) + _lmap(column, cols, batch_size=chunk)
 
 
 def _bhattacharyya_pairs(pairs: tuple[Array, Array], means: Array, covs: Array,
@@ -370,14 +379,15 @@ def _bhattacharyya_pairs(pairs: tuple[Array, Array], means: Array, covs: Array,
     return (0.125 * jnp.sum(jnp.square(y)) + jnp.sum(jnp.log(jnp.diagonal(chol)))
             - 0.5 * (half_logdet[i] + half_logdet[j]))
 
-  return jax.lax.map(one, pairs, batch_size=chunk)
+  return _lmap(one, pairs, batch_size=chunk)
 
 
 def _chunks(n: int, k: int, chunk_size: int | None) -> tuple[int, int]:
-  """Components per step of the pair pass and matrices per step of the factors."""
+  """Components per step of the quadratic forms, and matrices per step of the
+  factors, the traces and the exact pairs: ``chunk_size`` or about 8M elements."""
   if chunk_size is not None:
     return chunk_size, chunk_size
-  return max(1, _STEP_ELEMENTS // (n * k)), max(1, _STEP_ELEMENTS // (k * k))
+  return max(1, _STEP_ELEMENTS // (2 * n * k)), max(1, _STEP_ELEMENTS // (k * k))
 
 
 def _kl_terms(means: Array, covs: Array, chunk_size: int | None, mesh: Any):
@@ -386,7 +396,7 @@ def _kl_terms(means: Array, covs: Array, chunk_size: int | None, mesh: Any):
   n, k = means.shape
   col_chunk, mat_chunk = _chunks(n, k, chunk_size)
   half_logdet, prec = _factor(covs, mat_chunk)
-  body = functools.partial(_pair_pass, chunk=col_chunk)
+  body = functools.partial(_pair_pass, chunk=col_chunk, trace_chunk=mat_chunk)
   trace, mahal, spread, sq = (a.T for a in _on_devices(
       body, mesh, jnp.arange(n), means, covs, prec))
   kl = 0.5 * (trace + mahal - k) + half_logdet[None, :] - half_logdet[:, None]
@@ -471,7 +481,7 @@ def _pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int,
   return bounds, ok
 
 
-def pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int = 16,
+def pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int = 8,
                     chunk_size: int | None = None, mesh: Any = None
                     ) -> PairwiseBounds:
   """Certified Kolchinsky–Tracey bounds on ``H(p)``, ``p = (1/n) Σ_i N(μ_i, Σ_i)``.
