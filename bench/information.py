@@ -1,19 +1,19 @@
 """Pairwise mixture-entropy bounds: the exact O(n² k³) path against the scalable one.
 
 Usage:
-  /work/main/.venv/bin/python bench/information.py [--sizes 48,256,1000,2000]
-      [--exact-sizes 48,128] [--k 256] [--neighbors 8] [--timeout 600]
+  python bench/information.py [--sizes 48,256,1000,2000] [--exact-sizes 48,128]
+      [--k 256] [--neighbors 8] [--sigma 0.5] [--timeout 600] [--append]
 
 The mixture is the one ``cpa.representation_information`` builds for a random
 He-initialised ReLU MLP 64-512-512-k (float64): means ``f(x_n)`` and covariances
 ``Σ_n = σ² A_n A_nᵀ + τ² I_k`` from the per-input slopes ``A_n`` (rank 64 < k, so
 ``τ = 0.1 σ s̄`` as ``relative_output_noise=0.1`` sets it), ``x_n ~ N(0, I)``,
-``σ = 0.5``. For each (path, n) a fresh subprocess builds the mixture (not timed),
+``σ = --sigma``. For each (path, n) a fresh subprocess builds the mixture (not timed),
 then calls ``sslit.mixture.pairwise_bounds_exact`` or ``pairwise_bounds`` once:
 seconds include compilation; peak memory is that subprocess's ``ru_maxrss`` (the
 whole process: Python, JAX and the ``[n, k, k]`` covariances, 8 n k² bytes, included).
 Exact runs are only made for ``--exact-sizes``: the others would take hours here.
-Writes bench/RESULTS_information.md.
+Writes bench/RESULTS_information.md (``--append``: adds a section to it).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIGMA, RHO, D_IN, WIDTH = 0.5, 0.1, 64, 512
+RHO, D_IN, WIDTH = 0.1, 64, 512
 
 
-def child(method: str, n: int, k: int, neighbors: int) -> dict:
+def child(method: str, n: int, k: int, neighbors: int, sigma: float) -> dict:
   """One configuration, in its own process: build the mixture, time one call."""
   from sslit import parallel
   parallel.serialize_cpu_lapack()  # jaxlib < 0.11 CPU LAPACK hang (docs/cpa.md)
@@ -57,8 +57,8 @@ def child(method: str, n: int, k: int, neighbors: int) -> dict:
 
   @jax.jit
   def build(x, a):
-    tau = RHO * SIGMA * jnp.sqrt(jnp.mean(jnp.sum(a**2, axis=(1, 2))) / k)
-    covs = SIGMA**2 * jnp.einsum("nkd,nld->nkl", a, a) + tau**2 * jnp.eye(k)
+    tau = RHO * sigma * jnp.sqrt(jnp.mean(jnp.sum(a**2, axis=(1, 2))) / k)
+    covs = sigma**2 * jnp.einsum("nkd,nld->nkl", a, a) + tau**2 * jnp.eye(k)
     return jax.vmap(fn)(x), covs
 
   means, covs = jax.block_until_ready(build(x, a))
@@ -79,9 +79,10 @@ def child(method: str, n: int, k: int, neighbors: int) -> dict:
   return res
 
 
-def run_child(method: str, n: int, k: int, neighbors: int, timeout: float) -> dict:
+def run_child(method: str, n: int, k: int, neighbors: int, sigma: float,
+              timeout: float) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", method, str(n), str(k),
-         str(neighbors)]
+         str(neighbors), str(sigma)]
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   start = time.perf_counter()
   try:
@@ -128,40 +129,46 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--child", nargs=4, metavar=("METHOD", "N", "K", "NEIGHBORS"),
+  p.add_argument("--child", nargs=5, metavar=("METHOD", "N", "K", "NEIGHBORS", "SIGMA"),
                  help=argparse.SUPPRESS)
   p.add_argument("--sizes", default="48,256,1000,2000",
                  help="n for the scalable path (comma-separated)")
   p.add_argument("--exact-sizes", default="48,128",
                  help="n for the exact O(n² k³) path (comma-separated)")
   p.add_argument("--k", type=int, default=256)
-  p.add_argument("--neighbors", type=int, default=8,
-                 help="exact_neighbors of the scalable path")
+  p.add_argument("--neighbors", default="8",
+                 help="exact_neighbors of the scalable path (comma-separated)")
+  p.add_argument("--sigma", type=float, default=0.5, help="input-noise σ")
+  p.add_argument("--append", action="store_true",
+                 help="add a section to --out instead of rewriting it")
   p.add_argument("--timeout", type=float, default=600.0,
                  help="seconds per configuration before it is killed")
   p.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS_information.md"))
   args = p.parse_args()
   if args.child:
-    method, n, k, neighbors = args.child
-    print(json.dumps(child(method, int(n), int(k), int(neighbors))), flush=True)
+    method, n, k, neighbors, sigma = args.child
+    print(json.dumps(child(method, int(n), int(k), int(neighbors), float(sigma))),
+          flush=True)
     return
   sizes = [int(s) for s in args.sizes.split(",") if s]
   exact_sizes = [int(s) for s in args.exact_sizes.split(",") if s]
+  neighbors = [int(s) for s in args.neighbors.split(",") if s]
   rows = []
   for n in sorted(set(sizes) | set(exact_sizes)):
-    for method in ("exact", "scalable"):
-      if n not in (exact_sizes if method == "exact" else sizes):
-        continue
-      rows.append(run_child(method, n, args.k, args.neighbors, args.timeout))
+    runs = [("exact", 0)] if n in exact_sizes else []
+    runs += [("scalable", m) for m in neighbors] if n in sizes else []
+    for method, m in runs:
+      rows.append(run_child(method, n, args.k, m, args.sigma, args.timeout))
       print(table(rows[-1:]).splitlines()[-1], flush=True)
   text = table(rows)
   print(text)
   cmd = "python bench/information.py " + " ".join(sys.argv[1:])
-  with open(args.out, "w") as f:
-    f.write(f"# Pairwise mixture-entropy bounds: exact vs scalable\n\n"
-            f"Command: `{cmd.strip()}`\n\nCPU: {cpu_model()}; "
+  head = "" if args.append else "# Pairwise mixture-entropy bounds: exact vs scalable\n\n"
+  with open(args.out, "a" if args.append else "w") as f:
+    f.write(f"{head}## σ = {args.sigma}, k = {args.k}\n\nCommand: `{cmd.strip()}`\n\n"
+            f"CPU: {cpu_model()}; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. No GPU.\n\n"
-            f"{text}\n")
+            f"{text}\n\n")
 
 
 if __name__ == "__main__":
