@@ -333,14 +333,30 @@ def _matmul(a: Array, b: Array) -> Array:
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def _factor(covs: Array, chunk: int) -> tuple[Array, Array]:
-  """``½ log det Σ_i`` ``[n]`` and ``Σ_i⁻¹ = L_i⁻ᵀ L_i⁻¹`` ``[n, k, k]``, chunked."""
+def _log_max_eigenvalue(m: Array, squarings: int = 4) -> Array:
+  """Certified upper bound on ``log λ_max(M)`` of a PSD ``M``: ``log tr(M^{2p})/(2p)``,
+  ``p = 2^squarings`` (at most ``log(k)/(2p)`` above), by repeated squaring with each
+  square renormalised (no under/overflow)."""
+  norm = jnp.linalg.norm(m)
+  m, log_norm = m / norm, jnp.log(norm)
+  for _ in range(squarings):
+    m = _matmul(m, m)
+    norm = jnp.linalg.norm(m)
+    m, log_norm = m / norm, 2 * log_norm + jnp.log(norm)
+  return log_norm / 2**squarings
+
+
+def _factor(covs: Array, chunk: int) -> tuple[Array, Array, Array, Array]:
+  """``½ log det Σ_i``, ``Σ_i⁻¹ = L_i⁻ᵀ L_i⁻¹`` and upper bounds on ``log λ_max(Σ_i)``
+  and ``−log λ_min(Σ_i) = log λ_max(Σ_i⁻¹)``, ``[n]`` / ``[n, k, k]``, chunked."""
   eye = jnp.eye(covs.shape[-1], dtype=covs.dtype)
 
   def one(cov):
     chol = jnp.linalg.cholesky(cov)
     inv = solve_triangular(chol, eye, lower=True)
-    return jnp.sum(jnp.log(jnp.diagonal(chol))), _matmul(inv.T, inv)
+    prec = _matmul(inv.T, inv)
+    return (jnp.sum(jnp.log(jnp.diagonal(chol))), prec, _log_max_eigenvalue(cov),
+            _log_max_eigenvalue(prec))
 
   return _lmap(one, covs, batch_size=chunk)
 
@@ -391,20 +407,25 @@ def _chunks(n: int, k: int, chunk_size: int | None) -> tuple[int, int]:
 
 
 def _kl_terms(means: Array, covs: Array, chunk_size: int | None, mesh: Any):
-  """KL, ``tr(Σ_j⁻¹ Σ_i)``, ``Δᵀ Σ_j⁻¹ Δ``, ``Δᵀ Σ_j Δ``, ``‖Δ‖²`` (``[n, n]``, row
-  ``i``, column ``j``) and ``½ log det Σ_i`` ``[n]``."""
+  """KL, ``tr(Σ_j⁻¹ Σ_i)``, ``Δᵀ Σ_j⁻¹ Δ``, ``Δᵀ Σ_j Δ``, ``‖Δ‖²``, ``log r_ij``
+  (``[n, n]``, row ``i``, column ``j``; ``r_ij ≥ λ_max(Σ_j⁻¹ Σ_i), 1/λ_min(Σ_j⁻¹ Σ_i)``)
+  and ``½ log det Σ_i`` ``[n]``."""
   n, k = means.shape
   col_chunk, mat_chunk = _chunks(n, k, chunk_size)
-  half_logdet, prec = _factor(covs, mat_chunk)
+  half_logdet, prec, log_max, log_inv_min = _factor(covs, mat_chunk)
   body = functools.partial(_pair_pass, chunk=col_chunk, trace_chunk=mat_chunk)
   trace, mahal, spread, sq = (a.T for a in _on_devices(
       body, mesh, jnp.arange(n), means, covs, prec))
   kl = 0.5 * (trace + mahal - k) + half_logdet[None, :] - half_logdet[:, None]
   kl = jnp.where(jnp.eye(n, dtype=bool), 0.0, kl)
-  return kl, trace, mahal, spread, sq, half_logdet
+  # log of a bound on the spread of the eigenvalues of Σ_j⁻¹ Σ_i (both ways).
+  log_spread = log_max[:, None] + log_inv_min[None, :]
+  log_spread = jnp.maximum(log_spread, log_spread.T)
+  return kl, trace, mahal, spread, sq, log_spread, half_logdet
 
 
-def _bhattacharyya_interval(kl, trace, mahal, spread, sq, half_logdet, k):
+def _bhattacharyya_interval(kl, trace, mahal, spread, sq, log_spread, half_logdet,
+                            k):
   """Certified ``L_ij ≤ D_B(p_i, p_j) ≤ U_ij`` ``[n, n]`` from the KL pass alone.
 
   With ``λ_a`` the eigenvalues of ``Σ_j⁻¹ Σ_i`` and ``u_a = log λ_a``,
@@ -414,8 +435,11 @@ def _bhattacharyya_interval(kl, trace, mahal, spread, sq, half_logdet, k):
   ``Σ_a u_a = log det Σ_i − log det Σ_j`` and
   ``Σ_a cosh²(u_a/2) = (tr(Σ_j⁻¹ Σ_i) + tr(Σ_i⁻¹ Σ_j) + 2k)/4 =: C``:
   ``≥ (k/2) log cosh(Σ_a u_a / 2k)`` (Jensen, ``log cosh`` convex),
-  ``≥ ¼ log(C − k + 1)`` (``Σ log c_a`` over ``c_a ≥ 1`` with a fixed sum is least at
-  a vertex), ``≤ (k/4) log(C/k)`` (Jensen, ``log`` concave). Also
+  ``≥ ¼ (m log c_max + log(1 + ρ))`` (``¼ Σ_a log c_a`` is concave in the
+  ``c_a = cosh²(u_a/2) ∈ [1, c_max]``, ``c_max = (r + 1/r + 2)/4`` from the eigenvalue
+  spread ``r``, with a fixed sum ``C``: least at a vertex, ``m`` of them at ``c_max``,
+  one at ``1 + ρ``, ``C − k = m (c_max − 1) + ρ``), ``≤ (k/4) log(C/k)`` (Jensen,
+  ``log`` concave). Also
   ``D_B = ½ R_½ ≤ ½ R_1 = ½ KL`` in either direction (Rényi divergences grow with
   the order).
   """
@@ -428,7 +452,14 @@ def _bhattacharyya_interval(kl, trace, mahal, spread, sq, half_logdet, k):
   log_ratio = 2 * (half_logdet[:, None] - half_logdet[None, :])  # Σ_a u_a
   jensen = 0.5 * k * _log_cosh(log_ratio / (2 * k))
   excess = jnp.maximum(trace + trace.T - 2 * k, 0.0) / 4  # C − k
-  vertex = 0.25 * jnp.log1p(excess)
+  # c_max − 1 = (r + 1/r − 2)/4 = sinh²(½ log r), r ≥ 1 so log r ≥ 0.
+  half_log = 0.5 * jnp.maximum(log_spread, 0.0)
+  gap = jnp.square(jnp.sinh(half_log))
+  safe = gap > 0
+  m = jnp.where(safe, jnp.minimum(jnp.floor(excess / jnp.where(safe, gap, 1.0)), k - 1),
+                0.0)
+  vertex = 0.25 * (m * 2 * _log_cosh(half_log)
+                   + jnp.log1p(jnp.maximum(excess - m * gap, 0.0)))
   lower = jnp.where(off, quad_lo + jnp.maximum(jensen, vertex), 0.0)
   # Shrunk by a few ulps so that rounding cannot lift it above the exact value.
   lower = lower * (1 - 4 * k * jnp.finfo(lower.dtype).eps)
@@ -494,17 +525,20 @@ def pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int = 8,
   product, and the Mahalanobis terms products ``Δ Σ_j⁻¹`` on exact differences.
   Lower: ``D_B = ⅛ Δᵀ Σ̄⁻¹ Δ + ½ log det Σ̄ − ¼ log det Σ_i Σ_j``,
   ``Σ̄ = (Σ_i + Σ_j)/2``, is computed exactly (one ``k × k`` Cholesky) for
-  ``⌈n · exact_neighbors / 2⌉`` pairs and replaced by the certified
-  ``L_ij = ‖Δ‖⁴ / (4 Δᵀ (Σ_i + Σ_j) Δ) ≤ D_B`` (log-det term ``≥ 0`` by concavity of
-  log det; Cauchy–Schwarz ``‖Δ‖⁴ ≤ (Δᵀ Σ̄ Δ)(Δᵀ Σ̄⁻¹ Δ)``) on the others. ``Ĥ`` grows
-  with every ``D_ij``, so ``h_lower`` is ≤ the exact Bhattacharyya bound. The exact
-  pairs are those where the most can be gained: by how much
-  ``[L_ij, U_ij]``, ``U_ij = ½ min(KL_ij, KL_ji) ≥ D_B`` (``D_B = ½ R_½ ≤ ½ KL``),
-  can move each row's sum; the same interval bounds the cost,
+  ``⌈n · exact_neighbors / 2⌉`` pairs and replaced by a certified ``L_ij ≤ D_B`` on
+  the others: ``⅛ ‖Δ‖⁴ / Δᵀ Σ̄ Δ`` for the quadratic term (Cauchy–Schwarz) plus
+  lower bounds of the log-det term from ``log det Σ_i − log det Σ_j``,
+  ``tr(Σ_j⁻¹ Σ_i) + tr(Σ_i⁻¹ Σ_j)`` and a bound on the eigenvalue spread of
+  ``Σ_j⁻¹ Σ_i`` (``_bhattacharyya_interval``; docs/mixture.md). ``Ĥ`` grows with
+  every ``D_ij``, so ``h_lower`` is ≤ the exact Bhattacharyya bound. The exact
+  pairs are those where the most can be gained: by how much ``[L_ij, U_ij]``
+  (``U_ij ≥ D_B``, e.g. ``½ KL_ij``: ``D_B = ½ R_½ ≤ ½ KL``) can move each row's
+  sum; the same interval bounds the cost,
   ``lower_slack = (1/n) Σ_i log Σ_j e^{−L′_ij} / Σ_j e^{−U′_ij}`` (primes: exact
   values where known), so the exact bound lies in ``[h_lower, h_lower + lower_slack]``.
 
-  Cost: ``n`` Cholesky factors and inverses (``O(n k³)``), ``O(n² k²)`` for the
+  Cost: ``n`` Cholesky factors, inverses and 8 ``k × k`` products each for the
+  eigenvalue bounds (``O(n k³)``), ``O(n² k²)`` for the
   traces and quadratic forms (matrix products), ``O(n · exact_neighbors · k³)`` for
   the exact pairs. Memory ``O(n k² + n² + chunk · n k)``: ``[n, k, k]``
   covariances and inverses, a few ``[n, n]`` matrices, one chunk at a time of the
