@@ -17,14 +17,11 @@ of ReLU / leaky-ReLU / abs (their sign is the pattern) and whose integer leaves 
 max-pool argmax indices; it may also return a pair ``(z, pre)`` with ``pre`` a
 mapping (the form of ``sslit.models.preactivation_fn``). Entropies are in nats.
 
-``representation_information`` lives here rather than in ``sslit.estimators`` so that
-imports stay acyclic: it needs slopes (this module) and mixture-entropy estimators
-(``sslit.estimators``), which need nothing from here.
-
-This module imports only jax, numpy, scipy (host-side, for normality tests) and
-``sslit.estimators``. It knows nothing about devices: calls on a batch-sharded ``x``
-give the single-device result; ``jacobian`` and ``representation_information`` take
-an optional ``mesh`` only to run the per-sample work per device (``shard_map``).
+The mixture math is in ``sslit.mixture`` (its ``output_covariance``,
+``conditional_entropy`` and ``separation_ratio`` are re-exported here). This module
+imports only jax, numpy, scipy (host-side, normality tests) and ``sslit.mixture``.
+Calls on a batch-sharded ``x`` give the single-device result; ``jacobian`` and
+``representation_information`` take an optional ``mesh`` to work per device.
 """
 
 from __future__ import annotations
@@ -33,13 +30,16 @@ import functools
 import math
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sslit import _validate
+from sslit import mixture
+from sslit.mixture import (ConditionalEntropy, _check_sigma,  # noqa: F401
+                           conditional_entropy, output_covariance, separation_ratio)
 
 Array = jax.Array
 
@@ -63,13 +63,8 @@ def _check_x(x: Any, name: str = "x") -> None:
 
 
 def _check_chunk_size(chunk_size: Any) -> None:
-  if chunk_size is None:
-    return
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-    raise ValueError(
-        f"chunk_size must be None or a positive integer, got {chunk_size!r}.")
-  if chunk_size <= 0:
-    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
+  if chunk_size is not None:
+    mixture._check_count(chunk_size, "chunk_size", minimum=1)
 
 
 def _output_shape(fn: Callable, x: Any, name: str = "fn") -> tuple[int, ...]:
@@ -131,30 +126,8 @@ def _jit_call(body: Callable, *args: Any, owner: Any = None) -> Any:
 
 
 def _map(f: Callable, xs: Any, chunk_size: int | None) -> Any:
-  """``vmap(f)(xs)``, or in chunks of ``chunk_size`` written in place.
-
-  Chunks are computed in a loop and written into a preallocated result with
-  ``dynamic_update_slice`` (in place in XLA), so the peak is the result plus one
-  chunk's work; the last chunk is shifted back to end at ``n`` (a few samples are
-  recomputed) instead of padding or concatenating, which would copy the result.
-  """
-  n = jax.tree.leaves(xs)[0].shape[0]
-  if chunk_size is None or chunk_size >= n:
-    return jax.vmap(f)(xs)
-  vf = jax.vmap(f)
-  num = -(-n // chunk_size)
-  shapes = jax.eval_shape(vf, jax.tree.map(lambda a: a[:chunk_size], xs))
-  init = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype), shapes)
-
-  def step(i, out):
-    start = jnp.minimum(i * chunk_size, n - chunk_size)
-    chunk = jax.tree.map(
-        lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size), xs)
-    return jax.tree.map(
-        lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, start, 0), out,
-        vf(chunk))
-
-  return jax.lax.fori_loop(0, num, step, init)
+  """``vmap(f)(xs)``, or in chunks of ``chunk_size`` written in place (``_map_batched``)."""
+  return _map_batched(jax.vmap(f), xs, chunk_size)
 
 
 def _over_mesh(body: Callable, mesh: Any, n: int) -> Callable:
@@ -321,23 +294,29 @@ def _act(h: Array, activation: str, negative_slope: float) -> Array:
   return h
 
 
-def _map_batched(f: Callable, xs: Array, chunk_size: int | None) -> Array:
-  """``f`` on the whole batch, or on chunks of ``chunk_size`` rows written in place.
+def _map_batched(f: Callable, xs: Any, chunk_size: int | None) -> Any:
+  """``f`` on the whole batch (axis 0 of every leaf of ``xs``), or on chunks.
 
-  Same loop as ``_map`` but ``f`` takes a whole chunk (so a chunk-level
-  ``lax.cond`` stays a real branch instead of becoming a select under ``vmap``).
+  Chunks are computed in a loop and written into a preallocated result with
+  ``dynamic_update_slice`` (in place in XLA), so the peak is the result plus one
+  chunk's work; the last chunk is shifted back to end at ``n`` (a few samples are
+  recomputed) instead of padding or concatenating, which would copy the result.
+  ``f`` takes a whole chunk, so a chunk-level ``lax.cond`` stays a real branch.
   """
-  n = xs.shape[0]
+  n = jax.tree.leaves(xs)[0].shape[0]
   if chunk_size is None or chunk_size >= n:
     return f(xs)
   num = -(-n // chunk_size)
-  shape = jax.eval_shape(f, xs[:chunk_size])
-  init = jnp.zeros((n,) + shape.shape[1:], shape.dtype)
+  shapes = jax.eval_shape(f, jax.tree.map(lambda a: a[:chunk_size], xs))
+  init = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype), shapes)
 
   def step(i, out):
     start = jnp.minimum(i * chunk_size, n - chunk_size)
-    chunk = jax.lax.dynamic_slice_in_dim(xs, start, chunk_size)
-    return jax.lax.dynamic_update_slice_in_dim(out, f(chunk), start, 0)
+    chunk = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size), xs)
+    return jax.tree.map(
+        lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, start, 0), out,
+        f(chunk))
 
   return jax.lax.fori_loop(0, num, step, init)
 
@@ -644,176 +623,7 @@ def boundary_distance(pre_fn: Callable[[Array], Any], x: Array, direction: Array
 
 
 # ----------------------------------------------------------------------------
-# The Gaussian-mixture picture (SPEC §2).
-
-
-def output_covariance(A: Array, noise: Any) -> Array:
-  """Covariance of ``A ε`` for input noise ``ε ~ N(0, Σ_x)``: ``A Σ_x Aᵀ``.
-
-  Isotropic ``Σ_x = σ² I`` (``noise`` a scalar σ², or ``[...]`` one per batch entry
-  of ``A``) costs ``O(k²d)`` and never forms a ``d × d`` matrix; diagonal
-  ``Σ_x = diag(s)`` (``noise [d]``) likewise; full ``Σ_x`` (``noise [d, d]``) costs
-  ``O(k d²)``.
-
-  Args:
-    A: slopes ``[..., k, d]``.
-    noise: the input covariance: scalar σ² (a variance, not σ), ``[d]`` diagonal,
-      or ``[d, d]`` full. A vector of per-sample variances must have the batch
-      shape ``A.shape[:-2]`` and differ from ``(d,)``; pass ``noise[:, None] *
-      jnp.ones(d)`` otherwise.
-
-  Returns:
-    ``[..., k, k]``.
-  """
-  _validate.check_float(A, "A")
-  sa = _validate.shape_of(A)
-  if len(sa) < 2:
-    raise ValueError(f"A must be slopes [..., k, d], got shape {sa}.")
-  d = sa[-1]
-  sn = _validate.shape_of(noise)
-  if sn == ():
-    _validate.check_positive(noise, "noise")
-  if sn == () or (sn == sa[:-2] and sn != (d,)):
-    s = jnp.asarray(noise, A.dtype)[..., None, None]
-    return s * jnp.einsum("...kd,...ld->...kl", A, A)
-  if sn == (d,):
-    return jnp.einsum("...kd,d,...ld->...kl", A, jnp.asarray(noise, A.dtype), A)
-  if sn == (d, d):
-    return jnp.einsum("...kd,de,...le->...kl", A, jnp.asarray(noise, A.dtype), A)
-  raise ValueError(
-      f"noise must be a scalar variance, a diagonal {(d,)}, a full {(d, d)} or "
-      f"per-sample variances {sa[:-2]}; got shape {sn} for A of shape {sa}.")
-
-
-class ConditionalEntropy(NamedTuple):
-  """Result of ``conditional_entropy``.
-
-  Attributes:
-    entropy: ``[...]`` nats; on the row space of ``A`` when ``rank < k``.
-    rank: ``[...]`` int32 numerical rank of ``A``.
-    full_rank: ``[...]`` bool, ``rank == k`` (the entropy is the ``k``-dim one).
-  """
-  entropy: Array
-  rank: Array
-  full_rank: Array
-
-
-def conditional_entropy(A: Array, sigma: Any, *,
-                        rtol: float | None = None) -> ConditionalEntropy:
-  """Entropy of ``z | n ~ N(f(x_n), σ² A Aᵀ)``: ``½ log det(2πe σ² A Aᵀ)``.
-
-  Computed from the singular values ``s_i`` of ``A`` (never from a ``slogdet`` of a
-  possibly singular ``A Aᵀ``): ``H = r/2 · log(2πe σ²) + Σ_{i≤r} log s_i`` with ``r``
-  the numerical rank (``s_i > rtol · s_max``, default ``rtol = max(k, d)·eps``).
-  When ``r = k`` this is the ``k``-dimensional Gaussian entropy. When ``r < k``
-  (``k > d``, dead units, ...) the ``k``-dim entropy is −∞ and the value returned is
-  the entropy of the Gaussian on the ``r``-dim row space of ``Aᵀ`` (the image of the
-  noise); ``rank`` and ``full_rank`` in the result say which one it is.
-
-  Args:
-    A: slopes ``[..., k, d]``.
-    sigma: input noise standard deviation (> 0), scalar or ``[...]``.
-    rtol: relative singular-value threshold for the rank.
-
-  Returns:
-    ``ConditionalEntropy(entropy [...], rank [...], full_rank [...])``, nats.
-  """
-  _validate.check_float(A, "A")
-  sa = _validate.shape_of(A)
-  if len(sa) < 2:
-    raise ValueError(f"A must be slopes [..., k, d], got shape {sa}.")
-  if _validate.shape_of(sigma) == ():
-    _validate.check_positive(sigma, "sigma")
-  return _conditional_entropy(A, jnp.asarray(sigma), rtol)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _conditional_entropy(A: Array, sigma: Array, rtol: float | None
-                         ) -> ConditionalEntropy:
-  k, d = A.shape[-2:]
-  s = jnp.linalg.svd(A, compute_uv=False)
-  return _entropy_from_singular_values(s, k, d, sigma, rtol)
-
-
-def _entropy_from_singular_values(s: Array, k: int, d: int, sigma: Array,
-                                  rtol: float | None) -> ConditionalEntropy:
-  """Rank-aware ``½ log pdet(2πe σ² A Aᵀ)`` from the singular values ``s`` of ``A``."""
-  eps = jnp.finfo(s.dtype).eps
-  tol = (max(k, d) * eps if rtol is None else rtol) * s[..., :1]
-  keep = s > tol
-  rank = jnp.sum(keep, axis=-1, dtype=jnp.int32)
-  log_s = jnp.sum(jnp.where(keep, jnp.log(jnp.where(keep, s, 1.0)), 0.0), axis=-1)
-  sigma = sigma.astype(s.dtype)
-  h = 0.5 * rank * jnp.log(2 * jnp.pi * jnp.e * sigma**2) + log_s
-  return ConditionalEntropy(h, rank, rank == k)
-
-
-def _noisy_entropy(s: Array, k: int, sigma: Array, tau: Array) -> Array:
-  """``½ log det(2πe (σ² A Aᵀ + τ² I_k))`` from the singular values ``s`` of ``A``.
-
-  The eigenvalues of ``σ² A Aᵀ + τ² I_k`` are ``σ² s_i² + τ²`` for the
-  ``min(k, d)`` singular values and ``τ²`` for the remaining ``k − min(k, d)``.
-  ``hypot`` keeps the log-variances free of under/overflow; ``τ > 0``.
-  """
-  m = s.shape[-1]
-  log_var = 2.0 * jnp.log(jnp.hypot(sigma * s, tau))
-  return 0.5 * (k * math.log(2 * math.pi * math.e) + jnp.sum(log_var, axis=-1)
-                + (k - m) * 2.0 * jnp.log(tau))
-
-
-def separation_ratio(means: Array, covs: Any) -> Array:
-  """Median distance between component means over the largest component std.
-
-  ``ρ = median_{i<j} ‖μ_i − μ_j‖ / max_i sqrt(λ_max(Σ_i))``. ``ρ ≫ 1``: the
-  mixture's components are well separated (``H(Z) ≈ H(Z|n) + log n``); ``ρ ≪ 1``: they
-  overlap (``H(Z) ≈ H(Z|n)``).
-
-  Args:
-    means: ``[n, k]``, n ≥ 2.
-    covs: scalar variance, ``[n]`` variances, or ``[n, k, k]`` covariances.
-
-  Returns:
-    scalar.
-  """
-  _validate.check_batch(means, "means")
-  n, k = means.shape
-  sc = _validate.shape_of(covs)
-  if sc == ():
-    var_max = jnp.asarray(covs, means.dtype)
-  elif sc == (n,):
-    var_max = jnp.max(jnp.asarray(covs, means.dtype))
-  elif sc == (n, k, k):
-    var_max = _max_eigenvalue(jnp.asarray(covs))
-  else:
-    raise ValueError(
-        f"covs must be a scalar, [n]={(n,)} or [n, k, k]={(n, k, k)} for means of "
-        f"shape {(n, k)}, got {sc}.")
-  return _separation_ratio(jnp.asarray(means), var_max)
-
-
-@jax.jit
-def _separation_ratio(means: Array, var_max: Array) -> Array:
-  n = means.shape[0]
-  sq = jnp.sum(means**2, axis=1)
-  d2 = sq[:, None] + sq[None, :] - 2 * means @ means.T
-  iu = np.triu_indices(n, 1)
-  dist = jnp.sqrt(jnp.maximum(d2[iu], 0.0))
-  return jnp.median(dist) / jnp.sqrt(var_max)
-
-
-@jax.jit
-def _max_eigenvalue(covs: Array) -> Array:
-  return jnp.max(jnp.linalg.eigvalsh(covs)[..., -1])
-
-
-def _check_sigma(sigma: Any, name: str = "sigma") -> None:
-  try:
-    v = float(sigma)
-  except Exception:
-    return
-  if not np.isfinite(v) or v <= 0:
-    raise ValueError(f"{name} must be > 0 and finite (a standard deviation), got "
-                     f"{sigma}.")
+# The Gaussian-mixture picture (SPEC §2): the mixture math is in sslit.mixture.
 
 
 def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
@@ -861,11 +671,10 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
     raise ValueError(f"sigmas must be a non-empty 1-D sequence, got {sigmas!r}.")
   for s in sig:
     _check_sigma(s, "sigmas")
-  if not isinstance(num_samples, (int, np.integer)) or num_samples < 20:
-    raise ValueError(f"num_samples must be an integer >= 20, got {num_samples!r}.")
+  mixture._check_count(num_samples, "num_samples", minimum=20)
   if pre_fn is not None:
     _check_pre_fn(pre_fn, x)
-  n, d = x.shape[0], math.prod(x.shape[1:])
+  n = x.shape[0]
   a = jacobian(fn, x, mode=mode, chunk_size=chunk_size)
 
   def mc(key, sigma, x, a):
@@ -907,88 +716,50 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
   return res
 
 
-def _shifted_gaussian_entropy(cov: Array, tau: Array) -> Array:
-  """``½ log det(2πe (M + τ² I))`` for a PSD ``M``, from the eigenvalues of ``M``.
-
-  ``τ > 0``: the eigenvalues of ``M`` are clipped at 0 (rounding can make them
-  slightly negative) before adding ``τ²``, so the result is finite however
-  ill-conditioned ``M`` is. ``τ = 0``: −inf when ``M`` is numerically singular
-  (smallest eigenvalue ``<= k · eps · largest``: no density, entropy −∞) instead of
-  the NaN a failed Cholesky factor would give.
-  """
-  k = cov.shape[-1]
-  w = jnp.linalg.eigvalsh(cov)
-  singular = (tau <= 0) & (w[0] <= k * jnp.finfo(w.dtype).eps * w[-1])
-  var = jnp.maximum(w, 0.0) + tau**2
-  var = jnp.where(singular, 1.0, var)
-  value = 0.5 * (k * math.log(2 * math.pi * math.e) + jnp.sum(jnp.log(var)))
-  return jnp.where(singular, -jnp.inf, value)
-
-
 def representation_information(fn: Callable[[Array], Array], x: Array, *,
                                sigma: float, output_noise: float = 0.0,
                                relative_output_noise: float = 0.0,
                                mode: str = "fwd", chunk_size: int | None = None,
-                               mesh: Any = None) -> dict[str, Array]:
+                               mesh: Any = None, method: str = "auto",
+                               exact_neighbors: int = 8) -> dict[str, Array]:
   """The information quantities of SPEC §2–3 for a network and a set of inputs.
 
-  Model: ``z = fn(x_n + σ ε) + τ η`` with ``ε ~ N(0, I_d)``, ``η ~ N(0, I_k)``, so
-  that under A1 ``z | n ~ N(μ_n, Σ_n)``, ``μ_n = fn(x_n)``,
-  ``Σ_n = σ² A_n A_nᵀ + τ² I_k``, equal weights over the ``n`` inputs. ``τ`` is
-  ``output_noise``, or ``relative_output_noise · σ · s̄`` with
-  ``s̄² = (1/(n k)) Σ_n ‖A_n‖_F²`` (so ``τ²`` is that fraction squared of the average
-  per-dimension variance ``tr(σ² A_n A_nᵀ)/k`` the input noise induces). Returns
+  Model: ``z = fn(x_n + σ ε) + τ η``, ``ε ~ N(0, I_d)``, ``η ~ N(0, I_k)``: under A1
+  ``z | n ~ N(μ_n, Σ_n)``, ``μ_n = fn(x_n)``, ``Σ_n = σ² A_n A_nᵀ + τ² I_k``, equal
+  weights. ``τ`` is ``output_noise`` or ``relative_output_noise · σ · s̄``,
+  ``s̄² = (1/(n k)) Σ_n ‖A_n‖_F²``. Keys of the result (docs/cpa.md has the details):
 
-  - ``h_cond`` = ``H(Z|n)`` = mean over n of ``½ log det(2πe Σ_n)``. For ``τ > 0``
-    exact, from the singular values ``s_i`` of ``A_n``:
-    ``½ Σ_{i≤k} log(2πe (σ² s_i² + τ²))`` (``s_i = 0`` for ``i > min(k, d)``). For
-    ``τ = 0`` rank-aware (see ``conditional_entropy``): when ``A_n`` has rank
-    ``r < k`` it is the entropy on the ``r``-dim row space, not the ``k``-dim one
-    (which is −∞).
-  - ``h_lower`` / ``h_upper``: Kolchinsky–Tracey pairwise bounds on ``H(Z)``
-    (Bhattacharyya / KL distances, ``sslit.estimators.pairwise_entropy`` on the full
-    ``[n, k, k]`` covariances ``Σ_n``), written ``h_cond + mi_*``.
-  - ``mi_lower`` / ``mi_upper``: the pairwise part of those bounds,
-    ``−(1/n) Σ_i log (1/n) Σ_j exp(−D(p_i‖p_j))``: bounds on ``I(Z; X′)`` (here the
-    information ``z`` keeps about which input it came from), in ``[0, log n]``.
-  - ``gaussian_surrogate`` = ``½ log det(2πe Cov Z)``, ``Cov Z`` the mixture's
-    covariance (means' covariance, ddof 0, plus the mean ``Σ_n``): the Gaussian
-    (maximum-entropy) upper bound on ``H(Z)`` that VICReg's variance/covariance terms
-    push up; from the eigenvalues of ``Cov Z − τ² I`` plus ``τ²``, so finite for
-    ``τ > 0``; for ``τ = 0``, −inf when ``Cov Z`` is numerically singular
-    (eigenvalue ratio below ``k · eps``).
-  - ``separation_ratio`` of the components (with ``Σ_n``, so including ``τ²``).
-  - ``min_rank`` / ``full_rank``: the smallest numerical rank of the slopes ``A_n``
-    and whether all are ``k`` (about ``A_n``, not ``Σ_n``, which is full rank for
-    ``τ > 0``); ``sigma`` and ``output_noise`` (the ``τ`` used).
+  - ``h_cond`` = ``H(Z|n)``, mean of ``½ log det(2πe Σ_n)`` from the singular values
+    of ``A_n`` (rank-aware for ``τ = 0``, see ``conditional_entropy``).
+  - ``h_lower`` / ``h_upper`` = ``h_cond + mi_*``: Kolchinsky–Tracey bounds on
+    ``H(Z)`` (Bhattacharyya / KL) on the full ``Σ_n``; ``mi_lower`` / ``mi_upper``,
+    their pairwise parts ``−(1/n) Σ_i log (1/n) Σ_j e^{−D_ij}`` in ``[0, log n]``.
+    ``method="exact"``: ``mixture.pairwise_bounds_exact``, ``O(n² k³)``;
+    ``"scalable"``: ``mixture.pairwise_bounds``, ``O(n² k² + n·exact_neighbors·k³)``,
+    the same ``h_upper`` and a certified lower bound on the exact ``h_lower``;
+    ``"auto"``: exact up to ``mixture.AUTO_EXACT_MAX_N`` inputs.
+  - ``exact_pairs`` / ``num_pairs``: pairs ``i < j`` with an exact Bhattacharyya
+    term / all of them; ``lower_slack``: the exact Bhattacharyya bound lies in
+    ``[h_lower, h_lower + lower_slack]`` (0 for the exact method).
+  - ``gaussian_surrogate`` = ``½ log det(2πe Cov Z)`` (means' covariance, ddof 0,
+    plus the mean ``Σ_n``); ``separation_ratio`` (with ``Σ_n``); ``min_rank`` /
+    ``full_rank`` of the slopes ``A_n``; ``sigma``; ``output_noise`` (``τ``).
 
-  With ``τ > 0`` every ``Σ_n`` is positive definite and all quantities are finite
-  and those of the same model. With ``τ = 0`` and some ``A_n`` of rank ``< k``
-  (``k > d``, dead ReLUs, collapsed directions) the mixture has no density in
-  ``R^k``: ``h_lower = h_upper = −inf`` (its ``k``-dim differential entropy) and
-  ``mi_lower = mi_upper = NaN`` (the pairwise bounds do not exist; pass
-  ``relative_output_noise``, e.g. 0.1, for finite numbers). With ``τ = 0``, NaN can
-  still come from full-rank ``Σ_n`` too ill-conditioned for a Cholesky factor in the
-  working precision (condition number of ``A_n`` beyond ~``eps^{-1/2}``).
-
-  Cost: one slope pass (``n·k·d``, in chunks), ``n`` SVDs of ``[k, d]`` and the
-  ``O(n² k³)`` pairwise bounds: meant for evaluation sets of hundreds to a few
-  thousand inputs. Slopes are reduced to ``A_n A_nᵀ`` and singular values chunk by
-  chunk, so ``[n, k, d]`` never exists at once when ``chunk_size`` is set.
+  With ``τ = 0`` and some ``A_n`` of rank ``< k`` there is no density in ``R^k``:
+  ``h_lower = h_upper = −inf``, ``mi_* = lower_slack = NaN``.
 
   Args:
     fn: function of one input to ``[k]`` (eval mode).
     x: batch ``[n, ...]``, n ≥ 2.
     sigma: input-noise standard deviation (> 0).
-    output_noise: ``τ ≥ 0``, standard deviation of isotropic Gaussian noise added to
-      the representation (absolute, in the units of ``fn``'s output).
-    relative_output_noise: ``ρ ≥ 0``: ``τ = ρ σ s̄`` (see above), scale-equivariant
-      (scaling ``fn`` by ``c`` scales ``τ`` by ``c``). At most one of the two > 0.
+    output_noise: ``τ ≥ 0``, absolute, in the units of ``fn``'s output.
+    relative_output_noise: ``ρ ≥ 0``: ``τ = ρ σ s̄``. At most one of the two > 0.
     mode: slope mode, as in ``jacobian``.
-    chunk_size: as in ``jacobian``.
-    mesh: optional mesh: the per-sample work (slopes, ``A Aᵀ``, SVDs) runs on each
-      device's shard of the batch, as in ``jacobian``; only ``[n, k]`` means,
-      ``[n, k, k]`` ``A Aᵀ`` and ``[n, min(k, d)]`` singular values are gathered.
+    chunk_size: as in ``jacobian``; ``[n, k, d]`` never exists at once when set.
+    mesh: optional mesh: per-sample work per device's shard of the batch (as in
+      ``jacobian``); the scalable bounds split their pairs over it too.
+    method: ``"auto"``, ``"exact"`` or ``"scalable"``.
+    exact_neighbors: for ``"scalable"``, as in ``mixture.pairwise_bounds``.
 
   Returns:
     dict of scalars (nats) with the keys above.
@@ -997,22 +768,9 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
     Kolchinsky & Tracey, "Estimating mixture entropy with pairwise distances",
     Entropy 19(7):361, 2017.
   """
-  from sslit import estimators  # imported here: estimators never imports cpa
-
   _check_x(x)
-  _check_sigma(sigma)
-  _validate.check_positive(output_noise, "output_noise", allow_zero=True)
-  _validate.check_positive(relative_output_noise, "relative_output_noise",
-                           allow_zero=True)
-  try:
-    both = float(output_noise) > 0 and float(relative_output_noise) > 0
-  except Exception:  # traced: cannot be checked
-    both = False
-  if both:
-    raise ValueError(
-        f"give output_noise (absolute τ) or relative_output_noise (τ relative to "
-        f"σ times the slopes' scale), not both; got output_noise={output_noise}, "
-        f"relative_output_noise={relative_output_noise}.")
+  mixture._check_model(sigma, output_noise, relative_output_noise, method,
+                       exact_neighbors)
   _validate.check_choice(mode, _MODES, "mode")
   _check_chunk_size(chunk_size)
   (k,) = _output_shape(fn, x)
@@ -1031,40 +789,10 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   local = _over_mesh(
       lambda x: _map(per_sample, x.reshape(x.shape[0], d), chunk_size), mesh, n)
 
-  def body(x, sigma, tau_abs, rho):
-    means, aat, s = local(x)
-    sigma, tau_abs, rho = (v.astype(aat.dtype) for v in (sigma, tau_abs, rho))
-    slope_scale = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(s), axis=-1)) / k)
-    tau = tau_abs + rho * sigma * slope_scale
-    noisy = tau > 0
-    tau_safe = jnp.where(noisy, tau, 1.0)  # keeps the unused branch's gradient finite
-    h_rank = _entropy_from_singular_values(s, k, d, sigma, None)
-    h = jnp.where(noisy, _noisy_entropy(s, k, sigma, tau_safe), h_rank.entropy)
-    h_cond = jnp.mean(h)
-    covs = sigma**2 * aat + jnp.where(noisy, tau**2, 0.0) * jnp.eye(k, dtype=aat.dtype)
-    # The pairwise part of each bound alone: the bound minus the mean component
-    # entropy it was built from (the same Cholesky factors), so mi_* ∈ [0, log n]
-    # up to rounding and h_* = h_cond + mi_* uses the exact h_cond.
-    h_chol = estimators.mixture_conditional_entropy(covs)
-    mi_lo = estimators.pairwise_entropy(means, covs, distance="bhattacharyya") - h_chol
-    mi_up = estimators.pairwise_entropy(means, covs, distance="kl") - h_chol
-    density = noisy | jnp.all(h_rank.rank == k)
-    mu = means - means.mean(0)
-    cov_z = mu.T @ mu / n + sigma**2 * aat.mean(0)  # plus τ² I, added exactly below
-    return {
-        "h_cond": h_cond,
-        "h_lower": jnp.where(density, h_cond + mi_lo, -jnp.inf),
-        "h_upper": jnp.where(density, h_cond + mi_up, -jnp.inf),
-        "mi_lower": jnp.where(density, mi_lo, jnp.nan),
-        "mi_upper": jnp.where(density, mi_up, jnp.nan),
-        "gaussian_surrogate": _shifted_gaussian_entropy(
-            cov_z, jnp.where(noisy, tau, 0.0)),
-        "separation_ratio": separation_ratio(means, covs),
-        "min_rank": jnp.min(h_rank.rank),
-        "full_rank": jnp.all(h_rank.full_rank),
-        "sigma": sigma,
-        "output_noise": tau,
-    }
+  def body(x, sigma, tau_abs, rho):  # local(x): means, A Aᵀ, singular values
+    return mixture._slope_information(*local(x), sigma, tau_abs, rho, d=d,
+                                      method=method, exact_neighbors=exact_neighbors,
+                                      mesh=mesh)
 
   return _jit_call(body, x, jnp.asarray(sigma, x.dtype),
                    jnp.asarray(output_noise, x.dtype),
