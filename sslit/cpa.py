@@ -86,11 +86,9 @@ def _is_tracing(tree: Any) -> bool:
   """True inside a transformation (the caller's jit/vmap/grad) or for traced args."""
   if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tree)):
     return True
-  try:  # also catches fn closing over the caller's tracers while x is concrete
-    from jax._src import core as _core
-    return not _core.trace_state_clean()
-  except (ImportError, AttributeError):
-    return False
+  # Also inside the caller's jit when x is concrete (fn may close over its tracers):
+  # there every new array, a constant included, is a tracer.
+  return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict[str, Callable]]" = (
