@@ -29,6 +29,7 @@ import tempfile
 import time
 
 PHASES = ("data_s", "setup_s", "compile_s", "fit_s", "eval_s", "report_s")
+ACCURACIES = ("trained", "random_init", "raw_pixels")
 
 
 def cpu_description() -> str:
@@ -78,8 +79,8 @@ def table(rows: list[dict], header: str) -> str:
   out = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     out.append("| " + " | ".join(
-        f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols)
-        + " |")
+        (f"{r[c]:.2f}" if c in ACCURACIES else f"{r[c]:.1f}")
+        if isinstance(r.get(c), float) else str(r.get(c)) for c in cols) + " |")
   return "\n".join(out)
 
 

@@ -69,7 +69,11 @@ BASE_METHODS = ("simclr", "barlow_twins", "byol", "vicreg")
 VARIANTS = {"vicreg+logdet": "vicreg", "vicreg+pairdist": "vicreg",
             "byol+logdet": "byol", "byol+pairdist": "byol"}
 METHODS = BASE_METHODS + tuple(VARIANTS)
-LABELS = {"simclr": "SimCLR", "barlow_twins": "Barlow Twins", "byol": "BYOL",
+# Extra rows on request (--methods): the methods researchers compare against; not
+# part of the paper's claim, so no verdict is computed for them.
+EXTRA_METHODS = ("simsiam", "moco_v3", "dino", "swav", "wmse", "mmcr")
+LABELS = {"simsiam": "SimSiam", "moco_v3": "MoCo v3", "dino": "DINO", "swav": "SwAV",
+          "wmse": "W-MSE", "mmcr": "MMCR","simclr": "SimCLR", "barlow_twins": "Barlow Twins", "byol": "BYOL",
           "vicreg": "VICReg", "vicreg+logdet": "VICReg + LogDet",
           "vicreg+pairdist": "VICReg + PairDist", "byol+logdet": "BYOL + LogDet",
           "byol+pairdist": "BYOL + PairDist"}
@@ -140,9 +144,10 @@ def _positive_int(text: str) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--methods", type=common.method_list(METHODS), default=METHODS,
+  p.add_argument("--methods", type=common.method_list(METHODS + EXTRA_METHODS),
+                 default=METHODS,
                  help="comma-separated methods (default all eight: "
-                      f"{','.join(METHODS)})")
+                      f"{','.join(METHODS)}; extra rows: {','.join(EXTRA_METHODS)})")
   p.add_argument("--steps", type=_positive_int, default=None,
                  help="training steps per run (default: smoke 30, cpu 400, full the "
                       "config's 1000 epochs)")

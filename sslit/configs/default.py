@@ -15,10 +15,12 @@ the raw pixels, and ``report.md``.
 Command: ``sslit train`` (same as ``sslit train --config
 default --workdir runs/default``).
 
-Expected (2-core CPU, jax 0.10.2, 2026-11-25; seeds 0 / 1 / 2): linear-probe top-1
-on the test split 88.85 / 88.94 / 88.58 % for the trained network against 86.76 /
-86.79 / 86.97 % at random initialisation and 83.88 % on raw pixels (+2.09 / +2.15 /
-+1.61 points); the whole command took 217-220 s. How this recipe was chosen, every
+Expected (2-core AMD EPYC, jax 0.10.2, 2026-12-02, current code; seeds 0 / 1 / 2):
+linear-probe top-1 on the test split 88.78 / 89.15 / 88.45 % for the trained network
+against 86.76 / 86.79 / 86.97 % at random initialisation and 83.88 % on raw pixels
+(+2.02 / +2.36 / +1.48 points). The whole command took 217-220 s on a quiet Intel
+2-core CPU with the earlier code (9-14 min on the shared AMD machine of the
+measurement above; bench/RESULTS_main_job.md). How this recipe was chosen, every
 candidate measured and the accuracy-versus-minutes curve: docs/recipe.md (the recipe
 is ``experiments/configs/recipe_b128_simclr_w200.py``).
 """
