@@ -21,6 +21,7 @@ the config before JAX starts.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 import sys
@@ -236,7 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(e: Exception, verbose: bool) -> None:
   """One short paragraph naming the problem; the traceback only with --verbose."""
-  print(f"sslit: error: {e}", file=sys.stderr)
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    print(f"sslit: error: no space left on the device ({e.filename or e}); the "
+          f"checkpoints written before are kept: free some space and run the same "
+          f"command again to resume.", file=sys.stderr)
+  else:
+    print(f"sslit: error: {e}", file=sys.stderr)
   if verbose:
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exception(e, file=sys.stderr)
@@ -246,7 +252,8 @@ def _is_expected(e: Exception) -> bool:
   from sslit import checkpoint  # pylint: disable=g-import-not-at-top  (imports JAX)
   expected = (ValueError, TypeError, PermissionError, FileNotFoundError, ImportError,
               FloatingPointError, checkpoint.CheckpointError)
-  return isinstance(e, expected)
+  full_disk = isinstance(e, OSError) and e.errno == errno.ENOSPC
+  return isinstance(e, expected) or full_disk
 
 
 if __name__ == "__main__":

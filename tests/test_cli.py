@@ -311,3 +311,24 @@ def test_undefined_monitor_quantities_are_reported_not_plotted(tmp_path, capsys)
       monitored[0]["monitor/proj/undefined"]
   assert all("monitor/proj/entropy_gaussian" not in l for l in lines)
   assert "-inf" not in (workdir / "report.md").read_text()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(tmp_path, capsys,
+                                                          monkeypatch):
+  """ENOSPC while saving the second checkpoint: one line, the first one kept."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  save = checkpoint.CheckpointManager.save
+
+  def full_after_first(self, step, *args, **kwargs):
+    if step > 10:
+      raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run"))
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.CheckpointManager, "save", full_after_first)
+  code, out = _run(["train", "--config", "smoke", "--workdir", str(tmp_path / "run"),
+                    "--config.num_steps=20", "--config.monitor_every=0"], capsys)
+  err = [l for l in out.splitlines() if l.startswith("sslit: error")]
+  assert code == 1 and len(err) == 1 and "no space left" in err[0], out
+  assert "Traceback" not in out
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["10"]
