@@ -1,21 +1,10 @@
-"""The ``sslit`` command: ``train``, ``eval``, ``analyze``, ``embed``, ``reproduce``.
+"""The ``sslit`` command: a thin argument parser over ``sslit.runs``.
 
-A thin argument parser over ``sslit.runs``. ``sslit train`` with no argument runs
-the main job (the ``default`` config shipped in ``sslit/configs/``: VICReg on
-Fashion-MNIST, then linear probes and a report) in ``runs/default``; running the
-same command again resumes from the newest checkpoint. ``--config NAME_OR_PATH``
-picks a config (``sslit.config``); ``--config.<field>=<value>`` overrides any
-existing field (nested with dots); an unknown field is an error naming the closest
-ones. ``sslit reproduce <name>`` launches a paper experiment of the repository's
-``experiments/`` package (``python -m experiments <name>``) from the current
-directory.
-
-Exit status: 0 on success, 1 on a failure with a clear message (missing data
-set, non-finite loss, unwritable workdir, ...), 2 on a usage error (unknown
-field or option). Nothing already written is deleted.
-
-This module imports no JAX: ``sslit.runs`` sets the virtual CPU device count from
-the config before JAX starts.
+``sslit train`` runs the main job (the shipped ``default`` config) in
+``runs/default`` and resumes it when run again; ``--config.<field>=<value>``
+overrides a field; ``sslit reproduce <name>`` starts ``python -m experiments <name>``
+in a new process. Exit status: 0 success, 1 a failure with a one-line message, 2 a
+usage error. JAX is imported only after the config set the CPU device count.
 """
 
 from __future__ import annotations
