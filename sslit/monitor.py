@@ -174,7 +174,7 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
   mean, std = features.source_stats(src, mean, std)
   images, labels = features.subset(src, num_examples, seed)
   half = len(labels) // 2
-  s_img, s_lab, t_img, t_lab = images[:half], labels[:half], images[half:], labels[half:]
+  s_img, s_lab, t_lab = images[:half], labels[:half], labels[half:]
   num_classes = features.infer_num_classes(src, labels)
   views_fn = _views_fn(augment, images.shape[1:])
   if views_fn is not None:

@@ -349,7 +349,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       manager.close()
     return FitResult(state, _variables(state), history, start, run.resumed_from)
 
-  batches = _prefetch(iter(_batches(dataset, o, run.mesh, start, data_iterator_fn)))
+  batches = _prefetch(iter(_batches(dataset, o, start, data_iterator_fn)))
   bar = _progress_bar(o, start) if o.progress and is_chief else None
   timer = _Timer(o.batch_size)
   last_saved = manager.latest_step() if manager is not None else None
@@ -518,10 +518,9 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
                 metrics_path, tensorboard_dir)
 
 
-def _batches(dataset, o: FitOptions, mesh, start: int, data_iterator_fn):
+def _batches(dataset, o: FitOptions, start: int, data_iterator_fn):
   if data_iterator_fn is not None:
     return data_iterator_fn(start)
-  del mesh
   return data_lib.batch_iterator(
       dataset, o.batch_size, seed=o.seed, shuffle=True, drop_remainder=True,
       process_index=jax.process_index(), process_count=jax.process_count(),
