@@ -186,6 +186,40 @@ def write_results(workdir: str, results: Mapping[str, Any], *,
   return path
 
 
+def read_json(path: str) -> Any:
+  """The JSON value in ``path``, or None when it is missing or cut short."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def cached_json(path: str, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
+  """``compute()`` unless ``path`` holds a value stored under the same ``key``.
+
+  The value is written atomically with its key, so an interrupted experiment reuses
+  what it finished and a changed setting recomputes.
+  """
+  key = json.loads(json.dumps(_jsonable(dict(key))))
+  cached = read_json(path)
+  if not (isinstance(cached, dict) and cached.get("key") == key):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_results(os.path.dirname(path), {"key": key, "value": compute()},
+                  name=os.path.basename(path))
+    cached = read_json(path)
+  return _from_jsonable(cached["value"])  # the same value computed or reused
+
+
+def _from_jsonable(x: Any) -> Any:
+  """Inverse of ``_jsonable`` for the non-finite floats it writes as strings."""
+  if isinstance(x, dict):
+    return {k: _from_jsonable(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_from_jsonable(v) for v in x]
+  return float(x) if x in ("inf", "-inf", "nan") else x
+
+
 def save_figure(fig: Any, workdir: str, name: str) -> str:
   """Save a matplotlib figure as ``<workdir>/<name>.png`` and close it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

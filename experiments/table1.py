@@ -228,18 +228,10 @@ def _resolved_config(scale: str, overrides: Mapping[str, Any]) -> dict:
   return json.loads(json.dumps(config.to_dict()))
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
-
-
 def finished_result(run_dir: str, expected_config: Mapping[str, Any]) -> dict | None:
   """``results.json`` of a finished run with exactly this config, else None."""
-  config = _read_json(os.path.join(run_dir, "config.json"))
-  results = _read_json(os.path.join(run_dir, "results.json"))
+  config = common.read_json(os.path.join(run_dir, "config.json"))
+  results = common.read_json(os.path.join(run_dir, "results.json"))
   if config != expected_config or not isinstance(results, dict):
     return None
   if results.get("step") != int(expected_config["num_steps"]):
@@ -299,18 +291,6 @@ def _run_features(run_dir: str, *, test: bool = True) -> tuple[Any, ...]:
   return (*tr, *te, int(run.train_ds.num_classes))
 
 
-def _cached(path: str, key: Mapping[str, Any], compute) -> dict:
-  """``compute()`` unless ``path`` holds a result for the same ``key``; then it."""
-  key = json.loads(json.dumps(dict(key)))
-  cached = _read_json(path)
-  if isinstance(cached, dict) and cached.get("key") == key:
-    return cached["value"]
-  value = compute()
-  common.write_results(os.path.dirname(path), {"key": key, "value": value},
-                       name=os.path.basename(path))
-  return value
-
-
 def low_label_probes(run_dir: str, *, seed: int, step: int, l2: float, steps: int,
                      fractions: Sequence[float] = LOW_LABEL_FRACTIONS) -> dict:
   """Linear-probe top-1 (test split) fitted on class-balanced label subsets.
@@ -333,7 +313,7 @@ def low_label_probes(run_dir: str, *, seed: int, step: int, l2: float, steps: in
     return out
   key = {"seed": seed, "step": step, "l2": l2, "steps": steps,
          "fractions": list(fractions)}
-  return _cached(os.path.join(run_dir, "low_label.json"), key, compute)
+  return common.cached_json(os.path.join(run_dir, "low_label.json"), key, compute)
 
 
 def validation_top1(run_dir: str, *, step: int, l2: float, steps: int,
@@ -354,7 +334,7 @@ def validation_top1(run_dir: str, *, step: int, l2: float, steps: int,
                                 num_classes=num_classes, l2=l2, steps=steps)
     return {"val_top1": res["top1"], "num_val": int(len(val))}
   key = {"step": step, "l2": l2, "steps": steps, "val_fraction": val_fraction}
-  return float(_cached(os.path.join(run_dir, "validation.json"), key,
+  return float(common.cached_json(os.path.join(run_dir, "validation.json"), key,
                        compute)["val_top1"])
 
 
@@ -525,7 +505,7 @@ def _train_or_reuse(run_dir: str, overrides: Mapping[str, Any], *, scale: str,
 
 
 def _probe_settings(result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-  config = _read_json(os.path.join(run_dir, "config.json"))
+  config = common.read_json(os.path.join(run_dir, "config.json"))
   return {"step": int(result["step"]), "l2": float(config["eval"]["l2"]),
           "steps": int(config["eval"]["steps"])}
 
@@ -631,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
       runs[m][f"seed{s}"] = {"seed": s, "workdir": run_dir,
                              "linear_top1": scores["linear"], "scores": scores,
                              "low_label": low, "step": int(result["step"]),
-                             "config": _read_json(os.path.join(run_dir, "config.json")),
+                             "config": common.read_json(os.path.join(run_dir, "config.json")),
                              "reused": was_reused,
                              "seconds": time.perf_counter() - t0}
       how = "reused" if was_reused else f"{time.perf_counter() - t0:.0f} s"

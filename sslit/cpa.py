@@ -749,7 +749,8 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   Args:
     fn: function of one input to ``[k]`` (eval mode).
     x: batch ``[n, ...]``, n ≥ 2.
-    sigma: input-noise standard deviation (> 0).
+    sigma: input-noise standard deviation (> 0), or a 1-D grid of them: the slopes
+      are then computed once and every value of the result has a leading ``[m]``.
     output_noise: ``τ ≥ 0``, absolute, in the units of ``fn``'s output.
     relative_output_noise: ``ρ ≥ 0``: ``τ = ρ σ s̄``. At most one of the two > 0.
     mode: slope mode, as in ``jacobian``.
@@ -760,15 +761,14 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
     exact_neighbors: for ``"scalable"``, as in ``mixture.pairwise_bounds``.
 
   Returns:
-    dict of scalars (nats) with the keys above.
-
-  References:
-    Kolchinsky & Tracey, "Estimating mixture entropy with pairwise distances",
-    Entropy 19(7):361, 2017.
+    dict of scalars (nats) with the keys above. Reference: Kolchinsky & Tracey,
+    "Estimating mixture entropy with pairwise distances", Entropy 19(7):361, 2017.
   """
   _check_x(x)
-  mixture._check_model(sigma, output_noise, relative_output_noise, method,
-                       exact_neighbors)
+  grid = np.ndim(sigma) == 1
+  for v in np.atleast_1d(sigma) if grid else (sigma,):
+    mixture._check_model(v, output_noise, relative_output_noise, method,
+                         exact_neighbors)
   _validate.check_choice(mode, _MODES, "mode")
   _check_chunk_size(chunk_size)
   (k,) = _output_shape(fn, x)
@@ -788,9 +788,11 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
       lambda x: _map(per_sample, x.reshape(x.shape[0], d), chunk_size), mesh, n)
 
   def body(x, sigma, tau_abs, rho):  # local(x): means, A Aᵀ, singular values
-    return mixture._slope_information(*local(x), sigma, tau_abs, rho, d=d,
-                                      method=method, exact_neighbors=exact_neighbors,
-                                      mesh=mesh)
+    stats = local(x)
+    one = functools.partial(mixture._slope_information, *stats, tau_abs=tau_abs,
+                            rho=rho, d=d, method=method,
+                            exact_neighbors=exact_neighbors, mesh=mesh)
+    return jax.lax.map(one, sigma) if grid else one(sigma)
 
   return _jit_call(body, x, jnp.asarray(sigma, x.dtype),
                    jnp.asarray(output_noise, x.dtype),

@@ -357,6 +357,25 @@ def test_noise_model_check_gaussian_law_and_stay_fraction(x64, rng):
   assert np.isnan(no_pre["stay"]).all()
 
 
+@pytest.mark.parametrize("method", ["exact", "scalable"])
+def test_representation_information_sigma_grid(x64, rng, method):
+  """A grid of σ (slopes computed once) equals one call per σ, value by value."""
+  _, fn, _ = make_mlp(rng, [5, 16, 16, 3], "relu")
+  x = jnp.asarray(rng.normal(size=(10, 5)))
+  sigmas = [0.05, 1.0, 4.0]
+  grid = cpa.representation_information(fn, x, sigma=sigmas, relative_output_noise=0.1,
+                                        method=method, exact_neighbors=2)
+  for i, s in enumerate(sigmas):
+    one = cpa.representation_information(fn, x, sigma=s, relative_output_noise=0.1,
+                                         method=method, exact_neighbors=2)
+    for key, value in one.items():
+      np.testing.assert_allclose(grid[key][i], value, rtol=1e-12, err_msg=key)
+  # The larger σ overlaps the components more: less information (a real change).
+  assert grid["mi_upper"][2] < grid["mi_upper"][0]
+  with pytest.raises(ValueError, match="sigma"):
+    cpa.representation_information(fn, x, sigma=[0.1, -1.0])
+
+
 def test_representation_information(x64, rng):
   layers, fn, _ = make_mlp(rng, [5, 16, 16, 3], "relu")
   nl = np_layers(layers)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from experiments import separation
+from experiments import common, separation
 from tests.experiment_utils import assert_png, checkpoint_mtimes, run_experiment
 
 _ARGS = ["--scale", "smoke", "--steps", "10", "--checkpoint_every", "5",
@@ -18,7 +19,10 @@ _ARGS = ["--scale", "smoke", "--steps", "10", "--checkpoint_every", "5",
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("separation"))
-  return workdir, run_experiment(separation, _ARGS, workdir)
+  res = run_experiment(separation, _ARGS, workdir)
+  # The per-seed pieces as this run left them (later tests rerun in this workdir).
+  shutil.copytree(os.path.join(workdir, "pieces"), workdir + "-pieces")
+  return workdir, res
 
 
 def test_every_checkpoint_kept_and_analysed(done):
@@ -144,6 +148,24 @@ def test_criterion_on_hand_numbers():
   assert c["mi_verdict"] == "undecided" and c["verdict"] == "undecided"
 
 
+def test_supplementary_rule_tests_lower_bound_when_upper_saturates():
+  """Upper bound at log n, lower bound below it: the criterion cannot test the MI
+  trend, the supplementary rule can; a falling lower bound makes it fail."""
+  def seed(ratio, lower):
+    return {"4.0": _rows(_STEPS, ratio, lower, [_LOG_N] * 9)}
+
+  ratio = [10 + i for i in range(9)]
+  rising = [seed([r + 0.1 * k for r in ratio], [1.0 + 0.1 * i + 0.01 * k
+                                                for i in range(9)]) for k in range(3)]
+  c = separation.criterion(rising, [4.0], _LOG_N)
+  assert c["mi"]["4.0"] == "saturated" and c["verdict"] == "undecided"
+  assert c["supplementary"]["mi"]["4.0"]["verdict"] == "held"
+  assert c["supplementary"]["verdict"] == "held"
+  falling = [seed(ratio, [2.0 - 0.1 * i for i in range(9)])] * 3
+  sup = separation.criterion(falling, [4.0], _LOG_N)["supplementary"]
+  assert sup["mi_verdict"] == "not held" and sup["verdict"] == "not held"
+
+
 def test_negative_control_too_few_seeds_and_untrained_network():
   up = [1.0 + 0.1 * i for i in range(9)]
   one = [_seed([10 + i for i in range(9)], up)]
@@ -190,6 +212,34 @@ def test_second_call_reuses_run(done):
   # Same checkpoints, inputs and sigma: the same numbers.
   np.testing.assert_allclose([r["separation_ratio"] for r in again["rows"]],
                              [r["separation_ratio"] for r in res["rows"]], rtol=1e-5)
+
+
+def test_pieces_alone_resume_without_the_runs(done, tmp_path):
+  """The small per-seed pieces are enough: no run directory, no training, same rows."""
+  workdir, res = done
+  shutil.copytree(workdir + "-pieces", tmp_path / "pieces")
+  assert separation.main(_ARGS + ["--workdir", str(tmp_path)]) == 0
+  with open(tmp_path / "results.json") as f:
+    again = json.load(f)
+  assert again["trained_runs"] == [] and not (tmp_path / "vicreg-seed0").exists()
+  assert again["rows_by_sigma"] == res["rows_by_sigma"]
+  assert again["verdict"] == res["verdict"]
+
+
+def test_cached_json_reuses_same_key_and_recomputes_changed(tmp_path):
+  calls = []
+
+  def compute():
+    calls.append(1)
+    return {"x": [1.0, float("nan"), float("-inf")]}
+
+  path = str(tmp_path / "sub" / "c.json")
+  first = common.cached_json(path, {"a": 1}, compute)
+  second = common.cached_json(path, {"a": 1}, compute)
+  assert len(calls) == 1 and np.isnan(first["x"][1]) and np.isnan(second["x"][1])
+  assert first["x"][2] == second["x"][2] == -np.inf
+  common.cached_json(path, {"a": 2}, compute)
+  assert len(calls) == 2
 
 
 @pytest.mark.parametrize("bad, message", [
