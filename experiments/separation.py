@@ -24,14 +24,17 @@ same test of the lower MI bound on the σ of the grid where the bounds sit below
 ``log n``; held / not held / undecided. The earlier flag (last > first and a
 positive rank correlation, no test) is kept as ``claim_held_old``.
 
-Cost: the pairwise bounds are ``O(n² k³)`` with full ``[n, k, k]`` covariances; the
-cpu-scale ConvNet representation is 256-d, so the cpu scale uses ``n = 48`` inputs
-(``--num_inputs``): the MI bounds then live in ``[0, log 48 = 3.87]`` nats.
+Cost: one slope pass per checkpoint for the whole σ grid, then per σ the certified
+pairwise bounds (``O(n² k² + 8 n k³)``, ``sslit.mixture.pairwise_bounds``); the cpu
+and full scales use ``n = 1000`` inputs (``--num_inputs``): the MI bounds live in
+``[0, log 1000 = 6.91]`` nats. Results are cached per checkpoint
+(``<run>/separation/step<N>.json``) and per seed (``<workdir>/pieces/seed<S>.json``):
+an interrupted run resumes, and the pieces alone rebuild ``results.json``.
 
 Commands::
 
   sslit reproduce separation --scale smoke   # seconds: digits, tiny MLP
-  sslit reproduce separation --scale cpu     # Fashion-MNIST ConvNet, ~10 min
+  sslit reproduce separation --scale cpu     # Fashion-MNIST ConvNet, ~1 h
   sslit reproduce separation --scale full    # CIFAR-10 ResNet-18 (accelerator)
 
 Own options: ``--steps`` (0 = the config's), ``--checkpoint_every``,
@@ -105,7 +108,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--checkpoint_every", type=int, default=0,
                  help="steps between kept checkpoints (0: scale default 5/200/1950)")
   p.add_argument("--num_inputs", type=int, default=0,
-                 help="held-out inputs of the mixture (0: scale default 32/48/64)")
+                 help="held-out inputs of the mixture (0: scale default 32/1000/1000)")
   p.add_argument("--sigmas", default=None,
                  help="comma list of input-noise stds (standardised pixel units); the "
                       "first is the separation ratio's (default smoke 0.05,1; cpu and "
