@@ -1,7 +1,9 @@
 """``python -m experiments <name> [args...]``: run one registered paper experiment.
 
 ``python -m experiments summary [--root DIR] [--scale SCALE]`` prints the table of
-every experiment's verdict (``experiments/summary.py``).
+every experiment's verdict (``experiments/summary.py``); ``python -m experiments
+pieces {save,restore} WORKDIR`` keeps a workdir's finished pieces without its
+checkpoints (``experiments/pieces.py``).
 
 ``sslit reproduce <name> ...`` launches this from a repository checkout. The batched
 LAPACK workaround of ``sslit.parallel.serialize_cpu_lapack`` is applied before JAX
@@ -21,12 +23,16 @@ def main(argv: list[str] | None = None) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print("usage: python -m experiments <name> [args...]\n"
           "       python -m experiments summary [--root DIR] [--scale SCALE]\n"
+          "       python -m experiments pieces {save,restore} WORKDIR [--store DIR]\n"
           "experiments: " + ", ".join(sorted(REGISTRY)))
     return 0 if argv else 2
   name, rest = argv[0], argv[1:]
   if name == "summary":  # the table of every experiment's verdict; no JAX needed
     from experiments import summary  # pylint: disable=g-import-not-at-top
     return summary.main(rest)
+  if name == "pieces":  # moves small JSON files; no JAX needed
+    from experiments import pieces  # pylint: disable=g-import-not-at-top
+    return pieces.main(rest)
   if name not in REGISTRY:
     print(f"sslit reproduce: error: unknown experiment {name!r}; registered: "
           f"{', '.join(sorted(REGISTRY))}.", file=sys.stderr)

@@ -348,3 +348,25 @@ def test_workdir_holding_another_config_fails_clearly(first, capsys):
   assert code == 1
   assert "different config" in capsys.readouterr().err
   assert _run_files(wd / "vicreg" / "seed0") == before
+
+
+def test_saved_pieces_alone_are_reused_on_a_new_machine(first, tmp_path):
+  """``pieces save`` keeps the small JSON files only; ``restore`` into an empty
+  workdir and the same command trains nothing and reports the same accuracies."""
+  from experiments import pieces
+  wd, _, results, _ = first
+  store = tmp_path / "store"
+  assert pieces.main(["save", str(wd), "--store", str(store)]) == 0
+  kept = [os.path.join(r, f) for r, _, fs in os.walk(store) for f in fs]
+  assert kept and all(p.endswith(".json") and "checkpoints" not in p for p in kept)
+  new = tmp_path / "new"
+  assert pieces.main(["restore", str(new), "--store", str(store)]) == 0
+  code = table1.main(ARGS + ["--workdir", str(new), "--methods", ",".join(PAIR)])
+  again = _load(new / "results.json")
+  assert code == 0 and again["runs_trained"] == 0
+  for m in PAIR:
+    assert again["accuracy"][m]["per_seed"] == results["accuracy"][m]["per_seed"]
+    assert not (new / m / "seed0" / "checkpoints").exists()
+  # Restore keeps what is there; a missing store is a clear error.
+  assert pieces.restore(str(new), str(store)) == []
+  assert pieces.main(["restore", str(new), "--store", str(tmp_path / "none")]) == 2
