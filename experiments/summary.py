@@ -11,8 +11,12 @@ the current code".
 Options: ``--root DIR`` (default ``runs/reproduce``), ``--scale`` (default ``cpu``),
 ``--save DIR`` (also write the compact copies ``<DIR>/<name>-<scale>.json`` that the
 table is made from, for checking in), ``--readme FILE`` (replace the table between
-``<!-- summary:start -->`` and ``<!-- summary:end -->`` in FILE) and ``--check FILE``
-(exit 1 when FILE's table differs from the printed one).
+``<!-- summary:start -->`` and ``<!-- summary:end -->`` in FILE; repeatable) and
+``--check FILE`` (exit 1 when FILE's table differs from the one it should hold;
+repeatable). A block opened with ``<!-- summary:start compact -->`` gets the compact
+table (claim, verdict and doc, links relative to the repository root: the top-level
+README.md); the plain marker gets the full table with the results' numbers (links
+relative to ``experiments/``: experiments/README.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from experiments import REGISTRY
 from experiments import common
 
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
+START_COMPACT = "<!-- summary:start compact -->"
 NOT_RUN = "not yet run with the current code"
 # The paper's claim per experiment (SPEC §7), shown also when nothing has run.
 CLAIMS = {
@@ -63,24 +68,37 @@ def _cell(text: str) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def row(name: str, results: Mapping[str, Any] | None) -> str:
-  """One Markdown row of the table for one experiment."""
-  doc = f"[doc](../docs/experiment_{name}.md)"
+def row(name: str, results: Mapping[str, Any] | None, *, compact: bool = False) -> str:
+  """One Markdown row of the table for one experiment.
+
+  ``compact``: no result column, the doc linked from the repository root (the
+  top-level README.md); otherwise linked from ``experiments/``.
+  """
+  doc = f"[doc]({'' if compact else '../'}docs/experiment_{name}.md)"
   claim = f"`{name}` ({SECTIONS[name]})"
   summary = (results or {}).get("summary")
   if not isinstance(summary, Mapping):
-    return f"| {claim} | {CLAIMS[name]} | {NOT_RUN} | – | {doc} |"
-  return (f"| {claim} | {_cell(summary['claim'])} | {_cell(summary['result'])} | "
-          f"**{summary['verdict']}** | {doc} |")
+    cells = [claim, CLAIMS[name], NOT_RUN] + ([] if compact else ["–"]) + [doc]
+  else:
+    cells = ([claim, _cell(summary["claim"])]
+             + ([] if compact else [_cell(summary["result"])])
+             + [f"**{summary['verdict']}**", doc])
+  return "| " + " | ".join(cells) + " |"
 
 
-def render(root: str, scale: str, names: Sequence[str] = tuple(REGISTRY)) -> str:
-  """The Markdown table (header, one row per experiment), newline-terminated."""
+def render(root: str, scale: str, names: Sequence[str] = tuple(REGISTRY), *,
+           compact: bool = False) -> str:
+  """The Markdown table (header, one row per experiment), newline-terminated.
+
+  ``compact``: the table of the top-level README (claim, verdict, doc).
+  """
+  header = ("| experiment | paper's claim | verdict | doc |\n|---|---|---|---|"
+            if compact else
+            "| experiment | paper's claim | result | verdict | doc |\n|---|---|---|---|---|")
   lines = [f"Scale `{scale}`; verdicts of the criteria stated in each doc "
            f"(`python -m experiments summary --root {root} --scale {scale}`).", "",
-           "| experiment | paper's claim | result | verdict | doc |",
-           "|---|---|---|---|---|"]
-  lines += [row(n, find_results(root, n, scale)) for n in names]
+           header]
+  lines += [row(n, find_results(root, n, scale), compact=compact) for n in names]
   return "\n".join(lines) + "\n"
 
 
@@ -99,10 +117,17 @@ def save(root: str, scale: str, out_dir: str) -> list[str]:
 
 def marked_block(text: str, path: str = "the file") -> tuple[int, int]:
   """``(start, end)`` offsets of the text between the summary markers."""
-  a, b = text.find(START), text.find(END)
-  if a < 0 or b < a:
-    raise ValueError(f"{path} has no '{START}' ... '{END}' block.")
-  return a + len(START), b
+  for start in (START, START_COMPACT):
+    a, b = text.find(start), text.find(END)
+    if a >= 0 and b > a:
+      return a + len(start), b
+  raise ValueError(f"{path} has no '{START}' (or '{START_COMPACT}') ... '{END}' "
+                   f"block.")
+
+
+def is_compact(text: str) -> bool:
+  """Whether the file's summary block asks for the compact table."""
+  return START_COMPACT in text
 
 
 def replace_block(text: str, table: str, path: str = "the file") -> str:
@@ -117,24 +142,28 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--root", default=os.path.join("runs", "reproduce"))
   p.add_argument("--scale", choices=common.SCALES, default="cpu")
   p.add_argument("--save", default=None, help="write compact copies into this folder")
-  p.add_argument("--readme", default=None, help="update the marked table in this file")
-  p.add_argument("--check", default=None,
-                 help="exit 1 when this file's marked table differs")
+  p.add_argument("--readme", action="append", default=[],
+                 help="update the marked table in this file (repeatable)")
+  p.add_argument("--check", action="append", default=[],
+                 help="exit 1 when this file's marked table differs (repeatable)")
   args = p.parse_args(list(argv or []))
   try:
     table = render(args.root, args.scale)
     if args.save:
       for path in save(args.root, args.scale, args.save):
         print(f"wrote {path}", file=sys.stderr)
-    for path in filter(None, (args.readme, args.check)):
+    for path, checking in ([(p, False) for p in args.readme]
+                           + [(p, True) for p in args.check]):
       with open(path) as f:
         text = f.read()
-      new = replace_block(text, table, path)
-      if path == args.check and new != text:
+      block = (render(args.root, args.scale, compact=True) if is_compact(text)
+               else table)
+      new = replace_block(text, block, path)
+      if checking and new != text:
         print(f"summary: {path}: the table differs from the results under "
               f"{args.root}; run with --readme {path}.", file=sys.stderr)
         return 1
-      if path == args.readme and new != text:
+      if not checking and new != text:
         with open(path, "w") as f:
           f.write(new)
   except (OSError, ValueError) as e:

@@ -17,17 +17,27 @@ from experiments import __main__ as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "experiments", "README.md")
+TOP_README = os.path.join(REPO, "README.md")
 
 
 def test_readme_table_equals_the_summary_of_the_checked_in_results(monkeypatch):
   monkeypatch.chdir(REPO)
-  with open(README) as f:
-    text = f.read()
-  a, b = summary.marked_block(text, README)
-  printed = summary.render(os.path.join("experiments", "results"), "cpu")
-  assert text[a:b] == "\n" + printed, (
-      "experiments/README.md's table is stale: run python -m experiments summary "
-      "--root experiments/results --scale cpu --readme experiments/README.md")
+  root = os.path.join("experiments", "results")
+  for path, compact in ((README, False), (TOP_README, True)):
+    with open(path) as f:
+      text = f.read()
+    assert summary.is_compact(text) == compact, path
+    a, b = summary.marked_block(text, path)
+    printed = summary.render(root, "cpu", compact=compact)
+    assert text[a:b] == "\n" + printed, (
+        f"{path}'s table is stale: run python -m experiments summary --root "
+        f"experiments/results --scale cpu --readme README.md --readme "
+        f"experiments/README.md")
+  # Both name the same verdicts (the compact table drops only the result column).
+  verdicts = lambda t: [line.split("|")[-3].strip().replace(summary.NOT_RUN, "–")
+                        for line in t.splitlines() if line.startswith("| `")]
+  assert verdicts(summary.render(root, "cpu")) == verdicts(
+      summary.render(root, "cpu", compact=True))
   # Every checked-in copy is one the table reads (no stray or unreadable file).
   results_dir = os.path.join(REPO, "experiments", "results")
   for name in os.listdir(results_dir):
@@ -92,6 +102,27 @@ def test_command_prints_updates_and_checks_a_readme(tmp_path, capsys):
   assert "**not held**" in printed
   assert readme.read_text() == f"intro\n{summary.START}\n{printed}{summary.END}\nend\n"
   assert cli.main(["summary", "--root", root, "--check", str(readme)]) == 0
+
+
+def test_compact_block_and_several_files(tmp_path, capsys):
+  _write(tmp_path / "runs" / "bound-cpu" / "results.json", _results("held", "r r"))
+  root = str(tmp_path / "runs")
+  full, top = tmp_path / "full.md", tmp_path / "top.md"
+  full.write_text(f"{summary.START}\n{summary.END}\n")
+  top.write_text(f"x\n{summary.START_COMPACT}\nold\n{summary.END}\n")
+  assert cli.main(["summary", "--root", root, "--readme", str(full),
+                   "--readme", str(top)]) == 0
+  capsys.readouterr()
+  compact = top.read_text()
+  assert "r r" not in compact and "**held**" in compact  # no result column
+  assert "[doc](docs/experiment_bound.md)" in compact     # linked from the root
+  assert "r r" in full.read_text() and "(../docs/experiment_bound.md)" in full.read_text()
+  assert summary.NOT_RUN in compact  # the experiments without results say so
+  assert cli.main(["summary", "--root", root, "--check", str(full),
+                   "--check", str(top)]) == 0
+  top.write_text(compact.replace("**held**", "**not held**"))
+  assert cli.main(["summary", "--root", root, "--check", str(full),
+                   "--check", str(top)]) == 1
 
 
 def test_bad_input_fails_clearly(tmp_path, capsys):
