@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -259,23 +260,30 @@ def criterion(by_sigma_per_seed: list[dict[str, list[dict]]], sigmas: list[float
           "supplementary": information_part("mi_lower")}
 
 
+def _trend_text(test: Any) -> str:
+  """``rho +0.12, p(>0) 0.3, p(<0) 0.7`` of a trend test (or why there is none)."""
+  if test["rho_mean"] is None:
+    return "n/a"
+  return (f"rho {test['rho_mean']:+.2f}, p(>0) {test['p_greater']:.2g}, "
+          f"p(<0) {test['p_less']:.2g}")
+
+
 def _summary(results: dict) -> dict:
   c = results["criterion_result"]
   sep = c["separation"]
-  rho = "n/a" if sep["rho_mean"] is None else f"{sep['rho_mean']:+.2f}"
-  p = "n/a" if sep["p_greater"] is None else f"{sep['p_greater']:.3g}"
   ratios = ", ".join(f"{s['ratio_first']:.3g} -> {s['ratio_last']:.3g}"
                      for s in results["per_seed"])
-  mi = "; ".join(f"sigma {s}: " + ("at log n" if t == "saturated" else
-                                   f"rho {t['rho_mean']:+.2f}" if t["rho_mean"]
-                                   is not None else "n/a")
-                 for s, t in c["mi"].items())
+
+  def mi_text(tests, bound):
+    return "; ".join(f"sigma {s}: " + (f"{bound} at log n" if t == "saturated"
+                                       else _trend_text(t))
+                     for s, t in tests.items())
   sup = c["supplementary"]
   result = (f"{results['seeds']} seed(s), n = {results['num_inputs']}; separation "
-            f"ratio {ratios}, rho(step, ratio) = {rho} (p = {p}): "
-            f"{sep['verdict']}; MI trend ({mi}): {c['mi_verdict']}; supplementary "
-            f"(lower-bound saturation rule, MI {sup['mi_verdict']}): "
-            f"{sup['verdict']}")
+            f"ratio {ratios}, {_trend_text(sep)}: {sep['verdict']}; MI trend "
+            f"({mi_text(c['mi'], 'upper')}): {c['mi_verdict']}; supplementary "
+            f"lower-bound rule ({mi_text(sup['mi'], 'lower')}): MI "
+            f"{sup['mi_verdict']}, claim {sup['verdict']}")
   return claims_lib.summary(
       claim="the mixture components separate during training",
       criterion=CRITERION, verdict=c["verdict"], result=result,
