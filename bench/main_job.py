@@ -14,7 +14,9 @@ stand-in for an AVX2-only CPU on an AVX-512 one (it changes XLA's own kernels, n
 the vendor libraries XLA calls, so it is a lower bound on the slowdown).
 
 Usage: ``python bench/main_job.py [--seeds 0,1,2] [--isa avx2] [--steps N]
-[--out bench/RESULTS_main_job.md]``. The data set must be installed
+[--set FIELD=VALUE ...] [--out bench/RESULTS_main_job.md]``; ``--set`` passes
+``--config.FIELD=VALUE`` to every run (a candidate recipe timed as a whole command
+before it becomes the default). The data set must be installed
 (``apt-get install dataset-fashion-mnist``); the first run also builds it.
 """
 
@@ -47,7 +49,8 @@ def cpu_description() -> str:
   return f"{model}, {cores} cores, {isa}"
 
 
-def run_once(seed: int, *, isa: str | None, steps: int | None, workdir: str) -> dict:
+def run_once(seed: int, *, isa: str | None, steps: int | None, workdir: str,
+             sets: tuple[str, ...] = ()) -> dict:
   env = dict(os.environ)
   if isa:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_cpu_max_isa={isa.upper()}"
@@ -56,6 +59,7 @@ def run_once(seed: int, *, isa: str | None, steps: int | None, workdir: str) -> 
          f"--config.seed={seed}"]
   if steps:
     cmd.append(f"--config.num_steps={steps}")
+  cmd += [f"--config.{s}" for s in sets]
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
   wall = time.perf_counter() - t0
@@ -89,17 +93,23 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", default="0")
   p.add_argument("--isa", choices=("avx2",), default=None)
   p.add_argument("--steps", type=int, default=None, help="override num_steps")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="a config override for every run (repeatable)")
   p.add_argument("--out", default=None, help="append the table to this Markdown file")
   args = p.parse_args(argv)
+  for s in args.set:
+    if "=" not in s:
+      p.error(f"--set takes FIELD=VALUE, got {s!r}")
   rows = []
   for seed in (int(s) for s in args.seeds.split(",")):
     with tempfile.TemporaryDirectory(prefix="sslit-main-job-") as tmp:
       rows.append(run_once(seed, isa=args.isa, steps=args.steps,
-                           workdir=os.path.join(tmp, "run")))
+                           workdir=os.path.join(tmp, "run"), sets=tuple(args.set)))
     print(json.dumps(rows[-1]), flush=True)
   header = (f"### `python bench/main_job.py --seeds {args.seeds}"
             f"{' --isa ' + args.isa if args.isa else ''}"
-            f"{' --steps %d' % args.steps if args.steps else ''}`, "
+            f"{' --steps %d' % args.steps if args.steps else ''}"
+            f"{''.join(' --set ' + s for s in args.set)}`, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
             f"CPU: {cpu_description()}; seconds; accuracies: linear-probe top-1 (%) "
             f"on the test split.")
