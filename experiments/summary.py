@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                  help="exit 1 when this file's marked table differs (repeatable)")
   args = p.parse_args(list(argv or []))
   try:
-    table = render(args.root, args.scale)
+    tables = {compact: render(args.root, args.scale, compact=compact)
+              for compact in (False, True)}
+    table = tables[False]
     if args.save:
       for path in save(args.root, args.scale, args.save):
         print(f"wrote {path}", file=sys.stderr)
@@ -156,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                            + [(p, True) for p in args.check]):
       with open(path) as f:
         text = f.read()
-      block = (render(args.root, args.scale, compact=True) if is_compact(text)
-               else table)
-      new = replace_block(text, block, path)
+      new = replace_block(text, tables[is_compact(text)], path)
       if checking and new != text:
         print(f"summary: {path}: the table differs from the results under "
               f"{args.root}; run with --readme {path}.", file=sys.stderr)
