@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,8 @@ def _pick_output(out: Any, output: str | None) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("apply_fn", "prep_fn", "output"))
 def _embed_batch(variables, images, mean, std, *, apply_fn, prep_fn, output):
   out = apply_fn(variables, prep_fn(images, mean, std))
+  if isinstance(output, tuple):
+    return {k: _pick_output(out, k) for k in output}
   if isinstance(out, Mapping) and output is None:
     return {k: jnp.asarray(o).reshape(o.shape[0], -1) for k, o in out.items()}
   return _pick_output(out, output)
@@ -181,7 +183,7 @@ def extract_features(apply_fn: ApplyFn, variables: Variables, dataset: Any, *,
                      batch_size: int = 512, max_examples: int | None = None,
                      preprocess: Callable[[Array], Array] | None = None,
                      mean: Array | None = None, std: Array | None = None,
-                     output: str | None = "rep",
+                     output: str | Sequence[str] | None = "rep",
                      sharding: jax.sharding.Sharding | None = None,
                      progress: str | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -205,13 +207,16 @@ def extract_features(apply_fn: ApplyFn, variables: Variables, dataset: Any, *,
       statistics of those arrays). For test data pass the training set's statistics.
     mean: per-channel mean overriding the data set's.
     std: per-channel standard deviation overriding the data set's.
-    output: key to take when ``apply_fn`` returns a dict.
+    output: key to take when ``apply_fn`` returns a dict; a sequence of keys
+      returns a dict of features, all from the same forward pass (e.g. with
+      ``sslit.models.make_apply_fn(model, ("rep", "proj"))``).
     sharding: optional sharding for the input batches (e.g. batch-sharded over a
       data mesh from ``sslit.parallel``); ``batch_size`` must divide evenly.
     progress: a progress-bar label (None: no bar).
 
   Returns:
-    ``(feats, labels)``: NumPy ``[N, r]`` (trailing axes flattened) and ``[N]``.
+    ``(feats, labels)``: NumPy ``[N, r]`` (trailing axes flattened; a dict of
+    them when ``output`` is a sequence) and ``[N]``.
   """
   src = as_source(dataset)
   n = len(src) if max_examples is None else min(int(max_examples), len(src))
@@ -227,6 +232,10 @@ def extract_features(apply_fn: ApplyFn, variables: Variables, dataset: Any, *,
     mean, std = np.float32(0.0), np.float32(1.0)
   if output is None:
     output = "rep"
+  elif not isinstance(output, str):
+    output = tuple(output)
+    if not output:
+      raise ValueError("output is an empty sequence: name at least one output.")
   if sharding is not None and hasattr(sharding, "mesh"):
     # Inputs split over the mesh: the variables must live on the same devices.
     variables = jax.device_put(variables, jax.sharding.NamedSharding(

@@ -621,8 +621,8 @@ def _check_output(model: SSLModel, output: str) -> None:
                          else OUTPUTS, "output")
 
 
-def make_apply_fn(model: SSLModel, output: str = "rep"
-                  ) -> Callable[[Any, jax.Array], jax.Array]:
+def make_apply_fn(model: SSLModel, output: str | Sequence[str] = "rep"
+                  ) -> Callable[[Any, jax.Array], Any]:
   """Pure eval-mode ``apply_fn(variables, x) -> [n, k]`` for one output.
 
   BatchNorm uses its running statistics; nothing is mutated. Not jitted (compose it
@@ -630,13 +630,27 @@ def make_apply_fn(model: SSLModel, output: str = "rep"
 
   Args:
     model: an :class:`SSLModel`.
-    output: "rep", "proj" or "pred".
+    output: "rep", "proj" or "pred"; or a sequence of them, and then ``apply_fn``
+      returns ``{name: [n, k_name]}`` from one forward pass (the network runs once,
+      up to the deepest output asked for).
   """
-  _check_output(model, output)
+  if isinstance(output, str):
+    _check_output(model, output)
 
-  def apply_fn(variables, x):
-    return model.apply(variables, x, train=False, upto=output)[output]
-  return apply_fn
+    def apply_fn(variables, x):
+      return model.apply(variables, x, train=False, upto=output)[output]
+    return apply_fn
+  names = tuple(output)
+  if not names:
+    raise ValueError("output is an empty sequence: name at least one output.")
+  for name in names:
+    _check_output(model, name)
+  upto = max(names, key=OUTPUTS.index)
+
+  def apply_all(variables, x):
+    out = model.apply(variables, x, train=False, upto=upto)
+    return {name: out[name] for name in names}
+  return apply_all
 
 
 def single_input_fn(model: SSLModel, variables: Any, output: str = "rep"

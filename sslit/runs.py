@@ -649,14 +649,14 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
   devices = mesh.devices.size
   bs = int(batch_size or run.config.eval.batch_size)
   bs = -(-bs // devices) * devices
-  arrays, labels = {}, None
-  for output in outputs:
-    apply_fn = models.make_apply_fn(run.model, output)  # checks the output exists
-    arrays[output], labels = features.extract_features(
-        apply_fn, run.variables, dataset, batch_size=bs, max_examples=max_examples,
-        mean=run.train_ds.mean, std=run.train_ds.std, output=None,
-        sharding=parallel.data_sharding(mesh),
-        progress=f"embed {split} {output}" if progress else None)
+  outputs = tuple(outputs)
+  # One forward pass gives every output (checked to exist by make_apply_fn).
+  apply_fn = models.make_apply_fn(run.model, outputs)
+  arrays, labels = features.extract_features(
+      apply_fn, run.variables, dataset, batch_size=bs, max_examples=max_examples,
+      mean=run.train_ds.mean, std=run.train_ds.std, output=outputs,
+      sharding=parallel.data_sharding(mesh),
+      progress=f"embed {split} {','.join(outputs)}" if progress else None)
   path = os.fspath(path or os.path.join(
       run.workdir, f"embeddings-{split}-step{run.step}.npz"))
   if jax.process_index() == 0:

@@ -105,6 +105,16 @@ def test_extract_features_equals_direct_apply_with_padding(tiny):
       batch_size=3, max_examples=7, mean=ds.mean, std=ds.std, output="rep")
   np.testing.assert_allclose(feats2, direct[:7], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(labs2, labels[:7])
+  # Several outputs of one pass: a dict, each equal to the direct application.
+  both, labs3 = features.extract_features(
+      lambda v, x: model.apply(v, x, train=False), variables, ds, batch_size=4,
+      output=["proj", "rep"])
+  direct_all = model.apply(variables, ref.preprocess(images, ds.mean, ds.std).astype(
+      np.float32), train=False)
+  assert sorted(both) == ["proj", "rep"] and both["proj"].shape == (10, 3)
+  for k in ("rep", "proj"):
+    np.testing.assert_allclose(both[k], direct_all[k], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(labs3, labels)
 
 
 def test_extract_features_sharded_equals_unsharded(tiny):

@@ -439,6 +439,26 @@ def test_apply_fn_jit_equals_eager_and_matches_call():
                                eager, rtol=1e-6, atol=1e-6)
 
 
+def test_apply_fn_of_several_outputs_runs_the_network_once():
+  model = models.build_model("convnet", **SMALL)
+  x = _images(4)
+  variables = models.init_variables(model, KEY, x)
+  both = models.make_apply_fn(model, ("proj", "rep"))(variables, x)
+  assert sorted(both) == ["proj", "rep"]
+  for output in ("rep", "proj"):
+    np.testing.assert_allclose(both[output],
+                               model.apply(variables, x, train=False)[output],
+                               rtol=1e-6, atol=1e-6)
+  # One forward pass: as many convolutions as the projector output alone needs.
+  convs = lambda fn: str(jax.make_jaxpr(fn)(variables, x)).count("conv_general_dilated")
+  assert convs(models.make_apply_fn(model, ("rep", "proj"))) == convs(
+      models.make_apply_fn(model, "proj")) > 0
+  with pytest.raises(ValueError, match="empty"):
+    models.make_apply_fn(model, ())
+  with pytest.raises(ValueError, match="unknown output 'pred'"):
+    models.make_apply_fn(model, ("rep", "pred"))
+
+
 # --------------------------------------------------------------- errors
 
 
