@@ -31,7 +31,8 @@ Commands:
   recipe for every method (the default config's: AdamW, peak lr 4e-3, batch 128,
   "simclr" views, 1024-1024 projector; BYOL adds its predictor and EMA target);
   8 runs a seed plus 12 coefficient-selection runs, each about 1.5 minutes on a
-  quiet 2-core CPU (4 under load): about 1 h 10 min with the default 3 seeds.
+  quiet 2-core CPU (4 under load): about 1 h with the default 3 seeds (measured on
+  a 2-core AMD EPYC with AVX-512, docs/experiment_table1.md).
 - ``sslit reproduce table1 --scale full --seeds 3 [--dataset cifar100]``: ResNet-18
   with the CIFAR stem, 1000 epochs, on an accelerator, with each method's
   solo-learn CIFAR recipe (``FULL_METHOD_OVERRIDES``); use one ``--workdir`` per
