@@ -4,8 +4,9 @@ Backbones (``BACKBONES``): ``"mlp"`` (:class:`MLP`), ``"convnet"`` (:class:`Conv
 the fast small CNN for 28x28 grayscale images), ``"resnet18"`` and ``"resnet50"``
 (:class:`ResNet18`, :class:`ResNet50`, CIFAR or ImageNet stem). Heads: the
 VICReg/Barlow projector, the SimCLR projector, the BYOL projector and predictor, all
-:class:`ProjectionHead`. :func:`build_model` assembles an :class:`SSLModel` whose
-``__call__(x, *, train)`` returns ``{"rep", "proj", "pred"}``.
+:class:`ProjectionHead`; SwAV's prototypes and DINO's weight-normalised head.
+:func:`build_model` assembles an :class:`SSLModel` whose ``__call__(x, *, train)``
+returns ``{"rep", "proj", "pred", "prototypes", "dino"}`` (the ones it has).
 
 Every piecewise-linear non-linearity records its input with
 ``self.sow("preactivations", name, h)`` (ReLU, leaky-ReLU, abs), and every max-pool
@@ -43,7 +44,7 @@ __all__ = [
 PREACTIVATIONS = "preactivations"
 ACTIVATIONS = ("relu", "leaky_relu", "abs", "gelu")
 _PIECEWISE = ("relu", "leaky_relu", "abs")
-OUTPUTS = ("rep", "proj", "pred")
+OUTPUTS = ("rep", "proj", "pred", "dino")
 
 # torchvision's ResNet init: Kaiming normal, fan-out, for every convolution.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -425,26 +426,33 @@ def _prototypes_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.floa
 
 
 class SSLModel(nn.Module):
-  """Backbone + optional projector + optional predictor + optional prototypes.
+  """Backbone + optional projector, predictor, prototypes or DINO head.
 
   ``__call__(x, *, train, upto=None)`` returns a dict with ``"rep"`` ``[n, r]``,
   ``"proj"`` ``[n, p]`` (if a projector) and ``"pred"`` ``[n, p]`` (if a predictor),
   all float32; with ``prototypes = P > 0`` also ``"prototypes"``: SwAV's trainable
   ``[P, p]`` prototype matrix (the parameter ``params["prototypes"]``, rows of unit
-  norm at initialisation; see :func:`normalize_prototypes`). ``upto`` ("rep",
-  "proj" or "pred") stops after that output, so analysis code does not pay for
-  the heads.
+  norm at initialisation; see :func:`normalize_prototypes`); with ``dino_head = K >
+  0`` also ``"dino"`` ``[n, K]``: DINO's weight-normalised last layer,
+  ``unit(proj) @ unit_rows(V).T`` with the parameter ``params["dino_head"] = V``
+  ``[K, p]`` (weight normalisation with the gain fixed at 1, DINO's
+  ``norm_last_layer``; gradients flow through both normalisations). ``upto``
+  ("rep", "proj", "pred" or "dino") stops after that output, so analysis code does
+  not pay for the heads.
 
   Attributes:
     backbone: a backbone module (see ``BACKBONES``).
     projector: a :class:`ProjectionHead` or None.
     predictor: a :class:`ProjectionHead` or None (BYOL's online predictor).
     prototypes: number ``P`` of SwAV prototypes (0: none; needs a projector).
+    dino_head: number ``K`` of outputs of DINO's weight-normalised head (0: none;
+      needs a projector, whose output is then the head's bottleneck).
   """
   backbone: nn.Module
   projector: nn.Module | None = None
   predictor: nn.Module | None = None
   prototypes: int = 0
+  dino_head: int = 0
 
   def outputs(self) -> tuple[str, ...]:
     """The output names this model produces."""
@@ -453,6 +461,8 @@ class SSLModel(nn.Module):
       out.append("proj")
       if self.predictor is not None:
         out.append("pred")
+      if self.dino_head:
+        out.append("dino")
     return tuple(out)
 
   @nn.compact
@@ -472,6 +482,9 @@ class SSLModel(nn.Module):
     if self.prototypes:
       out["prototypes"] = self.param("prototypes", _prototypes_init,
                                      (int(self.prototypes), h.shape[-1]))
+    if upto in (None, "dino") and self.dino_head:
+      v = self.param("dino_head", _prototypes_init, (int(self.dino_head), h.shape[-1]))
+      out["dino"] = _unit_rows(out["proj"]) @ _unit_rows(v).T
     if upto in (None, "pred") and self.predictor is not None:
       out["pred"] = self.predictor(h, train=train).astype(jnp.float32)
     return out
@@ -491,7 +504,7 @@ def _widths(value: Any, name: str) -> tuple[int, ...]:
 def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = None,
                 projector: str | Sequence[int] | None = "vicreg",
                 predictor: bool | Sequence[int] = False, prototypes: int = 0,
-                dtype: Any = jnp.float32) -> SSLModel:
+                dino_head: int = 0, dtype: Any = jnp.float32) -> SSLModel:
   """Build an :class:`SSLModel` from names.
 
   Args:
@@ -506,6 +519,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
       output width) or a sequence of widths ending with the projector's width.
     prototypes: number of SwAV prototypes ``P`` (0: none), a ``[P, p]`` parameter
       with ``p`` the projector's output width.
+    dino_head: number ``K`` of outputs of DINO's weight-normalised head (0: none),
+      a ``[K, p]`` parameter (see :class:`SSLModel`).
     dtype: compute dtype (float32 or bfloat16); parameters are always float32.
 
   Returns:
@@ -513,8 +528,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
 
   Raises:
     ValueError: unknown backbone/projector name or backbone option, bad widths, a
-      predictor or prototypes without a projector, or a predictor whose output
-      width is not the projector's.
+      predictor, prototypes or head without a projector, or a predictor whose
+      output width is not the projector's.
   """
   _validate.check_choice(backbone, tuple(BACKBONES), "backbone")
   cls = BACKBONES[backbone]
@@ -559,8 +574,12 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
     raise ValueError(f"prototypes must be an int >= 0, got {prototypes!r}.")
   if prototypes and head is None:
     raise ValueError("prototypes need a projector (got projector=None).")
+  if not isinstance(dino_head, (int, np.integer)) or dino_head < 0:
+    raise ValueError(f"dino_head must be an int >= 0, got {dino_head!r}.")
+  if dino_head and head is None:
+    raise ValueError("dino_head needs a projector (got projector=None).")
   return SSLModel(backbone=net, projector=head, predictor=pred,
-                  prototypes=int(prototypes))
+                  prototypes=int(prototypes), dino_head=int(dino_head))
 
 
 def normalize_prototypes(params: Any) -> Any:
@@ -630,9 +649,9 @@ def make_apply_fn(model: SSLModel, output: str | Sequence[str] = "rep"
 
   Args:
     model: an :class:`SSLModel`.
-    output: "rep", "proj" or "pred"; or a sequence of them, and then ``apply_fn``
-      returns ``{name: [n, k_name]}`` from one forward pass (the network runs once,
-      up to the deepest output asked for).
+    output: "rep", "proj", "pred" or "dino"; or a sequence of them, and then
+      ``apply_fn`` returns ``{name: [n, k_name]}`` from one forward pass (the
+      network runs once, up to the deepest output asked for).
   """
   if isinstance(output, str):
     _check_output(model, output)
@@ -645,7 +664,10 @@ def make_apply_fn(model: SSLModel, output: str | Sequence[str] = "rep"
     raise ValueError("output is an empty sequence: name at least one output.")
   for name in names:
     _check_output(model, name)
-  upto = max(names, key=OUTPUTS.index)
+  # The heads after the projector ("pred", "dino") are siblings: asking for both
+  # needs the whole network.
+  heads = {"pred", "dino"} & set(names)
+  upto = None if len(heads) > 1 else max(names, key=OUTPUTS.index)
 
   def apply_all(variables, x):
     out = model.apply(variables, x, train=False, upto=upto)

@@ -76,7 +76,9 @@ def build_model(config: ConfigDict):
   and SimSiam the paper's bottleneck predictor (hidden width ``p // 4``), ``p`` the
   projector's output width; SwAV gets ``model.prototypes`` prototypes (0:
   ``min(3000, batch_size // 2)``: without a queue the Sinkhorn equipartition runs
-  over one batch, which should hold more samples than prototypes). W-MSE whitens
+  over one batch, which should hold more samples than prototypes); DINO gets a
+  weight-normalised head of ``model.dino_head`` outputs on its projector (0: the
+  projector's last layer gives the logits). W-MSE whitens
   groups of ``w`` rows (``objective_kwargs.whitening_size``, default the batch) and
   needs ``w`` greater than the embedding width: a projector (widths) whose last
   width is at least ``w`` ends at ``w // 2`` instead.
@@ -108,6 +110,7 @@ def build_model(config: ConfigDict):
   if "prototypes" in needs:
     prototypes = int(m.get("prototypes", 0) or 0) or min(
         3000, max(2, int(config.batch_size) // 2))
+  dino_head = int(m.get("dino_head", 0) or 0) if kind == "dino" else 0
   dtype = m.get("dtype", "float32")
   try:
     dtype = jnp.dtype(dtype)
@@ -116,7 +119,7 @@ def build_model(config: ConfigDict):
         f"model.dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
   return models.build_model(m.backbone, backbone_kwargs=config_lib.plain(
       m.backbone_kwargs), projector=projector, predictor=predictor,
-      prototypes=prototypes, dtype=dtype)
+      prototypes=prototypes, dino_head=dino_head, dtype=dtype)
 
 
 def load_datasets(config: ConfigDict):
@@ -229,7 +232,7 @@ def _with_absent_defaults(stored: dict, current: dict) -> dict:
 
 # Model fields added after runs were checkpointed: in the checkpoint signature only
 # when they differ from their default (0), so earlier runs' checkpoints still resume.
-_LATER_MODEL_FIELDS = ("prototypes",)
+_LATER_MODEL_FIELDS = ("prototypes", "dino_head")
 
 
 def _every(period: int, num_steps: int, evaluator):

@@ -119,9 +119,10 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   - ``"moco"``: ``loss_fn(q_a, q_b, k_a, k_b)``, queries ``q = pred`` of the online
     network, keys ``k = proj`` of the momentum encoder ``state.ema_params``;
   - ``"dino"``: ``loss_fn(student [m, n, K], teacher [2, n, K], center,
-    teacher_temperature=teacher_temperature_fn(t))``: the student's projections of
-    all ``m = 2 + V`` views, the teacher (``state.ema_params["params"]``) of the two
-    global views only; ``state.ema_params["center"]`` is replaced by
+    teacher_temperature=teacher_temperature_fn(t))``: the student's logits of all
+    ``m = 2 + V`` views (``out["dino"]``, the weight-normalised head, when the model
+    has one; else ``out["proj"]``), the teacher's (``state.ema_params["params"]``)
+    of the two global views only; ``state.ema_params["center"]`` is replaced by
     ``aux["center"]``;
   - ``"swav"``: ``loss_fn(z [m, n, k], out["prototypes"] [P, k])``; after the update
     the prototype rows are scaled back to unit norm.
@@ -194,9 +195,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       outs.append(out)
     return outs, stats
 
-  def target_of(target_params, stats, xs):
+  def target_of(target_params, stats, xs, output="proj"):
     target = {"params": target_params, "batch_stats": stats}
-    return [jax.lax.stop_gradient(apply_fn(target, x)[0]["proj"]) for x in xs]
+    return [jax.lax.stop_gradient(apply_fn(target, x)[0][output]) for x in xs]
 
   def two_view_loss(state, stats, outs, xs, num_local):
     needed = sorted({v for pair in view_pairs(num_local) for v in pair})
@@ -220,10 +221,13 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
     return sum(losses) / len(losses), _mean_aux(auxes)
 
   def multi_view_loss(state, stats, outs, xs, step):
-    student = jnp.stack([o["proj"] for o in outs])
     if kind == "swav":
-      return loss_fn(student, outs[0]["prototypes"])
-    teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2]))
+      return loss_fn(jnp.stack([o["proj"] for o in outs]), outs[0]["prototypes"])
+    # DINO's logits: the weight-normalised head when the model has one, else the
+    # projector's last layer.
+    output = "dino" if "dino" in outs[0] else "proj"
+    student = jnp.stack([o[output] for o in outs])
+    teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2], output))
     kw = {}
     if teacher_temperature_fn is not None:
       kw["teacher_temperature"] = teacher_temperature_fn(step)

@@ -643,8 +643,8 @@ def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) ->
 def _ema_init(kind: str, params: Any, outputs: Mapping) -> Any:
   """``TrainState.ema_params`` at initialisation for ``kind``."""
   needs = objectives_lib.KIND_STATE.get(kind, ())
-  if "center" in needs:
-    k = outputs["proj"].shape[-1]
+  if "center" in needs:  # one centre entry per DINO logit (head, else projector)
+    k = outputs["dino" if "dino" in outputs else "proj"].shape[-1]
     return {"params": params, "center": jnp.zeros((k,), jnp.float32)}
   return params if "ema" in needs else {}
 

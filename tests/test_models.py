@@ -439,6 +439,40 @@ def test_apply_fn_jit_equals_eager_and_matches_call():
                                eager, rtol=1e-6, atol=1e-6)
 
 
+def test_dino_head_is_a_weight_normalised_layer_on_the_unit_bottleneck():
+  model = models.build_model("convnet", **SMALL, dino_head=12)
+  x = _images(5)
+  variables = models.init_variables(model, KEY, x)
+  out = model.apply(variables, x, train=False)
+  assert model.outputs() == ("rep", "proj", "dino") and out["dino"].shape == (5, 12)
+  # NumPy oracle: unit(proj) @ unit_rows(V).T, V the [K, p] parameter.
+  v = np.asarray(variables["params"]["dino_head"], np.float64)
+  assert v.shape == (12, 8)
+  z = np.asarray(out["proj"], np.float64)
+  want = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (
+      v / np.linalg.norm(v, axis=1, keepdims=True)).T
+  np.testing.assert_allclose(out["dino"], want, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(out["dino"])).max() <= 1 + 1e-6  # cosines
+  # Weight normalisation with the gain fixed at 1: scaling a row of V changes
+  # nothing, so the gradient of any loss is orthogonal to each row of V.
+  def loss(p):
+    o = model.apply({**variables, "params": p}, x, train=False, upto="dino")
+    assert "pred" not in o
+    return jnp.sum(jnp.sin(3.0 * o["dino"]))
+  g = np.asarray(jax.grad(loss)(variables["params"])["dino_head"], np.float64)
+  assert np.abs(g).max() > 1e-4
+  np.testing.assert_allclose(np.sum(g * v, axis=1), 0.0, atol=1e-5)
+  scaled = {**variables["params"], "dino_head": variables["params"]["dino_head"] * 3.0}
+  np.testing.assert_allclose(loss(scaled), loss(variables["params"]), rtol=1e-5)
+  # One output alone, and the predictor and head together (siblings: whole network).
+  np.testing.assert_allclose(models.make_apply_fn(model, "dino")(variables, x),
+                             out["dino"], rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="dino_head needs a projector"):
+    models.build_model("mlp", projector=None, dino_head=4)
+  with pytest.raises(ValueError, match="dino_head must be an int >= 0"):
+    models.build_model("mlp", dino_head=-1)
+
+
 def test_apply_fn_of_several_outputs_runs_the_network_once():
   model = models.build_model("convnet", **SMALL)
   x = _images(4)

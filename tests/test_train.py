@@ -532,9 +532,14 @@ def test_simsiam_has_no_ema_state_and_its_targets_get_no_gradient(digits, fast_c
                          _flat(through_target)["projector/dense0/kernel"], atol=1e-5)
 
 
+@pytest.mark.parametrize("dino_head", [0, 24])
 def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
-    tmp_path, digits, fast_compile):
-  model = tiny_model("dino")
+    tmp_path, digits, fast_compile, dino_head):
+  from sslit import models  # pylint: disable=g-import-not-at-top
+  model = (tiny_model("dino") if not dino_head else models.build_model(
+      "mlp", backbone_kwargs={"widths": (32, 16)}, projector=(32, 32),
+      dino_head=dino_head))
+  output = "dino" if dino_head else "proj"  # DINO's logits
   batch = _batch(digits)  # every step's batch; no augmentation, no normalisation
   kw = dict(objective="dino", batch_size=32, log_every=1, checkpoint_every=1,
             progress=False, normalize=False, probe=False, data_iterator_fn=lambda start: iter(
@@ -548,12 +553,13 @@ def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
                   accept_changes=("num_steps",), **kw)
   assert again.resumed_from == 1
   s1, s2 = parallel.to_host(first.state), parallel.to_host(again.state)
-  assert np.abs(s1.ema_params["center"]).max() > 0 and s1.ema_params["center"].shape == (32,)
+  assert np.abs(s1.ema_params["center"]).max() > 0
+  assert s1.ema_params["center"].shape == (dino_head or 32,)
   # centre' = 0.9 centre + 0.1 mean of the teacher's outputs of the two global views
   # (both the images here), the teacher being the EMA network before the update.
   x = train.images_to_float(jnp.asarray(batch["image"]))
   t = _train_apply(model)({"params": s1.ema_params["params"],
-                           "batch_stats": s1.batch_stats}, x)[0]["proj"]
+                           "batch_stats": s1.batch_stats}, x)[0][output]
   want = 0.9 * s1.ema_params["center"] + 0.1 * np.mean(np.asarray(t), axis=0)
   np.testing.assert_allclose(s2.ema_params["center"], want, rtol=1e-5, atol=1e-6)
 
@@ -629,6 +635,7 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   workdir = tmp_path / "dino"
   code = cli.main(["train", "--config", "smoke", "--workdir", str(workdir),
                    "--config.objective=dino", "--config.num_steps=4",
+                   "--config.model.dino_head=48",
                    "--config.warmup_steps=1", "--config.log_every=2",
                    "--config.monitor_every=0", "--config.report=false",
                    "--config.eval.enabled=false", "--config.online_probe=false"])
@@ -639,6 +646,11 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   assert [l["step"] for l in losses] == [2, 4]
   assert all(np.isfinite(l["loss"]) and "teacher_temperature" in l for l in losses)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+  # The weight-normalised head from the config, restored from the checkpoint.
+  from sslit import runs  # pylint: disable=g-import-not-at-top
+  run = runs.open_run(workdir)
+  assert run.model.dino_head == 48
+  assert run.variables["params"]["dino_head"].shape == (48, 64)
 
 
 def test_runs_build_model_gives_each_objective_its_heads():
@@ -656,3 +668,9 @@ def test_runs_build_model_gives_each_objective_its_heads():
   assert heads["wmse"] == ((64, 32), None, 0)  # whitening needs width < batch
   config.objective, config.model.prototypes = "swav", 10
   assert runs.build_model(config).prototypes == 10
+  # DINO's weight-normalised head: only for DINO, only when asked for.
+  config.model.dino_head = 48
+  assert runs.build_model(config).dino_head == 0
+  config.objective = "dino"
+  assert runs.build_model(config).dino_head == 48
+  assert "dino" in runs.build_model(config).outputs()

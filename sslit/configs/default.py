@@ -18,9 +18,9 @@ default --workdir runs/default``).
 Expected (2-core AMD EPYC, jax 0.10.2, 2026-12-02, current code; seeds 0 / 1 / 2):
 linear-probe top-1 on the test split 88.78 / 89.15 / 88.45 % for the trained network
 against 86.76 / 86.79 / 86.97 % at random initialisation and 83.88 % on raw pixels
-(+2.02 / +2.36 / +1.48 points). The whole command took 217-220 s on a quiet Intel
-2-core CPU with the earlier code (9-14 min on the shared AMD machine of the
-measurement above; bench/RESULTS_main_job.md). How this recipe was chosen, every
+(+2.02 / +2.36 / +1.48 points; the same again on 2026-12-06). The whole command
+took 227-236 s on a quiet 2-core AMD EPYC with AVX-512 and 498 s on a 2-core AMD
+EPYC without AVX-512 (bench/RESULTS_main_job.md). How this recipe was chosen, every
 candidate measured and the accuracy-versus-minutes curve: docs/recipe.md (the recipe
 is ``experiments/configs/recipe_b128_simclr_w200.py``).
 """
@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.projector = (1024, 1024)
   c.model.predictor = False  # BYOL, MoCo v3, SimSiam get theirs (runs.build_model)
   c.model.prototypes = 0     # SwAV only; 0 = min(3000, batch_size // 2)
+  # DINO only: outputs of its weight-normalised head on the L2-normalised projector
+  # output (0 = none: the projector's last layer gives the logits).
+  c.model.dino_head = 0
   c.model.dtype = "float32"
   # Objective.
   c.objective = "vicreg"
