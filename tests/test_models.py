@@ -440,8 +440,9 @@ def test_apply_fn_jit_equals_eager_and_matches_call():
 
 
 def test_dino_head_is_a_weight_normalised_layer_on_the_unit_bottleneck():
-  model = models.build_model("convnet", **SMALL, dino_head=12)
-  x = _images(5)
+  model = models.build_model("mlp", backbone_kwargs={"widths": (16,)},
+                             projector=(16, 8), dino_head=12)
+  x = jax.random.normal(KEY, (5, 10))
   variables = models.init_variables(model, KEY, x)
   out = model.apply(variables, x, train=False)
   assert model.outputs() == ("rep", "proj", "dino") and out["dino"].shape == (5, 12)
