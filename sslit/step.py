@@ -23,7 +23,7 @@ from sslit import models
 from sslit import objectives as objectives_lib
 
 __all__ = ["TrainState", "STATS_KEYS", "make_train_step", "images_to_float",
-           "view_pairs"]
+           "view_pairs", "dino_logits_output"]
 
 # Representation statistics (computed on logging steps only).
 STATS_KEYS = ("rep_std_mean", "rep_std_min", "rep_effective_rank", "proj_std_mean",
@@ -78,6 +78,12 @@ def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
 def _mean_aux(auxes: Sequence[dict]) -> dict:
   """Entry-wise mean of the aux dicts of several view pairs."""
   return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
+
+
+def dino_logits_output(outputs: Mapping) -> str:
+  """Which model output holds DINO's logits: the weight-normalised head when the
+  model has one (``"dino"``), else the projector's last layer (``"proj"``)."""
+  return "dino" if "dino" in outputs else "proj"
 
 
 def view_pairs(num_local: int) -> tuple[tuple[int, int], ...]:
@@ -223,9 +229,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   def multi_view_loss(state, stats, outs, xs, step):
     if kind == "swav":
       return loss_fn(jnp.stack([o["proj"] for o in outs]), outs[0]["prototypes"])
-    # DINO's logits: the weight-normalised head when the model has one, else the
-    # projector's last layer.
-    output = "dino" if "dino" in outs[0] else "proj"
+    output = dino_logits_output(outs[0])
     student = jnp.stack([o[output] for o in outs])
     teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2], output))
     kw = {}

@@ -41,8 +41,8 @@ from sslit import metrics as metrics_lib
 from sslit import models
 from sslit import objectives as objectives_lib
 from sslit import parallel
-from sslit.step import (STATS_KEYS, TrainState, images_to_float, make_train_step,
-                        view_pairs)
+from sslit.step import (STATS_KEYS, TrainState, dino_logits_output, images_to_float,
+                        make_train_step, view_pairs)
 from sslit.optim import (OPTIMIZERS, decay_mask, ema_momentum_schedule,
                          make_optimizer, make_schedule)
 
@@ -643,8 +643,8 @@ def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) ->
 def _ema_init(kind: str, params: Any, outputs: Mapping) -> Any:
   """``TrainState.ema_params`` at initialisation for ``kind``."""
   needs = objectives_lib.KIND_STATE.get(kind, ())
-  if "center" in needs:  # one centre entry per DINO logit (head, else projector)
-    k = outputs["dino" if "dino" in outputs else "proj"].shape[-1]
+  if "center" in needs:  # one centre entry per DINO logit
+    k = outputs[dino_logits_output(outputs)].shape[-1]
     return {"params": params, "center": jnp.zeros((k,), jnp.float32)}
   return params if "ema" in needs else {}
 
