@@ -148,7 +148,10 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       eval_every=int(config.eval_every) if eval_every is None else eval_every,
       max_train_seconds=float(config.max_train_seconds) or None,
       local_crops=int(config.get("local_crops", 0)),
-      local_crop_size=int(config.get("local_crop_size", 0)))
+      local_crop_size=int(config.get("local_crop_size", 0)),
+      global_crop_scale=tuple(config.get("global_crop_scale", (0.4, 1.0))),
+      local_crop_scale=tuple(config.get("local_crop_scale", (0.05, 0.4))))
+
 
 
 def prepare_workdir(workdir: str, config: ConfigDict, *,

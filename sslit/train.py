@@ -243,6 +243,10 @@ class FitOptions:
         ("optimizer", self.optimizer in OPTIMIZERS, f"one of {sorted(OPTIMIZERS)}"),
         ("local_crops", self.local_crops >= 0, ">= 0 (0: two views)"),
         ("local_crop_size", self.local_crop_size >= 0, ">= 0 (0: half the image)"),
+        ("global_crop_scale", _is_scale(self.global_crop_scale),
+         "(low, high) with 0 < low <= high <= 1"),
+        ("local_crop_scale", _is_scale(self.local_crop_scale),
+         "(low, high) with 0 < low <= high <= 1"),
         ("teacher_temperature_warmup_steps",
          self.teacher_temperature_warmup_steps is None
          or self.teacher_temperature_warmup_steps >= 0, ">= 0 or None"),
@@ -250,6 +254,15 @@ class FitOptions:
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
+
+
+def _is_scale(value: Any) -> bool:
+  """``value`` is a crop area fraction range ``(low, high)``, ``0 < low <= high <= 1``."""
+  try:
+    low, high = (float(v) for v in value)
+  except (TypeError, ValueError):
+    return False
+  return 0.0 < low <= high <= 1.0
 
 
 class _Hook(NamedTuple):

@@ -609,6 +609,25 @@ def test_multi_crop_views_shapes_and_steps_with_two_local_crops(digits, fast_com
     run_fit(model=tiny_model("dino"), objective="dino", dataset=digits, **kw)
 
 
+def test_crop_scales_of_the_config_reach_the_options_and_are_checked():
+  from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("smoke")
+  default = runs.fit_options(config)
+  assert (default.global_crop_scale, default.local_crop_scale) == ((0.4, 1.0), (0.05, 0.4))
+  config_lib.apply_overrides(config, [("local_crops", "2"),
+                                      ("global_crop_scale", "(0.08, 1.0)"),
+                                      ("local_crop_scale", "(0.1, 0.3)")])
+  options = runs.fit_options(config)
+  assert options.global_crop_scale == (0.08, 1.0)
+  assert options.local_crop_scale == (0.1, 0.3)
+  signature = train.run_signature(options)  # not the defaults: part of the signature
+  assert tuple(signature["global_crop_scale"]) == (0.08, 1.0)
+  for bad in ("(0.0, 1.0)", "(0.5, 0.2)", "(0.1, 1.5)", "(0.1,)"):
+    config_lib.apply_overrides(config, [("global_crop_scale", bad)])
+    with pytest.raises(ValueError, match="global_crop_scale must be"):
+      runs.fit_options(config)
+
+
 def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path):
   from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
   options = train.FitOptions(objective="vicreg", batch_size=32, num_steps=4)

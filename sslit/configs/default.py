@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   # DINO and SwAV use them natively, two-view objectives average over view pairs).
   c.local_crops = 0
   c.local_crop_size = 0      # side in pixels (0 = half the image size)
+  # Area fractions of the crops with local_crops > 0 (DINO's; the two-view presets
+  # keep their own crop scale when local_crops = 0).
+  c.global_crop_scale = (0.4, 1.0)
+  c.local_crop_scale = (0.05, 0.4)
   # Devices: XLA splits the CPU into this many virtual devices (0 = leave as is).
   c.cpu_devices = 1          # 2 was slower for this small net (docs/recipe.md)
   # Model.
