@@ -34,8 +34,8 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
 # Where a bare config name is looked up, in order.
 _SEARCH = (CONFIG_DIR, os.path.join("experiments", "configs"))
 # Fields that may change between a run and its resumption: they do not change the
-# training trajectory.
-RESUMABLE_FIELDS = ("eval", "report", "max_train_seconds", "log_every",
+# training trajectory ("name" is a label: a renamed config with the same fields resumes).
+RESUMABLE_FIELDS = ("name", "eval", "report", "max_train_seconds", "log_every",
                     "checkpoint_every", "keep_checkpoints", "eval_every", "data_dir",
                     "monitor_every", "monitor_examples", "analysis")
 

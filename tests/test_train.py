@@ -647,6 +647,10 @@ def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path)
   config.local_crops = 2
   with pytest.raises(config_lib.ConfigError, match="local_crops"):
     runs.prepare_workdir(str(tmp_path), config, write=False)
+  # The config's name is a label: the same fields under another name resume.
+  config.local_crops = 0
+  config.name = "renamed"
+  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
 
 
 def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):

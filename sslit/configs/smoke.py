@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.projector = (64, 64)
   c.batch_size = 64
   c.num_steps = 30
+  c.objective_kwargs = ml_collections.ConfigDict()  # VICReg 25/25/1 (the main job: 25/100/1)
   c.warmup_steps = 5
   c.log_every = 10
   c.monitor_every = 15
