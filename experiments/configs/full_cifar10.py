@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
   c.batch_size = 256
   c.num_steps = 1000 * _EPOCH_STEPS
+  c.objective_kwargs = ml_collections.ConfigDict()  # VICReg 25/25/1, the paper's
   c.warmup_steps = 10 * _EPOCH_STEPS
   c.optimizer = "lars"
   c.learning_rate = 0.3
