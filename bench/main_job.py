@@ -12,8 +12,8 @@ takes about twice as long with AVX2 only.
 ``--isa avx2`` asks XLA to generate AVX2 code only (``--xla_cpu_max_isa=AVX2``). It
 changes XLA's own kernels, not the libraries XLA calls for convolutions and matrix
 products, which pick their instructions from the CPU. Measured on a 2-core AMD EPYC
-with AVX-512 (2026-12-06): the default command took 226 s with it and 235 s
-without, with the same accuracies, so it is **not** a stand-in for an AVX2-only CPU
+with AVX-512 (2026-12-06): the then default command (2000 steps) took 226 s
+with it and 235 s without, with the same accuracies, so it is **not** a stand-in for an AVX2-only CPU
 (498 s measured on one); it only shows what XLA's own code contributes.
 
 Usage: ``python bench/main_job.py [--seeds 0,1,2] [--isa avx2] [--steps N]

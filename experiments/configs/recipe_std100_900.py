@@ -16,7 +16,8 @@ Command: ``sslit train --config experiments/configs/recipe_std100_900.py``
 (= ``sslit train``). Measured (2-core AMD EPYC with AVX-512, jax 0.10.2, 2026-12-06;
 seeds 0 / 1 / 2): linear-probe top-1 on the test split 88.83 / 88.67 / 88.70 %,
 against 86.76 / 86.79 / 86.97 % for the same network at random initialisation and
-83.88 % for raw pixels; the whole command took 156-166 s.
+83.88 % for raw pixels; the whole command took 135-147 s
+(156-166 s when it was still a candidate, same machine, another sitting).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ default --workdir runs/default``).
 Expected (2-core AMD EPYC with AVX-512, jax 0.10.2, 2026-12-06; seeds 0 / 1 / 2):
 linear-probe top-1 on the test split 88.83 / 88.67 / 88.70 % for the trained network
 against 86.76 / 86.79 / 86.97 % at random initialisation and 83.88 % on raw pixels
-(+2.07 / +1.88 / +1.73 points); the whole command took 156-166 s there
+(+2.07 / +1.88 / +1.73 points); the whole command took 135-147 s there
 (bench/RESULTS_main_job.md). Until 2026-12-06 the main job was 2000 steps with
 variance weight 25 (``experiments/configs/recipe_b128_simclr_w200.py``, still the
 experiments' cpu scale): 88.78 / 89.15 / 88.45 %, 227-236 s there and 498 s on a
