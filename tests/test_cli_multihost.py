@@ -119,3 +119,27 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path,
   for name in want:
     np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=2e-6,
                                err_msg=name)
+
+
+def test_a_locked_run_directory_stops_both_processes_naming_the_holder(tmp_path):
+  """Process 0 takes the lock for the run; process 1 learns the outcome through a
+  collective. While another process holds the directory, both fail at once, and
+  both name the holder, before any step or file of the run."""
+  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  with checkpoint.RunLock(workdir):  # held by this (pytest) process
+    procs = _two_processes(tmp_path, workdir, "locked")
+    try:
+      codes = [p.wait(timeout=TIMEOUT_S) for p, _ in procs]
+    finally:
+      for p, log in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+        log.close()
+  for i in range(2):
+    log = (tmp_path / f"locked.{i}.log").read_text()
+    assert codes[i] != 0, log[-2000:]
+    assert f"is in use by pid {os.getpid()}" in log, log[-2000:]
+  assert not (workdir / "checkpoints").exists()
+  assert not (workdir / "config.json").exists()
