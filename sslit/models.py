@@ -436,7 +436,10 @@ class SSLModel(nn.Module):
   0`` also ``"dino"`` ``[n, K]``: DINO's weight-normalised last layer,
   ``unit(proj) @ unit_rows(V).T`` with the parameter ``params["dino_head"] = V``
   ``[K, p]`` (weight normalisation with the gain fixed at 1, DINO's
-  ``norm_last_layer``; gradients flow through both normalisations). ``upto``
+  ``norm_last_layer``; gradients flow through both normalisations); with
+  ``dino_head_gain`` each output row ``k`` has a trainable gain ``g_k``
+  (``params["dino_head_gain"]`` ``[K]``, initialised to 1: DINO's
+  ``norm_last_layer=False``), ``"dino" = (unit(proj) @ unit_rows(V).T) * g``. ``upto``
   ("rep", "proj", "pred" or "dino") stops after that output, so analysis code does
   not pay for the heads.
 
@@ -447,12 +450,14 @@ class SSLModel(nn.Module):
     prototypes: number ``P`` of SwAV prototypes (0: none; needs a projector).
     dino_head: number ``K`` of outputs of DINO's weight-normalised head (0: none;
       needs a projector, whose output is then the head's bottleneck).
+    dino_head_gain: the head's per-output gain is trainable (False: fixed at 1).
   """
   backbone: nn.Module
   projector: nn.Module | None = None
   predictor: nn.Module | None = None
   prototypes: int = 0
   dino_head: int = 0
+  dino_head_gain: bool = False
 
   def outputs(self) -> tuple[str, ...]:
     """The output names this model produces."""
@@ -485,6 +490,9 @@ class SSLModel(nn.Module):
     if upto in (None, "dino") and self.dino_head:
       v = self.param("dino_head", _prototypes_init, (int(self.dino_head), h.shape[-1]))
       out["dino"] = _unit_rows(out["proj"]) @ _unit_rows(v).T
+      if self.dino_head_gain:
+        out["dino"] = out["dino"] * self.param("dino_head_gain", nn.initializers.ones,
+                                               (int(self.dino_head),))
     if upto in (None, "pred") and self.predictor is not None:
       out["pred"] = self.predictor(h, train=train).astype(jnp.float32)
     return out
@@ -504,7 +512,8 @@ def _widths(value: Any, name: str) -> tuple[int, ...]:
 def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = None,
                 projector: str | Sequence[int] | None = "vicreg",
                 predictor: bool | Sequence[int] = False, prototypes: int = 0,
-                dino_head: int = 0, dtype: Any = jnp.float32) -> SSLModel:
+                dino_head: int = 0, dino_head_gain: bool = False,
+                dtype: Any = jnp.float32) -> SSLModel:
   """Build an :class:`SSLModel` from names.
 
   Args:
@@ -521,6 +530,8 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
       with ``p`` the projector's output width.
     dino_head: number ``K`` of outputs of DINO's weight-normalised head (0: none),
       a ``[K, p]`` parameter (see :class:`SSLModel`).
+    dino_head_gain: give the head a trainable gain per output (DINO's
+      ``norm_last_layer=False``; needs ``dino_head > 0``).
     dtype: compute dtype (float32 or bfloat16); parameters are always float32.
 
   Returns:
@@ -578,8 +589,13 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
     raise ValueError(f"dino_head must be an int >= 0, got {dino_head!r}.")
   if dino_head and head is None:
     raise ValueError("dino_head needs a projector (got projector=None).")
+  if not isinstance(dino_head_gain, (bool, np.bool_)):
+    raise ValueError(f"dino_head_gain must be a bool, got {dino_head_gain!r}.")
+  if dino_head_gain and not dino_head:
+    raise ValueError("dino_head_gain needs a DINO head (dino_head > 0).")
   return SSLModel(backbone=net, projector=head, predictor=pred,
-                  prototypes=int(prototypes), dino_head=int(dino_head))
+                  prototypes=int(prototypes), dino_head=int(dino_head),
+                  dino_head_gain=bool(dino_head_gain))
 
 
 def normalize_prototypes(params: Any) -> Any:

@@ -78,7 +78,8 @@ def build_model(config: ConfigDict):
   ``min(3000, batch_size // 2)``: without a queue the Sinkhorn equipartition runs
   over one batch, which should hold more samples than prototypes); DINO gets a
   weight-normalised head of ``model.dino_head`` outputs on its projector (0: the
-  projector's last layer gives the logits). W-MSE whitens
+  projector's last layer gives the logits), with a trainable gain per output when
+  ``model.dino_head_gain``. W-MSE whitens
   groups of ``w`` rows (``objective_kwargs.whitening_size``, default the batch) and
   needs ``w`` greater than the embedding width: a projector (widths) whose last
   width is at least ``w`` ends at ``w // 2`` instead.
@@ -111,6 +112,7 @@ def build_model(config: ConfigDict):
     prototypes = int(m.get("prototypes", 0) or 0) or min(
         3000, max(2, int(config.batch_size) // 2))
   dino_head = int(m.get("dino_head", 0) or 0) if kind == "dino" else 0
+  dino_head_gain = bool(m.get("dino_head_gain", False)) and bool(dino_head)
   dtype = m.get("dtype", "float32")
   try:
     dtype = jnp.dtype(dtype)
@@ -119,7 +121,8 @@ def build_model(config: ConfigDict):
         f"model.dtype={dtype!r} is not a dtype; use float32 or bfloat16.") from None
   return models.build_model(m.backbone, backbone_kwargs=config_lib.plain(
       m.backbone_kwargs), projector=projector, predictor=predictor,
-      prototypes=prototypes, dino_head=dino_head, dtype=dtype)
+      prototypes=prototypes, dino_head=dino_head, dino_head_gain=dino_head_gain,
+      dtype=dtype)
 
 
 def load_datasets(config: ConfigDict):
@@ -235,7 +238,7 @@ def _with_absent_defaults(stored: dict, current: dict) -> dict:
 
 # Model fields added after runs were checkpointed: in the checkpoint signature only
 # when they differ from their default (0), so earlier runs' checkpoints still resume.
-_LATER_MODEL_FIELDS = ("prototypes", "dino_head")
+_LATER_MODEL_FIELDS = ("prototypes", "dino_head", "dino_head_gain")
 
 
 def _every(period: int, num_steps: int, evaluator):

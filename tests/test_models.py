@@ -474,6 +474,34 @@ def test_dino_head_is_a_weight_normalised_layer_on_the_unit_bottleneck():
     models.build_model("mlp", dino_head=-1)
 
 
+def test_dino_head_gain_scales_each_output_and_is_trained():
+  kw = dict(backbone_kwargs={"widths": (16,)}, projector=(16, 8), dino_head=6)
+  fixed = models.build_model("mlp", **kw)
+  model = models.build_model("mlp", dino_head_gain=True, **kw)
+  x = jax.random.normal(KEY, (5, 10))
+  variables = models.init_variables(model, KEY, x)
+  assert np.array_equal(variables["params"]["dino_head_gain"], np.ones(6))
+  # With gains 1 it is the fixed-gain head; with gains g, NumPy: cosines * g.
+  base = {k: v for k, v in variables["params"].items() if k != "dino_head_gain"}
+  cos = np.asarray(fixed.apply({**variables, "params": base}, x, train=False)["dino"],
+                   np.float64)
+  np.testing.assert_allclose(model.apply(variables, x, train=False)["dino"], cos,
+                             rtol=1e-6, atol=1e-7)
+  g = np.array([0.5, 2.0, -1.0, 3.0, 1.0, 0.25], np.float32)
+  params = {**variables["params"], "dino_head_gain": jnp.asarray(g)}
+  np.testing.assert_allclose(model.apply({**variables, "params": params}, x,
+                                         train=False)["dino"], cos * g,
+                             rtol=1e-5, atol=1e-6)
+  # d/dg_k of sum(c * out) = sum_n c[n, k] * cos[n, k] (NumPy), so the gain is trained.
+  c = np.asarray(jax.random.normal(jax.random.key(7), (5, 6)), np.float64)
+  grad = jax.grad(lambda p: jnp.sum(jnp.asarray(c, jnp.float32) * model.apply(
+      {**variables, "params": p}, x, train=False)["dino"]))(params)
+  np.testing.assert_allclose(grad["dino_head_gain"], np.sum(c * cos, axis=0),
+                             rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="dino_head_gain needs a DINO head"):
+    models.build_model("mlp", dino_head_gain=True)
+
+
 def test_apply_fn_of_several_outputs_runs_the_network_once():
   model = models.build_model("convnet", **SMALL)
   x = _images(4)

@@ -658,7 +658,7 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   workdir = tmp_path / "dino"
   code = cli.main(["train", "--config", "smoke", "--workdir", str(workdir),
                    "--config.objective=dino", "--config.num_steps=4",
-                   "--config.model.dino_head=48",
+                   "--config.model.dino_head=48", "--config.model.dino_head_gain=true",
                    "--config.warmup_steps=1", "--config.log_every=2",
                    "--config.monitor_every=0", "--config.report=false",
                    "--config.eval.enabled=false", "--config.online_probe=false"])
@@ -672,8 +672,10 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   # The weight-normalised head from the config, restored from the checkpoint.
   from sslit import runs  # pylint: disable=g-import-not-at-top
   run = runs.open_run(workdir)
-  assert run.model.dino_head == 48
+  assert run.model.dino_head == 48 and run.model.dino_head_gain
   assert run.variables["params"]["dino_head"].shape == (48, 64)
+  gain = np.asarray(run.variables["params"]["dino_head_gain"])
+  assert gain.shape == (48,) and not np.array_equal(gain, np.ones(48))  # trained
 
 
 def test_runs_build_model_gives_each_objective_its_heads():
@@ -696,4 +698,7 @@ def test_runs_build_model_gives_each_objective_its_heads():
   assert runs.build_model(config).dino_head == 0
   config.objective = "dino"
   assert runs.build_model(config).dino_head == 48
+  assert not runs.build_model(config).dino_head_gain
+  config.model.dino_head_gain = True
+  assert runs.build_model(config).dino_head_gain
   assert "dino" in runs.build_model(config).outputs()

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   # DINO only: outputs of its weight-normalised head on the L2-normalised projector
   # output (0 = none: the projector's last layer gives the logits).
   c.model.dino_head = 0
+  c.model.dino_head_gain = False  # True: a trainable gain per head output (norm_last_layer=False)
   c.model.dtype = "float32"
   # Objective.
   c.objective = "vicreg"
