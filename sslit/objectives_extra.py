@@ -330,8 +330,8 @@ def sinkhorn_knopp(scores: Array, *, epsilon: float = 0.05,
   return jnp.exp(log_q) * n
 
 
-def swav_loss(z: Array, prototypes: Array, *, num_global: int = 2,
-              temperature: float = 0.1, epsilon: float = 0.05,
+def swav_loss(z: Array, prototypes: Array, *, queue: Array | None = None,
+              num_global: int = 2, temperature: float = 0.1, epsilon: float = 0.05,
               sinkhorn_iterations: int = 3) -> tuple[Array, Aux]:
   r"""SwAV: swapped prediction of Sinkhorn codes from prototype scores.
 
@@ -347,6 +347,12 @@ def swav_loss(z: Array, prototypes: Array, *, num_global: int = 2,
       crops first, ``m >= 2``.
     prototypes: ``[P, k]``, rows of unit norm (the trainer re-normalises them after
       every update, as the paper does; they are used as given here).
+    queue: None, or ``[num_global, L, k]`` embeddings of earlier batches, one queue
+      per global crop (the paper's queue for small batches; rows scaled to unit
+      norm here). The codes of crop ``i`` are then the last ``n`` rows of
+      ``sinkhorn_knopp(concat(queue[i] C^T, s[i]))``: the equipartition runs over
+      ``L + n`` samples, and only the batch's codes enter the loss. The queue gets
+      no gradient. The trainer keeps and fills it (``FitOptions.queue_length``).
     num_global: crops whose codes are computed (``crops_for_assign``).
     temperature: softmax temperature of the predictions.
     epsilon: Sinkhorn's entropic regularisation.
@@ -357,8 +363,7 @@ def swav_loss(z: Array, prototypes: Array, *, num_global: int = 2,
     ``marginal_entropy`` ``H(mean p)`` and ``conditional_entropy`` ``mean H(p)`` of the
     predicted assignments ``p = softmax(s / t)`` over all crops (nats).
 
-  Cost: O(m n k P + g m n P). No queue: with small batches (``n < P``) the paper
-  adds a queue of past embeddings to the Sinkhorn step; that is not done here.
+  Cost: O(m n k P + g m n P), plus O(g L (k + 1) P) with a queue.
 
   References:
     Caron, Misra, Mairal, Goyal, Bojanowski, Joulin. Unsupervised Learning of
@@ -372,18 +377,32 @@ def swav_loss(z: Array, prototypes: Array, *, num_global: int = 2,
     raise ValueError(f"prototypes must be [P, k] with k = {k} for z "
                      f"{_validate.shape_of(z)}, got {_validate.shape_of(prototypes)}.")
   _validate.check_positive(temperature, "temperature")
-  return _swav_core(z, prototypes, temperature, epsilon, num_global=num_global,
+  if queue is not None:
+    _validate.check_rank(queue, 3, "queue", layout="[num_global, L, k]")
+    _validate.check_float(queue, "queue")
+    g, length, qk = _validate.shape_of(queue)
+    if g != num_global or qk != k or length < 1:
+      raise ValueError(f"queue must be [num_global, L, k] = [{num_global}, L >= 1, "
+                       f"{k}], got {_validate.shape_of(queue)}.")
+  return _swav_core(z, prototypes, queue, temperature, epsilon, num_global=num_global,
                     sinkhorn_iterations=sinkhorn_iterations)
 
 
 @jax.jit(static_argnames=("num_global", "sinkhorn_iterations"))
-def _swav_core(z, prototypes, temperature, epsilon, *, num_global,
+def _swav_core(z, prototypes, queue, temperature, epsilon, *, num_global,
                sinkhorn_iterations):
   u = _obj._l2_normalize(_obj._as_float(z))
-  scores = jnp.einsum("vnk,pk->vnp", u, _obj._as_float(prototypes))
+  c = _obj._as_float(prototypes)
+  scores = jnp.einsum("vnk,pk->vnp", u, c)
+  code_scores = [scores[i] for i in range(num_global)]
+  if queue is not None:  # the queue's scores first, then the batch's (kept below)
+    q_scores = jnp.einsum("glk,pk->glp", _obj._l2_normalize(
+        jax.lax.stop_gradient(_obj._as_float(queue))), c)
+    code_scores = [jnp.concatenate([q_scores[i], s]) for i, s in enumerate(code_scores)]
+  n = scores.shape[1]
   codes = jnp.stack([
-      sinkhorn_knopp(scores[i], epsilon=epsilon, num_iterations=sinkhorn_iterations)
-      for i in range(num_global)])
+      sinkhorn_knopp(s, epsilon=epsilon, num_iterations=sinkhorn_iterations)[-n:]
+      for s in code_scores])
   log_p = jax.nn.log_softmax(scores / temperature, axis=-1)
   loss = _swapped_cross_entropy(codes, log_p)
   marginal, conditional = _entropies(jnp.exp(log_p))

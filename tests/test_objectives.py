@@ -531,8 +531,9 @@ def _extra_inputs(rng, n, k, num_views=3, num_protos=6):
   center = 0.1 * rng.normal(size=k)
   protos = rng.normal(size=(num_protos, k))
   protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+  queue = rng.normal(size=(2, 3 * n, k))  # SwAV's queue: 3 earlier batches per crop
   return dict(p_a=p_a, p_b=p_b, z_a=z_a, z_b=z_b, views=views, teacher=teacher,
-              center=center, protos=protos)
+              center=center, protos=protos, queue=queue)
 
 
 # name -> (jax call, reference call) on the inputs of _extra_inputs.
@@ -550,6 +551,8 @@ EXTRA_CASES = {
                            teacher_temperature=0.04, center_momentum=0.5)),
     "swav": (lambda x: obj.swav_loss(x["views"], x["protos"]),
              lambda x: ref.swav(x["views"], x["protos"])),
+    "swav_queue": (lambda x: obj.swav_loss(x["views"], x["protos"], queue=x["queue"]),
+                   lambda x: ref.swav(x["views"], x["protos"], queue=x["queue"])),
     "swav_1global": (
         lambda x: obj.swav_loss(x["views"], x["protos"], num_global=1,
                                 sinkhorn_iterations=5, epsilon=0.1),
@@ -609,6 +612,9 @@ def _grad_cases(x):
                lambda s: ref.dino(s, x["teacher"], x["center"])["loss"]),
       "swav": (lambda v: obj.swav_loss(v, x["protos"])[0],
                lambda v: ref.swav(v, x["protos"], code_views=x["views"])["loss"]),
+      "swav_queue": (lambda v: obj.swav_loss(v, x["protos"], queue=x["queue"])[0],
+                     lambda v: ref.swav(v, x["protos"], code_views=x["views"],
+                                        queue=x["queue"])["loss"]),
       "mmcr": (lambda z: obj.mmcr_loss(z, x["z_b"], local_coeff=0.3)[0],
                lambda z: ref.mmcr(z, x["z_b"], local_coeff=0.3)["loss"]),
       "wmse": (lambda z: obj.wmse_loss(z, x["p_a"])[0],
@@ -621,7 +627,8 @@ def test_extra_gradients_match_reference(rng, x64):
   # (not of the function under test), on the input that receives a gradient.
   x = _extra_inputs(rng, 5, 3)
   inputs = {"simsiam": x["p_a"], "moco_v3": x["p_a"], "dino": x["views"],
-            "swav": x["views"], "mmcr": x["z_a"], "wmse": x["z_a"]}
+            "swav": x["views"], "swav_queue": x["views"], "mmcr": x["z_a"],
+            "wmse": x["z_a"]}
   cases = _grad_cases(x)
   grads = jax.jit(lambda ins: {name: jax.grad(cases[name][0])(ins[name])
                                for name in cases})(inputs)
@@ -648,8 +655,8 @@ def test_extra_invariances(rng, x64):
   # Row permutation of every input that has a batch axis, and the view swaps.
   x = _extra_inputs(rng, 5, 7)  # the shape compiled by the reference test
   perm = rng.permutation(5)
-  xp = {k: (v[:, perm] if v.ndim == 3 else v[perm] if k not in ("center", "protos")
-            else v) for k, v in x.items()}
+  xp = {k: (v if k in ("center", "protos", "queue") else v[:, perm] if v.ndim == 3
+            else v[perm]) for k, v in x.items()}  # the queue holds other batches
   swap = dict(x, p_a=x["p_b"], p_b=x["p_a"], z_a=x["z_b"], z_b=x["z_a"],
               views=x["views"][[1, 0, 2]], teacher=x["teacher"][::-1])
   base, permuted, swapped = _extra_all(x), _extra_all(xp), _extra_all(swap)
@@ -751,6 +758,8 @@ def test_extra_bad_input():
     obj.swav_loss(v3, jnp.ones((6, 2)))
   with pytest.raises(ValueError, match="num_global"):
     obj.swav_loss(v3, jnp.ones((6, 3)), num_global=4)
+  with pytest.raises(ValueError, match=r"queue must be \[num_global, L, k\].*\(2, 8, 2\)"):
+    obj.swav_loss(v3, jnp.ones((6, 3)), queue=jnp.ones((2, 8, 2)))
   with pytest.raises(ValueError, match=r"whitening_size.*\(4, 3\)"):
     obj.wmse_loss(ok, ok, whitening_size=3)
   with pytest.raises(ValueError, match=r"whitening_size.*\(3, 4\)"):

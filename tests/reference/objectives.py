@@ -293,11 +293,13 @@ def sinkhorn(scores, *, epsilon=0.05, num_iterations=3):
 
 
 def swav(z, prototypes, *, num_global=2, temperature=0.1, epsilon=0.05,
-         sinkhorn_iterations=3, code_views=None):
+         sinkhorn_iterations=3, code_views=None, queue=None):
   """SwAV swapped prediction with multi-crop (Caron et al. 2020, section 3.1).
 
   ``code_views``: the views the codes are computed from (default ``z``); passing
-  fixed ones holds the codes constant, as SwAV's stop-gradient does.
+  fixed ones holds the codes constant, as SwAV's stop-gradient does. ``queue``
+  ``[num_global, L, k]``: as in the paper's main_swav.py, the queue's scores are
+  put before the batch's, Sinkhorn runs over both, and the last n codes are kept.
   """
   z = np.asarray(z, np.float64)
   c = np.asarray(prototypes, np.float64)
@@ -307,7 +309,12 @@ def swav(z, prototypes, *, num_global=2, temperature=0.1, epsilon=0.05,
   loss = 0.0
   for i in range(num_global):
     code_scores = np.array([c @ _unit(cz[i, r]) for r in range(n)])
-    q = sinkhorn(code_scores, epsilon=epsilon, num_iterations=sinkhorn_iterations)
+    if queue is not None:
+      past = np.asarray(queue, np.float64)[i]
+      code_scores = np.concatenate(
+          [np.array([c @ _unit(row) for row in past]), code_scores])
+    q = sinkhorn(code_scores, epsilon=epsilon,
+                 num_iterations=sinkhorn_iterations)[-n:]
     sub = 0.0
     for v in range(m):
       if v != i:
