@@ -153,7 +153,9 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       local_crops=int(config.get("local_crops", 0)),
       local_crop_size=int(config.get("local_crop_size", 0)),
       global_crop_scale=tuple(config.get("global_crop_scale", (0.4, 1.0))),
-      local_crop_scale=tuple(config.get("local_crop_scale", (0.05, 0.4))))
+      local_crop_scale=tuple(config.get("local_crop_scale", (0.05, 0.4))),
+      queue_length=int(config.get("queue_length", 0)),
+      queue_start_step=int(config.get("queue_start_step", 0)))
 
 
 

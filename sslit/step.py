@@ -40,7 +40,8 @@ class TrainState(NamedTuple):
     opt_state: Optax state of ``params``.
     ema_params: the target network of the objective's kind: BYOL's target and
       MoCo's key encoder: an EMA of ``params``; DINO: ``{"params": EMA of params,
-      "center": [K]}``; ``{}`` for the other kinds.
+      "center": [K]}``; SwAV with a queue: ``{"queue": [2, L, k], "filled": int32}``
+      (the objective state that is not parameters); ``{}`` for the other kinds.
     probe_params: online linear probe ``{"kernel": [r, c], "bias": [c]}``
       (``{}`` when the probe is off).
     probe_opt_state: Optax state of the probe.
@@ -80,6 +81,21 @@ def _mean_aux(auxes: Sequence[dict]) -> dict:
   return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
 
 
+def _has_queue(state: TrainState) -> bool:
+  """Whether the state carries SwAV's queue (static: the pytree's structure)."""
+  return isinstance(state.ema_params, Mapping) and "queue" in state.ema_params
+
+
+def _push_queue(queue_state: Mapping, z: jax.Array, active: jax.Array) -> dict:
+  """SwAV's queue after a step: ``z`` ``[2, n, k]`` in front, the oldest ``n`` rows
+  out, ``filled`` counting up to ``L``; unchanged while ``active`` is False."""
+  queue, filled = queue_state["queue"], queue_state["filled"]
+  length, n = queue.shape[1], z.shape[1]
+  pushed = jnp.concatenate([z.astype(queue.dtype), queue[:, :length - n]], axis=1)
+  return {"queue": jnp.where(active, pushed, queue),
+          "filled": jnp.where(active, jnp.minimum(filled + n, length), filled)}
+
+
 def dino_logits_output(outputs: Mapping) -> str:
   """Which model output holds DINO's logits: the weight-normalised head when the
   model has one (``"dino"``), else the projector's last layer (``"proj"``)."""
@@ -102,7 +118,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
                     ema_momentum_fn: optax.Schedule | None = None,
                     teacher_temperature_fn: Callable | None = None,
                     probe_optimizer: optax.GradientTransformation | None = None,
-                    stats_every: int = 1, embedding: str = "proj") -> Callable:
+                    stats_every: int = 1, embedding: str = "proj",
+                    queue_start_step: int = 0) -> Callable:
   """Compose augmentation, model, objective and optimiser into one training step.
 
   The step is pure (``jax.jit`` it, donating the state):
@@ -131,7 +148,12 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
     of the two global views only; ``state.ema_params["center"]`` is replaced by
     ``aux["center"]``;
   - ``"swav"``: ``loss_fn(z [m, n, k], out["prototypes"] [P, k])``; after the update
-    the prototype rows are scaled back to unit norm.
+    the prototype rows are scaled back to unit norm. With a queue
+    (``state.ema_params = {"queue": [2, L, k], "filled"}``, see
+    ``sslit.train.FitOptions.queue_length``): ``loss_fn(..., queue=queue)`` once
+    ``filled == L``; from step ``queue_start_step`` on, the two global crops'
+    projections of the step (before its update) are pushed in front of the
+    queue, the oldest ``n`` rows dropping out.
 
   A two-view kind (pair, byol, simsiam, moco) with ``V`` local views averages its
   loss and aux over the pairs of :func:`view_pairs` (the target network then
@@ -163,6 +185,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       are computed on steps ``t`` with ``(t + 1) % stats_every == 0`` only (inside a
       ``lax.cond``; zeros otherwise), to keep the SVD off most steps.
     embedding: model output fed to a ``"pair"`` objective.
+    queue_start_step: SwAV's queue fills from this step on.
 
   Returns:
     ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
@@ -228,7 +251,13 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
   def multi_view_loss(state, stats, outs, xs, step):
     if kind == "swav":
-      return loss_fn(jnp.stack([o["proj"] for o in outs]), outs[0]["prototypes"])
+      z, protos = jnp.stack([o["proj"] for o in outs]), outs[0]["prototypes"]
+      if not _has_queue(state):
+        return loss_fn(z, protos)
+      queue = state.ema_params["queue"]
+      full = state.ema_params["filled"] >= queue.shape[1]
+      return jax.lax.cond(full, lambda: loss_fn(z, protos, queue=queue),
+                          lambda: loss_fn(z, protos))
     output = dino_logits_output(outs[0])
     student = jnp.stack([o[output] for o in outs])
     teacher = jnp.stack(target_of(state.ema_params["params"], stats, xs[:2], output))
@@ -248,9 +277,11 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
         loss, aux = multi_view_loss(state, stats, outs, xs, state.step)
       else:
         loss, aux = two_view_loss(state, stats, outs, xs, len(local_views))
-      return loss, (aux, stats, outs[0]["rep"], outs[0].get("proj"))
+      global_proj = (jnp.stack([outs[0]["proj"], outs[1]["proj"]])
+                     if _has_queue(state) else None)
+      return loss, (aux, stats, outs[0]["rep"], outs[0].get("proj"), global_proj)
 
-    (loss, (aux, new_stats, rep, proj)), grads = jax.value_and_grad(
+    (loss, (aux, new_stats, rep, proj, global_proj)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -258,6 +289,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       params = models.normalize_prototypes(params)
 
     metrics = {"loss": loss}
+    if _has_queue(state):
+      queue, filled = state.ema_params["queue"], state.ema_params["filled"]
+      metrics["queue_used"] = (filled >= queue.shape[1]).astype(jnp.float32)
     metrics.update({k: v for k, v in aux.items() if k != "loss" and jnp.ndim(v) == 0})
     metrics["grad_norm"] = optax.tree.norm(grads)
     if learning_rate_fn is not None:
@@ -266,6 +300,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       metrics["teacher_temperature"] = teacher_temperature_fn(state.step)
 
     ema_params = state.ema_params
+    if _has_queue(state):
+      ema_params = _push_queue(ema_params, jax.lax.stop_gradient(global_proj),
+                               state.step >= queue_start_step)
     if uses_ema:
       tau = ema_momentum_fn(state.step)
       ema = lambda e, p: jax.tree.map(lambda a, b: tau * a + (1.0 - tau) * b, e, p)

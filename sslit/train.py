@@ -168,6 +168,13 @@ class FitOptions:
       is fixed).
     global_crop_scale, local_crop_scale: area fractions of the global and local
       crops (DINO's (0.4, 1) and (0.05, 0.4)).
+    queue_length: SwAV only: length ``L`` of the queue of earlier embeddings that
+      joins each batch in the Sinkhorn step (0: none; a multiple of
+      ``batch_size``). The paper uses one when the batch is smaller than the
+      number of prototypes. The queue (``TrainState.ema_params["queue"]``,
+      ``[2, L, k]``, newest first) fills from ``queue_start_step`` on with the
+      global crops' projections and is used once full (the ``queue_used`` metric).
+    queue_start_step: step from which the queue fills (the paper: epoch 15).
     teacher_temperature_warmup_steps: DINO's teacher temperature ramp
       (``sslit.objectives.dino_teacher_temperature``, 0.04 -> 0.07) over this many
       steps; None: 30 % of ``num_steps`` (the paper's 30 of 100 epochs). Not used
@@ -211,6 +218,8 @@ class FitOptions:
   global_crop_scale: tuple[float, float] = (0.4, 1.0)
   local_crop_scale: tuple[float, float] = (0.05, 0.4)
   teacher_temperature_warmup_steps: int | None = None
+  queue_length: int = 0
+  queue_start_step: int = 0
   probe: bool = True
   probe_learning_rate: float = 1e-3
   seed: int = 0
@@ -247,6 +256,10 @@ class FitOptions:
          "(low, high) with 0 < low <= high <= 1"),
         ("local_crop_scale", _is_scale(self.local_crop_scale),
          "(low, high) with 0 < low <= high <= 1"),
+        ("queue_length", self.queue_length >= 0
+         and self.queue_length % self.batch_size == 0,
+         f">= 0 and a multiple of batch_size ({self.batch_size})"),
+        ("queue_start_step", self.queue_start_step >= 0, ">= 0"),
         ("teacher_temperature_warmup_steps",
          self.teacher_temperature_warmup_steps is None
          or self.teacher_temperature_warmup_steps >= 0, ">= 0 or None"),
@@ -283,7 +296,8 @@ SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
 # Fields added after runs were checkpointed: part of the signature only when they
 # differ from their default, so the checkpoints of earlier runs still resume.
 LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
-                          "local_crop_scale", "teacher_temperature_warmup_steps")
+                          "local_crop_scale", "teacher_temperature_warmup_steps",
+                          "queue_length", "queue_start_step")
 
 
 def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
@@ -472,6 +486,9 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   abstract_vars = jax.eval_shape(init_vars, jax.random.key(0))
   outputs = jax.eval_shape(lambda v, x: train_apply(v, x)[0], abstract_vars, view)
   _check_outputs(obj, outputs)
+  if o.queue_length and obj.kind != "swav":
+    raise ValueError(f"queue_length is SwAV's (the queue of its Sinkhorn step); "
+                     f"objective {obj.name!r} has none: leave it at 0.")
   if local_view is not None:
     _check_local_view(train_apply, abstract_vars, local_view)
   rep_dim = outputs["rep"].shape[-1]
@@ -486,7 +503,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        ema_params=_ema_init(obj.kind, params, outputs),
+        ema_params=_ema_init(obj.kind, params, outputs, queue_length=o.queue_length),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params) if o.probe else {},
         key=k_train)
@@ -523,7 +540,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
       train_apply, obj.fn, tx, kind=obj.kind, augment_fn=augment_fn,
       learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
       teacher_temperature_fn=_teacher_temperature_fn(obj, o),
-      probe_optimizer=probe_tx, stats_every=o.log_every)
+      probe_optimizer=probe_tx, stats_every=o.log_every,
+      queue_start_step=o.queue_start_step)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))
@@ -653,9 +671,13 @@ def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) ->
                      f"or local_crop_size equal to the image size.") from None
 
 
-def _ema_init(kind: str, params: Any, outputs: Mapping) -> Any:
+def _ema_init(kind: str, params: Any, outputs: Mapping, *, queue_length: int = 0) -> Any:
   """``TrainState.ema_params`` at initialisation for ``kind``."""
   needs = objectives_lib.KIND_STATE.get(kind, ())
+  if kind == "swav" and queue_length:  # SwAV's queue, one per global crop
+    k = outputs["proj"].shape[-1]
+    return {"queue": jnp.zeros((2, int(queue_length), k), jnp.float32),
+            "filled": jnp.zeros((), jnp.int32)}
   if "center" in needs:  # one centre entry per DINO logit
     k = outputs[dino_logits_output(outputs)].shape[-1]
     return {"params": params, "center": jnp.zeros((k,), jnp.float32)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -429,7 +430,6 @@ def test_tensorboard_events_match_metrics_jsonl_across_a_resume(tmp_path, digits
                         evaluators=[evaluator], **kw))
   # A crash after step 4 was logged but before its checkpoint: the same command
   # resumes from step 2 and logs steps 3-4 again (other elapsed times, ev/run = 1).
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(tmp_path / "checkpoints" / "4")
   runs.append(run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
                         evaluators=[evaluator], **kw))
@@ -562,6 +562,70 @@ def test_dino_center_is_the_ema_of_the_teacher_outputs_and_is_restored(
                            "batch_stats": s1.batch_stats}, x)[0][output]
   want = 0.9 * s1.ema_params["center"] + 0.1 * np.mean(np.asarray(t), axis=0)
   np.testing.assert_allclose(s2.ema_params["center"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_swav_queue_fills_with_the_global_projections_and_joins_sinkhorn_once_full(
+    digits, fast_compile):
+  model, obj = tiny_model("swav"), objectives.get_objective("swav")
+  tx = optax.sgd(0.1, momentum=0.9)
+  n, length = 16, 32  # the queue holds two batches
+  batches = [_batch(digits, n, n * i) for i in range(4)]
+  apply = _train_apply(model)
+  make = lambda **kw: jax.jit(train.make_train_step(apply, obj.fn, tx, kind="swav", **kw))
+  step, plain_step = make(queue_start_step=1), make()
+  plain = _init(model, tx, None, jax.random.key(0), train.images_to_float(
+      jnp.asarray(batches[0]["image"])))
+  state = plain._replace(ema_params={"queue": jnp.zeros((2, length, 32)),
+                                     "filled": jnp.zeros((), jnp.int32)})
+  pushed = []
+  for t, b in enumerate(batches):
+    x = train.images_to_float(jnp.asarray(b["image"]))  # both views: the images
+    out = apply({"params": state.params, "batch_stats": state.batch_stats}, x)[0]
+    z, before = np.asarray(out["proj"]), state.ema_params
+    state, m = step(state, b)
+    plain, pm = plain_step(plain, b)
+    q, filled = np.asarray(state.ema_params["queue"]), int(state.ema_params["filled"])
+    if t == 0:  # before queue_start_step: nothing pushed
+      assert filled == 0 and not q.any()
+    else:  # newest first: this step's projections (before its update), then older
+      pushed.insert(0, z)
+      assert filled == min(t * n, length)
+      for i, zi in enumerate(pushed[:2]):
+        np.testing.assert_allclose(q[:, i * n:(i + 1) * n], np.stack([zi, zi]),
+                                   rtol=1e-6, atol=1e-6)
+      assert not q[:, len(pushed[:2]) * n:].any()
+    used = float(m["queue_used"])
+    assert used == (1.0 if t == 3 else 0.0)  # full (two pushes) from step 3 on
+    if not used:  # Sinkhorn on the batch alone: the run without a queue
+      np.testing.assert_allclose(m["loss"], pm["loss"], rtol=1e-6)
+      chex.assert_trees_all_close(state.params, plain.params, rtol=1e-5, atol=1e-6)
+    else:  # the objective with the queue as it was before the step
+      want = obj.fn(jnp.stack([out["proj"], out["proj"]]), out["prototypes"],
+                    queue=before["queue"])[0]
+      np.testing.assert_allclose(m["loss"], want, rtol=1e-5)
+      assert abs(float(m["loss"]) - float(pm["loss"])) > 1e-4
+
+
+def test_swav_queue_from_the_options_resumes_and_is_refused_elsewhere(
+    tmp_path, digits, fast_compile):
+  kw = dict(model=tiny_model("swav"), objective="swav", dataset=digits, batch_size=32,
+            queue_length=64, log_every=1, checkpoint_every=2, progress=False,
+            probe=False)
+  whole = run_fit(num_steps=4, **kw)
+  assert [r["queue_used"] for r in whole.history] == [0.0, 0.0, 1.0, 1.0]
+  assert parallel.to_host(whole.state).ema_params["queue"].shape == (2, 64, 32)
+  run_fit(num_steps=4, workdir=tmp_path, **kw)
+  shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after step 2's save
+  again = run_fit(num_steps=4, workdir=tmp_path, **kw)
+  assert again.resumed_from == 2  # the queue came back with the checkpoint
+  chex.assert_trees_all_close(parallel.to_host(again.state).ema_params,
+                              parallel.to_host(whole.state).ema_params, rtol=1e-5,
+                              atol=1e-6)
+  with pytest.raises(ValueError, match="queue_length must be >= 0 and a multiple"):
+    train.FitOptions(objective="swav", batch_size=32, num_steps=4, queue_length=48)
+  with pytest.raises(ValueError, match="queue_length is SwAV's"):
+    run_fit(**{**kw, "model": tiny_model("vicreg"), "objective": "vicreg"},
+            num_steps=1)
 
 
 def test_swav_prototypes_stay_unit_norm_and_two_devices_equal_one(digits, fast_compile):

@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective = "vicreg"
   c.objective_kwargs = ml_collections.ConfigDict(
       {"std_coeff": 100.0})  # variance weight 100, not 25: docs/recipe.md (F9)
+  # SwAV only: a queue of earlier embeddings joins each batch in the Sinkhorn step
+  # (0 = none; a multiple of batch_size), filled from queue_start_step on.
+  c.queue_length = 0
+  c.queue_start_step = 0
   # Optimisation.
   c.batch_size = 128
   c.num_steps = 900         # 1.9 epochs (F9 of docs/recipe.md)
