@@ -257,7 +257,7 @@ class FitOptions:
         ("local_crop_scale", _is_scale(self.local_crop_scale),
          "(low, high) with 0 < low <= high <= 1"),
         ("queue_length", self.queue_length >= 0
-         and self.queue_length % self.batch_size == 0,
+         and self.queue_length % max(self.batch_size, 1) == 0,
          f">= 0 and a multiple of batch_size ({self.batch_size})"),
         ("queue_start_step", self.queue_start_step >= 0, ">= 0"),
         ("teacher_temperature_warmup_steps",
