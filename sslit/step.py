@@ -81,6 +81,12 @@ def _mean_aux(auxes: Sequence[dict]) -> dict:
   return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
 
 
+def _zero_prototypes(tree: Mapping, frozen: jax.Array) -> dict:
+  """``tree`` with its ``"prototypes"`` entry zeroed where ``frozen``."""
+  p = tree["prototypes"]
+  return {**tree, "prototypes": jnp.where(frozen, jnp.zeros_like(p), p)}
+
+
 def _has_queue(state: TrainState) -> bool:
   """Whether the state carries SwAV's queue (static: the pytree's structure)."""
   return isinstance(state.ema_params, Mapping) and "queue" in state.ema_params
@@ -119,7 +125,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
                     teacher_temperature_fn: Callable | None = None,
                     probe_optimizer: optax.GradientTransformation | None = None,
                     stats_every: int = 1, embedding: str = "proj",
-                    queue_start_step: int = 0) -> Callable:
+                    queue_start_step: int = 0,
+                    freeze_prototypes_steps: int = 0) -> Callable:
   """Compose augmentation, model, objective and optimiser into one training step.
 
   The step is pure (``jax.jit`` it, donating the state):
@@ -186,6 +193,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       ``lax.cond``; zeros otherwise), to keep the SVD off most steps.
     embedding: model output fed to a ``"pair"`` objective.
     queue_start_step: SwAV's queue fills from this step on.
+    freeze_prototypes_steps: SwAV's prototypes get neither a gradient nor an update
+      (weight decay included) during the first this many steps, as the paper's
+      ``freeze_prototypes_niters``.
 
   Returns:
     ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
@@ -283,7 +293,13 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
     (loss, (aux, new_stats, rep, proj, global_proj)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
+    frozen = (state.step < freeze_prototypes_steps
+              if freeze_prototypes_steps and "prototypes" in grads else None)
+    if frozen is not None:
+      grads = _zero_prototypes(grads, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    if frozen is not None:
+      updates = _zero_prototypes(updates, frozen)
     params = optax.apply_updates(state.params, updates)
     if kind == "swav":
       params = models.normalize_prototypes(params)

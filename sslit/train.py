@@ -175,6 +175,8 @@ class FitOptions:
       ``[2, L, k]``, newest first) fills from ``queue_start_step`` on with the
       global crops' projections and is used once full (the ``queue_used`` metric).
     queue_start_step: step from which the queue fills (the paper: epoch 15).
+    freeze_prototypes_steps: SwAV only: the prototypes stay as initialised for
+      this many steps (no gradient, no update; the paper: one epoch).
     teacher_temperature_warmup_steps: DINO's teacher temperature ramp
       (``sslit.objectives.dino_teacher_temperature``, 0.04 -> 0.07) over this many
       steps; None: 30 % of ``num_steps`` (the paper's 30 of 100 epochs). Not used
@@ -220,6 +222,7 @@ class FitOptions:
   teacher_temperature_warmup_steps: int | None = None
   queue_length: int = 0
   queue_start_step: int = 0
+  freeze_prototypes_steps: int = 0
   probe: bool = True
   probe_learning_rate: float = 1e-3
   seed: int = 0
@@ -260,6 +263,7 @@ class FitOptions:
          and self.queue_length % max(self.batch_size, 1) == 0,
          f">= 0 and a multiple of batch_size ({self.batch_size})"),
         ("queue_start_step", self.queue_start_step >= 0, ">= 0"),
+        ("freeze_prototypes_steps", self.freeze_prototypes_steps >= 0, ">= 0"),
         ("teacher_temperature_warmup_steps",
          self.teacher_temperature_warmup_steps is None
          or self.teacher_temperature_warmup_steps >= 0, ">= 0 or None"),
@@ -297,7 +301,7 @@ SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
 # differ from their default, so the checkpoints of earlier runs still resume.
 LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
                           "local_crop_scale", "teacher_temperature_warmup_steps",
-                          "queue_length", "queue_start_step")
+                          "queue_length", "queue_start_step", "freeze_prototypes_steps")
 
 
 def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
@@ -486,9 +490,10 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   abstract_vars = jax.eval_shape(init_vars, jax.random.key(0))
   outputs = jax.eval_shape(lambda v, x: train_apply(v, x)[0], abstract_vars, view)
   _check_outputs(obj, outputs)
-  if o.queue_length and obj.kind != "swav":
-    raise ValueError(f"queue_length is SwAV's (the queue of its Sinkhorn step); "
-                     f"objective {obj.name!r} has none: leave it at 0.")
+  for field in ("queue_length", "freeze_prototypes_steps"):
+    if getattr(o, field) and obj.kind != "swav":
+      raise ValueError(f"{field} is SwAV's (its queue and prototypes); objective "
+                       f"{obj.name!r} has neither: leave it at 0.")
   if local_view is not None:
     _check_local_view(train_apply, abstract_vars, local_view)
   rep_dim = outputs["rep"].shape[-1]
@@ -541,7 +546,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
       learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
       teacher_temperature_fn=_teacher_temperature_fn(obj, o),
       probe_optimizer=probe_tx, stats_every=o.log_every,
-      queue_start_step=o.queue_start_step)
+      queue_start_step=o.queue_start_step,
+      freeze_prototypes_steps=o.freeze_prototypes_steps)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))

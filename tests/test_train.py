@@ -606,6 +606,27 @@ def test_swav_queue_fills_with_the_global_projections_and_joins_sinkhorn_once_fu
       assert abs(float(m["loss"]) - float(pm["loss"])) > 1e-4
 
 
+def test_swav_prototypes_frozen_for_the_first_steps_then_trained(digits, fast_compile):
+  model, obj = tiny_model("swav"), objectives.get_objective("swav")
+  tx = optax.adamw(1e-2, weight_decay=0.5)
+  batches = [_batch(digits, 16, 16 * i) for i in range(3)]
+  state = _init(model, tx, None, jax.random.key(0), train.images_to_float(
+      jnp.asarray(batches[0]["image"])))
+  start = np.asarray(state.params["prototypes"])
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="swav",
+                                       freeze_prototypes_steps=2))
+  for t, b in enumerate(batches):
+    before = _flat(state.params)
+    state, _ = step(state, b)
+    after = _flat(state.params)
+    moved = {k: not np.allclose(after[k], before[k], atol=1e-7) for k in after}
+    assert moved["projector/dense0/kernel"]  # the rest trains from the first step
+    if t < 2:
+      np.testing.assert_allclose(after["prototypes"], start, atol=1e-6)
+    else:
+      assert moved["prototypes"]
+
+
 def test_swav_queue_from_the_options_resumes_and_is_refused_elsewhere(
     tmp_path, digits, fast_compile):
   kw = dict(model=tiny_model("swav"), objective="swav", dataset=digits, batch_size=32,
@@ -626,6 +647,9 @@ def test_swav_queue_from_the_options_resumes_and_is_refused_elsewhere(
   with pytest.raises(ValueError, match="queue_length is SwAV's"):
     run_fit(**{**kw, "model": tiny_model("vicreg"), "objective": "vicreg"},
             num_steps=1)
+  with pytest.raises(ValueError, match="freeze_prototypes_steps is SwAV's"):
+    run_fit(**{**kw, "model": tiny_model("vicreg"), "objective": "vicreg",
+               "queue_length": 0}, freeze_prototypes_steps=3, num_steps=1)
 
 
 def test_swav_prototypes_stay_unit_norm_and_two_devices_equal_one(digits, fast_compile):

@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (0 = none; a multiple of batch_size), filled from queue_start_step on.
   c.queue_length = 0
   c.queue_start_step = 0
+  c.freeze_prototypes_steps = 0  # SwAV only: prototypes fixed for the first steps
   # Optimisation.
   c.batch_size = 128
   c.num_steps = 900         # 1.9 epochs (F9 of docs/recipe.md)
