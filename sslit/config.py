@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import importlib.util
 import os
+import re
 import sys
 from typing import Any
 
@@ -127,6 +128,10 @@ def all_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]
   return out
 
 
+# A bare word on the command line (no quotes): a string, e.g. in a tuple field.
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
+
+
 def _parse_bool(text: str, field: str) -> bool:
   low = text.strip().lower()
   if low in ("1", "true", "yes", "on"):
@@ -150,6 +155,8 @@ def _parse_value(text: Any, current: Any, field: str) -> Any:
     except (ValueError, SyntaxError):
       if current is None:
         return text
+      if isinstance(current, (tuple, list)) and _WORD.fullmatch(text.strip()):
+        return type(current)((text.strip(),))  # a bare word: a 1-tuple of it
       raise ConfigError(f"--config.{field}={text!r} is not a valid "
                         f"{type(current).__name__} literal.") from None
   if isinstance(current, bool):

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 PREACTIVATIONS = "preactivations"
-ACTIVATIONS = ("relu", "leaky_relu", "abs", "gelu")
+ACTIVATIONS = ("relu", "leaky_relu", "abs", "gelu", "gelu_exact")
 _PIECEWISE = ("relu", "leaky_relu", "abs")
 OUTPUTS = ("rep", "proj", "pred", "dino")
 
@@ -64,8 +64,10 @@ def _activate(module: nn.Module, h: jax.Array, name: str, activation: str = "rel
     return jnp.where(h >= 0, h, negative_slope * h)
   if activation == "abs":
     return jnp.abs(h)
-  if activation == "gelu":
+  if activation == "gelu":  # tanh approximation (JAX's default)
     return nn.gelu(h)
+  if activation == "gelu_exact":  # x Φ(x) with the error function (PyTorch's GELU)
+    return nn.gelu(h, approximate=False)
   raise ValueError(f"unknown activation {activation!r}; choose one of "
                    f"{list(ACTIVATIONS)}.")
 
@@ -145,7 +147,8 @@ class MLP(nn.Module):
 
   Attributes:
     widths: layer widths; the representation has ``widths[-1]`` features.
-    activation: "relu", "leaky_relu", "abs" or "gelu".
+    activation: "relu", "leaky_relu", "abs", "gelu" (tanh approximation) or
+      "gelu_exact" (with the error function, as PyTorch's ``nn.GELU()``).
     negative_slope: leaky-ReLU slope for negative inputs.
     batch_norm: BatchNorm after every hidden Dense (which then has no bias).
     activate_output: apply the activation (and BN) to the last layer too.
@@ -381,15 +384,21 @@ class ProjectionHead(nn.Module):
   The hidden Dense layers have no bias: the BatchNorm that follows subtracts the
   batch mean, so such a bias could not learn (its gradient is zero up to rounding,
   which Adam's normalisation amplifies into steps of full size) and its BatchNorm
-  bias plays its part. Recorded: ``relu{i}`` for the hidden layers.
+  bias plays its part. Recorded: ``relu{i}`` for the hidden layers (piecewise-linear
+  activations only). Without BatchNorm (DINO's head: ``Dense -> GELU``) the hidden
+  Dense layers have a bias.
 
   Attributes:
     widths: output width of every Dense.
     last_bias: bias on the last Dense (VICReg's reference code has none).
+    batch_norm: BatchNorm after every hidden Dense.
+    activation: of the hidden layers, one of ``ACTIVATIONS`` (e.g. "relu", "gelu").
     dtype: compute dtype.
   """
   widths: Sequence[int] = (2048, 2048, 2048)
   last_bias: bool = True
+  batch_norm: bool = True
+  activation: str = "relu"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -397,11 +406,13 @@ class ProjectionHead(nn.Module):
     last = len(self.widths) - 1
     h = x
     for i, width in enumerate(self.widths):
-      h = nn.Dense(int(width), use_bias=(i == last and self.last_bias),
-                   dtype=self.dtype, param_dtype=jnp.float32, name=f"dense{i}")(h)
+      bias = self.last_bias if i == last else not self.batch_norm
+      h = nn.Dense(int(width), use_bias=bias, dtype=self.dtype,
+                   param_dtype=jnp.float32, name=f"dense{i}")(h)
       if i < last:
-        h = _batch_norm(train, self.dtype, f"bn{i}")(h)
-        h = _activate(self, h, f"relu{i}")
+        if self.batch_norm:
+          h = _batch_norm(train, self.dtype, f"bn{i}")(h)
+        h = _activate(self, h, f"relu{i}", self.activation)
     return h
 
 
@@ -411,7 +422,12 @@ PROJECTORS: dict[str, tuple[tuple[int, ...], bool]] = {
     "barlow": ((2048, 2048, 2048), False),
     "simclr": ((2048, 128), True),
     "byol": ((4096, 256), True),
+    "dino": ((2048, 2048, 256), True),
 }
+# Projectors whose hidden layers are not Dense -> BatchNorm -> ReLU: DINO's head
+# (Caron et al. 2021: Linear-GELU-Linear-GELU-Linear to a 256-d bottleneck, no BN).
+PROJECTOR_LAYERS: dict[str, dict[str, Any]] = {
+    "dino": {"batch_norm": False, "activation": "gelu_exact"}}
 BYOL_PREDICTOR_HIDDEN = 4096
 
 
@@ -521,9 +537,11 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
     backbone_kwargs: attributes of the backbone class (e.g. ``{"widths": (64, 32)}``
       for the MLP, ``{"cifar_stem": False}`` for a ResNet).
     projector: "vicreg"/"barlow" (2048-2048-2048, Linear-BN-ReLU x2 + Linear without
-      bias), "simclr" (2048-128), "byol" (4096-256), a sequence of widths (VICReg
-      layout, last Dense with bias), or None (no projector). The hidden Linear
-      layers never have a bias (a BatchNorm follows each).
+      bias), "simclr" (2048-128), "byol" (4096-256), "dino" (DINO's head before its
+      weight-normalised layer: Linear-GELU x2 + Linear, 2048-2048-256, biases, no
+      BatchNorm), a sequence of widths (VICReg layout, last Dense with bias), or
+      None (no projector). The hidden Linear layers of the BatchNorm layouts have no
+      bias (a BatchNorm follows each).
     predictor: False, True (BYOL's 4096-BN-ReLU-p predictor, p the projector's
       output width) or a sequence of widths ending with the projector's width.
     prototypes: number of SwAV prototypes ``P`` (0: none), a ``[P, p]`` parameter
@@ -565,9 +583,10 @@ def build_model(backbone: str, *, backbone_kwargs: Mapping[str, Any] | None = No
     if isinstance(projector, str):
       _validate.check_choice(projector, tuple(PROJECTORS), "projector")
       widths, last_bias = PROJECTORS[projector]
+      layers = PROJECTOR_LAYERS.get(projector, {})
     else:
-      widths, last_bias = _widths(projector, "projector"), True
-    head = ProjectionHead(widths=widths, last_bias=last_bias, dtype=dtype)
+      widths, last_bias, layers = _widths(projector, "projector"), True, {}
+    head = ProjectionHead(widths=widths, last_bias=last_bias, dtype=dtype, **layers)
 
   pred = None
   if predictor is not False and predictor is not None:

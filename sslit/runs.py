@@ -88,8 +88,16 @@ def build_model(config: ConfigDict):
   from sslit import models, objectives
   m = config.model
   projector, predictor = m.projector, m.predictor
-  if isinstance(projector, (list, tuple)):
-    projector = tuple(int(w) for w in projector)
+  if isinstance(projector, (list, tuple)) and len(projector) == 1 and isinstance(
+      projector[0], str):  # a layout by name, e.g. --config.model.projector=dino
+    projector = projector[0]
+  elif isinstance(projector, (list, tuple)):
+    try:
+      projector = tuple(int(w) for w in projector)
+    except ValueError:
+      raise config_lib.ConfigError(
+          f"model.projector must be widths or one of the names "
+          f"{sorted(models.PROJECTORS)}, got {tuple(projector)!r}.") from None
   if isinstance(predictor, (list, tuple)):
     predictor = tuple(int(w) for w in predictor)
   try:

@@ -46,6 +46,20 @@ def test_unknown_field_names_the_closest_ones():
     config_lib.apply_overrides(_config(), [("flag", "maybe")])
 
 
+def test_a_bare_word_sets_a_tuple_field_and_names_a_projector():
+  from sslit import runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("smoke")
+  config_lib.apply_overrides(config, [("eval.baselines", "raw"),
+                                      ("model.projector", "dino"),
+                                      ("objective", "dino"), ("model.dino_head", "16")])
+  assert config.eval.baselines == ("raw",)
+  head = runs.build_model(config).projector
+  assert (head.widths, head.batch_norm, head.activation) == ((2048, 2048, 256), False,
+                                                             "gelu_exact")
+  with pytest.raises(config_lib.ConfigError, match="not a valid tuple literal"):
+    config_lib.apply_overrides(config, [("model.projector", "(16, 32")])
+
+
 def test_shipped_configs_load_and_default_is_the_main_job():
   default = config_lib.load_config(config_lib.DEFAULT_CONFIG)
   assert default.objective == "vicreg" and default.dataset == "fashion_mnist"

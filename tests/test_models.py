@@ -574,6 +574,29 @@ def test_models_from_config_lists_are_hashable():
   assert a.backbone.widths == (4, 2) and hash(a) == hash(b) and a == b
 
 
+def test_dino_projector_is_linear_gelu_without_batchnorm():
+  from scipy.special import erf  # pylint: disable=g-import-not-at-top
+  model = models.build_model("mlp", backbone_kwargs={"widths": (12,)},
+                             projector="dino", dino_head=10)
+  head = model.projector
+  assert head.widths == (2048, 2048, 256) and not head.batch_norm
+  x = jax.random.normal(KEY, (4, 9))
+  variables = models.init_variables(model, KEY, x)
+  p = variables["params"]["projector"]
+  assert sorted(p) == ["dense0", "dense1", "dense2"]  # no BatchNorm parameters
+  assert all("bias" in p[f"dense{i}"] for i in range(3))
+  out = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  # NumPy oracle: Linear-GELU (exact, x Phi(x)) twice, then Linear, on the rep.
+  gelu = lambda h: 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))
+  h = np.asarray(out["rep"], np.float64)
+  for i in range(3):
+    h = h @ np.asarray(p[f"dense{i}"]["kernel"], np.float64) + np.asarray(
+        p[f"dense{i}"]["bias"], np.float64)
+    h = gelu(h) if i < 2 else h
+  np.testing.assert_allclose(out["proj"], h, rtol=2e-4, atol=2e-5)
+  assert out["dino"].shape == (4, 10)
+
+
 def test_swav_prototypes_are_a_unit_norm_parameter_of_the_projector_width():
   model = models.build_model("mlp", backbone_kwargs={"widths": (8,)}, projector=(5,),
                              prototypes=7)
