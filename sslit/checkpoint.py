@@ -407,12 +407,21 @@ class CheckpointManager:
     # Only process 0 writes ``meta``: the others need not hash.
     info["checksums"] = _checksums(data) if jax.process_index() == 0 else {}
     meta[_RESERVED] = info
-    self._manager.save(
-        int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardSave(data),
-                                meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(
+          int(step),
+          args=ocp.args.Composite(state=ocp.args.StandardSave(data),
+                                  meta=ocp.args.JsonSave(meta)),
+          force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_no_space(e):
+        raise
+      # A full disk reaches here from TensorStore as a ValueError
+      # ("RESOURCE_EXHAUSTED ... No space left on device"): said as what it is.
+      raise OSError(errno.ENOSPC, f"no space left on the device while saving "
+                    f"checkpoint {int(step)} in {self.directory}",
+                    os.fspath(self.directory)) from e
     self._prune(int(step))
 
   def _prune(self, new_step: int) -> None:
@@ -712,6 +721,21 @@ def _read_holder(path: str) -> dict[str, Any]:
       pass
     time.sleep(0.05)
   return {}
+
+
+def _is_no_space(error: BaseException) -> bool:
+  """Whether ``error`` or an exception it was raised from is a full disk (ENOSPC),
+  also as TensorStore words it (``No space left on device``, ``os_error_code=28``)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    text = str(error)
+    if "No space left on device" in text or "os_error_code='28'" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _locked_message(workdir: str, holder: dict[str, Any]) -> str:

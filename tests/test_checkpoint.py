@@ -53,6 +53,32 @@ def test_round_trip_bitwise_with_key_sharding_and_meta(tmp_path):
                                 jax.random.normal(state["key"], (3,)))
 
 
+def test_a_full_disk_as_tensorstore_reports_it_is_an_enospc_oserror(tmp_path,
+                                                                  monkeypatch):
+  """A real full disk (a 600 KiB tmpfs, 2026-12-06) reaches orbax's save as
+  TensorStore's ValueError; the manager says it as ENOSPC, other errors pass."""
+  import errno  # pylint: disable=g-import-not-at-top
+  m = checkpoint.CheckpointManager(tmp_path / "ckpt")
+  m.save(1, _state(1))
+  seen = ('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local '
+          'file "x/ocdbt.process_0/": Failed to write 92293 bytes to file 12: No '
+          "space left on device [os_error_code='28']")
+  for raised, want in ((ValueError(seen), OSError), (ValueError("other"), ValueError)):
+    def failing(*args, raised=raised, **kwargs):
+      raise raised
+    monkeypatch.setattr(m._manager, "save", failing)  # pylint: disable=protected-access
+    with pytest.raises(want) as info:
+      m.save(2, _state(2))
+    if want is OSError:
+      assert info.value.errno == errno.ENOSPC and info.value.__cause__ is raised
+      assert str(tmp_path / "ckpt") in info.value.filename
+    else:
+      assert info.value is raised
+  monkeypatch.undo()
+  assert m.all_steps() == [1]  # the earlier checkpoint is kept
+  m.close()
+
+
 def test_keeps_last_k_and_restores_newest(tmp_path):
   m = checkpoint.CheckpointManager(tmp_path, max_to_keep=2)
   for s in (1, 2, 3):
