@@ -55,15 +55,20 @@ def _two_processes(tmp_path, workdir, tag):
   return procs
 
 
-def _finish(procs, tmp_path, tag):
+def _wait(procs):
+  """Exit codes of both processes (killed if still running after TIMEOUT_S)."""
   try:
-    codes = [p.wait(timeout=TIMEOUT_S) for p, _ in procs]
+    return [p.wait(timeout=TIMEOUT_S) for p, _ in procs]
   finally:
     for p, log in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
       log.close()
+
+
+def _finish(procs, tmp_path, tag):
+  codes = _wait(procs)
   logs = "\n".join((tmp_path / f"{tag}.{i}.log").read_text()[-2000:] for i in range(2))
   assert codes == [0, 0], logs
   return logs
@@ -128,15 +133,7 @@ def test_a_locked_run_directory_stops_both_processes_naming_the_holder(tmp_path)
   from sslit import checkpoint  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   with checkpoint.RunLock(workdir):  # held by this (pytest) process
-    procs = _two_processes(tmp_path, workdir, "locked")
-    try:
-      codes = [p.wait(timeout=TIMEOUT_S) for p, _ in procs]
-    finally:
-      for p, log in procs:
-        if p.poll() is None:
-          p.kill()
-          p.wait()
-        log.close()
+    codes = _wait(_two_processes(tmp_path, workdir, "locked"))
   for i in range(2):
     log = (tmp_path / f"locked.{i}.log").read_text()
     assert codes[i] != 0, log[-2000:]
