@@ -164,7 +164,8 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       local_crop_scale=tuple(config.get("local_crop_scale", (0.05, 0.4))),
       queue_length=int(config.get("queue_length", 0)),
       queue_start_step=int(config.get("queue_start_step", 0)),
-      freeze_prototypes_steps=int(config.get("freeze_prototypes_steps", 0)))
+      freeze_prototypes_steps=int(config.get("freeze_prototypes_steps", 0)),
+      views_in_one_pass=bool(config.get("views_in_one_pass", False)))
 
 
 

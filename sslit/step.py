@@ -126,7 +126,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
                     probe_optimizer: optax.GradientTransformation | None = None,
                     stats_every: int = 1, embedding: str = "proj",
                     queue_start_step: int = 0,
-                    freeze_prototypes_steps: int = 0) -> Callable:
+                    freeze_prototypes_steps: int = 0,
+                    views_in_one_pass: bool = False) -> Callable:
   """Compose augmentation, model, objective and optimiser into one training step.
 
   The step is pure (``jax.jit`` it, donating the state):
@@ -135,8 +136,9 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   ``augment_fn(key_t, images)``: two global views ``x_a, x_b`` and, with
   multi-crop, ``V`` local views; ``out_v, stats = apply_fn({"params",
   "batch_stats"}, x_v)`` per view (BatchNorm statistics of each view's batch,
-  running statistics updated view after view as in the reference
-  implementations); then, by ``kind`` (the objective's, see
+  running statistics updated view after view, as VICReg's and BYOL's reference
+  code; with ``views_in_one_pass`` one application per view size on the views
+  concatenated, as DINO's and SwAV's); then, by ``kind`` (the objective's, see
   ``sslit.objectives.KIND_STATE``):
 
   - ``"pair"``: ``loss, aux = loss_fn(e_a, e_b)`` with ``e = out[embedding]``
@@ -196,6 +198,11 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
     freeze_prototypes_steps: SwAV's prototypes get neither a gradient nor an update
       (weight decay included) during the first this many steps, as the paper's
       ``freeze_prototypes_niters``.
+    views_in_one_pass: the views of each size (the global crops; the local crops)
+      go through the network as one concatenated batch, so that BatchNorm
+      normalises with statistics over all of them and updates its running
+      statistics once per size, as DINO's and SwAV's reference code; the target
+      network does the same. False: view after view (statistics per view).
 
   Returns:
     ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
@@ -225,18 +232,35 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       return out[embedding]
     return out["rep"]
 
+  def passes(xs):
+    """Groups of view indices that go through the network together."""
+    if not views_in_one_pass:
+      return [[i] for i in range(len(xs))]
+    groups = {}
+    for i, x in enumerate(xs):
+      groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    return list(groups.values())
+
+  def apply_views(variables, xs):
+    """Per-view outputs and the last mutated collections, one pass per group."""
+    outs, mut = [None] * len(xs), {}
+    for group in passes(xs):
+      x = xs[group[0]] if len(group) == 1 else jnp.concatenate([xs[i] for i in group])
+      out, mut = apply_fn(variables, x)
+      variables = {**variables, **{k: v for k, v in mut.items() if k in variables}}
+      for j, i in enumerate(group):  # per-sample outputs split back, the rest shared
+        outs[i] = {k: (jnp.split(v, len(group))[j] if k in models.OUTPUTS else v)
+                   for k, v in out.items()}
+    return outs, mut
+
   def online(params, stats, xs):
-    """Outputs of every view, BatchNorm statistics chained view after view."""
-    outs = []
-    for x in xs:
-      out, mut = apply_fn({"params": params, "batch_stats": stats}, x)
-      stats = mut.get("batch_stats", stats)
-      outs.append(out)
-    return outs, stats
+    """Outputs of every view, BatchNorm statistics chained pass after pass."""
+    outs, mut = apply_views({"params": params, "batch_stats": stats}, xs)
+    return outs, mut.get("batch_stats", stats)
 
   def target_of(target_params, stats, xs, output="proj"):
-    target = {"params": target_params, "batch_stats": stats}
-    return [jax.lax.stop_gradient(apply_fn(target, x)[0][output]) for x in xs]
+    outs, _ = apply_views({"params": target_params, "batch_stats": stats}, xs)
+    return [jax.lax.stop_gradient(o[output]) for o in outs]
 
   def two_view_loss(state, stats, outs, xs, num_local):
     needed = sorted({v for pair in view_pairs(num_local) for v in pair})

@@ -177,6 +177,9 @@ class FitOptions:
     queue_start_step: step from which the queue fills (the paper: epoch 15).
     freeze_prototypes_steps: SwAV only: the prototypes stay as initialised for
       this many steps (no gradient, no update; the paper: one epoch).
+    views_in_one_pass: the views of each size go through the network as one
+      batch, so BatchNorm statistics are over all of them (DINO's and SwAV's
+      reference code); False: view after view, statistics per view (VICReg's).
     teacher_temperature_warmup_steps: DINO's teacher temperature ramp
       (``sslit.objectives.dino_teacher_temperature``, 0.04 -> 0.07) over this many
       steps; None: 30 % of ``num_steps`` (the paper's 30 of 100 epochs). Not used
@@ -223,6 +226,7 @@ class FitOptions:
   queue_length: int = 0
   queue_start_step: int = 0
   freeze_prototypes_steps: int = 0
+  views_in_one_pass: bool = False
   probe: bool = True
   probe_learning_rate: float = 1e-3
   seed: int = 0
@@ -301,7 +305,8 @@ SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
 # differ from their default, so the checkpoints of earlier runs still resume.
 LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
                           "local_crop_scale", "teacher_temperature_warmup_steps",
-                          "queue_length", "queue_start_step", "freeze_prototypes_steps")
+                          "queue_length", "queue_start_step", "freeze_prototypes_steps",
+                          "views_in_one_pass")
 
 
 def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
@@ -547,7 +552,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
       teacher_temperature_fn=_teacher_temperature_fn(obj, o),
       probe_optimizer=probe_tx, stats_every=o.log_every,
       queue_start_step=o.queue_start_step,
-      freeze_prototypes_steps=o.freeze_prototypes_steps)
+      freeze_prototypes_steps=o.freeze_prototypes_steps,
+      views_in_one_pass=o.views_in_one_pass)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))

@@ -160,6 +160,40 @@ def test_step_loss_decreases_without_retrace_and_probe_leaves_backbone_alone(
   assert float(m["probe_loss"]) < np.log(10)  # better than the uniform guess
 
 
+@pytest.mark.parametrize("name", ["vicreg", "swav", "byol"])
+def test_views_in_one_pass_share_batchnorm_statistics(name, digits, fast_compile):
+  model, obj = tiny_model(name), objectives.get_objective(name)
+  tx = optax.sgd(0.1)
+  batch = _batch(digits, 16)
+  x = train.images_to_float(jnp.asarray(batch["image"]))
+  views = lambda key, images: (train.images_to_float(images),  # two different views
+                               1.0 - train.images_to_float(images))
+  state = _init(model, tx, None, jax.random.key(0), x, byol=name == "byol")
+  apply = _train_apply(model)
+  kw = dict(kind=obj.kind, augment_fn=views)
+  if name == "byol":
+    kw["ema_momentum_fn"] = train.ema_momentum_schedule(base=0.9, num_steps=10)
+  joint, m_joint = jax.jit(train.make_train_step(apply, obj.fn, tx, views_in_one_pass=True,
+                                                 **kw))(state, batch)
+  _, m_apart = jax.jit(train.make_train_step(apply, obj.fn, tx, **kw))(state, batch)
+  # Oracle: one training application on the two views concatenated, split after.
+  both = jnp.concatenate([x, 1.0 - x])
+  out, mut = apply({"params": state.params, "batch_stats": state.batch_stats}, both)
+  a, b = {k: v[:16] for k, v in out.items()}, {k: v[16:] for k, v in out.items()}
+  if name == "vicreg":
+    want = obj.fn(a["proj"], b["proj"])[0]
+  elif name == "swav":
+    want = obj.fn(jnp.stack([a["proj"], b["proj"]]), out["prototypes"])[0]
+  else:  # the target network (here equal to the online one) sees both views at once
+    t = apply({"params": state.ema_params, "batch_stats": mut["batch_stats"]}, both)[0]
+    want = obj.fn(a["pred"], b["pred"], t["proj"][:16], t["proj"][16:], a["proj"],
+                  b["proj"])[0]
+  np.testing.assert_allclose(m_joint["loss"], want, rtol=1e-5)
+  chex.assert_trees_all_close(joint.batch_stats, mut["batch_stats"], rtol=1e-5,
+                              atol=1e-7)
+  assert abs(float(m_joint["loss"]) - float(m_apart["loss"])) > 1e-4  # per view: other
+
+
 @pytest.mark.parametrize("name", ["byol", "moco_v3"])  # BYOL's target, MoCo's keys
 def test_target_is_the_ema_of_the_online_params(name, digits, fast_compile):
   model = tiny_model(name)
@@ -692,6 +726,10 @@ def test_multi_crop_views_shapes_and_steps_with_two_local_crops(digits, fast_com
             local_crop_size=4, probe=False)
   (record,) = run_fit(model=conv, objective="swav", dataset=digits, **kw).history
   assert np.isfinite(record["loss"]) and record["rep_effective_rank"] > 1.0
+  # One pass per crop size (2 global, 2 local): the same run, other statistics.
+  (joint,) = run_fit(model=conv, objective="swav", dataset=digits,
+                     views_in_one_pass=True, **kw).history
+  assert np.isfinite(joint["loss"]) and joint["loss"] != record["loss"]
   # An MLP's input size is fixed: refused before anything is compiled.
   with pytest.raises(ValueError, match="does not accept local crops"):
     run_fit(model=tiny_model("dino"), objective="dino", dataset=digits, **kw)
@@ -706,6 +744,9 @@ def test_crop_scales_of_the_config_reach_the_options_and_are_checked():
                                       ("global_crop_scale", "(0.08, 1.0)"),
                                       ("local_crop_scale", "(0.1, 0.3)")])
   options = runs.fit_options(config)
+  assert not options.views_in_one_pass
+  config_lib.apply_overrides(config, [("views_in_one_pass", "true")])
+  assert runs.fit_options(config).views_in_one_pass
   assert options.global_crop_scale == (0.08, 1.0)
   assert options.local_crop_scale == (0.1, 0.3)
   signature = train.run_signature(options)  # not the defaults: part of the signature

@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   # keep their own crop scale when local_crops = 0).
   c.global_crop_scale = (0.4, 1.0)
   c.local_crop_scale = (0.05, 0.4)
+  # True: the views of each size in one forward pass, BatchNorm statistics over all
+  # of them (DINO's and SwAV's reference code); False: view after view (VICReg's).
+  c.views_in_one_pass = False
   # Devices: XLA splits the CPU into this many virtual devices (0 = leave as is).
   c.cpu_devices = 1          # 2 was slower for this small net (docs/recipe.md)
   # Model.
