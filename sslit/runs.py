@@ -168,7 +168,6 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       views_in_one_pass=bool(config.get("views_in_one_pass", False)))
 
 
-
 def prepare_workdir(workdir: str, config: ConfigDict, *,
                     resume_with_changes: bool = False, write: bool = True) -> dict:
   """Create ``workdir``, check it is writable and holds no other run; write config.json.
