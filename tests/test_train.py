@@ -666,10 +666,9 @@ def test_swav_queue_from_the_options_resumes_and_is_refused_elsewhere(
   kw = dict(model=tiny_model("swav"), objective="swav", dataset=digits, batch_size=32,
             queue_length=64, log_every=1, checkpoint_every=2, progress=False,
             probe=False)
-  whole = run_fit(num_steps=4, **kw)
+  whole = run_fit(num_steps=4, workdir=tmp_path, **kw)
   assert [r["queue_used"] for r in whole.history] == [0.0, 0.0, 1.0, 1.0]
   assert parallel.to_host(whole.state).ema_params["queue"].shape == (2, 64, 32)
-  run_fit(num_steps=4, workdir=tmp_path, **kw)
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after step 2's save
   again = run_fit(num_steps=4, workdir=tmp_path, **kw)
   assert again.resumed_from == 2  # the queue came back with the checkpoint
