@@ -158,14 +158,15 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       keep_checkpoints=int(config.keep_checkpoints),
       eval_every=int(config.eval_every) if eval_every is None else eval_every,
       max_train_seconds=float(config.max_train_seconds) or None,
-      local_crops=int(config.get("local_crops", 0)),
-      local_crop_size=int(config.get("local_crop_size", 0)),
-      global_crop_scale=tuple(config.get("global_crop_scale", (0.4, 1.0))),
-      local_crop_scale=tuple(config.get("local_crop_scale", (0.05, 0.4))),
-      queue_length=int(config.get("queue_length", 0)),
-      queue_start_step=int(config.get("queue_start_step", 0)),
-      freeze_prototypes_steps=int(config.get("freeze_prototypes_steps", 0)),
-      views_in_one_pass=bool(config.get("views_in_one_pass", False)))
+      **{name: cast(config[name]) for name, cast in _LATER_OPTIONS.items()
+         if name in config})  # absent (an older config): FitOptions' default
+
+
+# FitOptions fields that configs gained over time, with their type.
+_LATER_OPTIONS = {"local_crops": int, "local_crop_size": int, "global_crop_scale": tuple,
+                  "local_crop_scale": tuple, "queue_length": int,
+                  "queue_start_step": int, "freeze_prototypes_steps": int,
+                  "views_in_one_pass": bool}
 
 
 def prepare_workdir(workdir: str, config: ConfigDict, *,
