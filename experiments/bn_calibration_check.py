@@ -16,7 +16,6 @@ Command (one JSON line per run directory on stdout)::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -33,13 +32,6 @@ def check(workdir: str, *, fit_n: int = 50000) -> dict:
   train_ds = run.train_ds
   kw = dict(mean=train_ds.mean, std=train_ds.std, batch_size=int(ev.batch_size))
   apply_fn = models.make_apply_fn(run.model, "rep")
-  apply_train = functools.partial(run.model.apply, train=True, mutable=["batch_stats"])
-
-  def calibrated(variables):
-    return features.calibrate_batch_stats(
-        apply_train, variables,
-        features.calibration_batches(train_ds, num_batches=int(ev.calibration_batches)),
-        mean=train_ds.mean, std=train_ds.std)
 
   def probe(variables):
     x, y = features.extract_features(apply_fn, variables, train_ds, **kw)
@@ -55,7 +47,9 @@ def check(workdir: str, *, fit_n: int = 50000) -> dict:
       num_batches=int(ev.calibration_batches))
   out = {"workdir": workdir, "step": int(run.step),
          "running_stats": probe(run.variables),
-         "calibrated": probe(calibrated(run.variables)),
+         "calibrated": probe(features.calibrated_variables(
+             run.model, run.variables, train_ds,
+             num_batches=int(ev.calibration_batches))),
          "random_init": probe(random_init)}
   out["seconds"] = round(time.perf_counter() - t, 1)
   return out

@@ -35,7 +35,8 @@ Variables = Any
 ApplyFn = Callable[[Variables, Array], Any]
 
 __all__ = ["extract_features", "raw_pixel_features", "calibrate_batch_stats",
-           "calibration_batches", "random_init_variables", "subset_indices",
+           "calibration_batches", "calibrated_variables", "random_init_variables",
+           "subset_indices",
            "as_source", "source_stats", "batched_apply", "subset",
            "infer_num_classes", "ArraySource"]
 
@@ -395,7 +396,22 @@ def random_init_variables(model: Any, key: jax.Array, dataset: Any, *,
   src = as_source(dataset)
   mean, std = source_stats(src, None, None)
   x0 = data_lib.preprocess(np.asarray(src.get(np.arange(min(2, len(src))))[0]), mean, std)
-  variables = models.init_variables(model, key, x0)
+  return calibrated_variables(model, models.init_variables(model, key, x0), src,
+                              num_batches=num_batches, batch_size=batch_size, seed=seed)
+
+
+def calibrated_variables(model: Any, variables: Variables, dataset: Any, *,
+                         num_batches: int = 10, batch_size: int = 512,
+                         seed: int = 0) -> Variables:
+  """``variables`` with BatchNorm statistics calibrated on unaugmented batches.
+
+  :func:`calibrate_batch_stats` of ``model``'s training application on
+  ``num_batches`` seeded batches of ``dataset`` (:func:`calibration_batches`),
+  preprocessed with the data set's statistics: how the random-init baseline is
+  calibrated, for any variables (e.g. a trained network's).
+  """
+  src = as_source(dataset)
+  mean, std = source_stats(src, None, None)
   apply_train = functools.partial(model.apply, train=True, mutable=["batch_stats"])
   return calibrate_batch_stats(
       apply_train, variables,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -271,6 +272,22 @@ def test_calibrate_batch_stats_is_average_of_batch_statistics(rng):
   z = model.apply(out, ref.preprocess(images, mean, std).astype(np.float32),
                   train=False)
   assert np.all(np.abs(np.asarray(z).mean(0)) < 1e-3)
+
+
+def test_calibrated_variables_ignore_the_incoming_running_statistics(rng):
+  # A trained network's running statistics are replaced, not blended, and its
+  # parameters kept: the same numbers from any incoming batch_stats.
+  model = DenseBN()
+  variables = model.init(jax.random.key(1), jnp.zeros((2, 3, 3, 1)), train=False)
+  ds = ArrayDataset(rng.integers(0, 256, size=(64, 3, 3, 1), dtype=np.uint8),
+                    np.zeros(64, np.int64), 2)
+  kw = dict(num_batches=3, batch_size=16)
+  stale = jax.tree.map(lambda a: a + 7.0, variables["batch_stats"])
+  a = features.calibrated_variables(model, variables, ds, **kw)
+  b = features.calibrated_variables(model, {**variables, "batch_stats": stale}, ds, **kw)
+  chex.assert_trees_all_close(a["batch_stats"], b["batch_stats"], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_equal(b["params"], variables["params"])
+  assert not np.allclose(a["batch_stats"]["BatchNorm_0"]["var"], 1.0)  # calibrated
 
 
 def test_calibrate_without_batch_stats_is_identity():
