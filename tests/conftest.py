@@ -6,6 +6,8 @@ before the backend starts, i.e. here, before anything imports jax.
 """
 
 import os
+import shutil
+import tempfile
 
 _FLAG = "--xla_force_host_platform_device_count=2"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
@@ -20,6 +22,20 @@ if os.environ["JAX_PLATFORMS"] != "cpu":
   os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
   os.environ["XLA_FLAGS"] += " --xla_gpu_deterministic_ops=true"
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+# XLA's compiled programs, kept on disk for the whole run: many tests (and the CLI
+# processes they start, which inherit the environment) compile the same small
+# training steps, and a cache hit is much cheaper than a compile on a 2-core CPU.
+# One directory per pytest run, made by the first process (the xdist controller,
+# whose environment the workers inherit) and removed when that process ends; a
+# directory the user set is used as it is and kept. A damaged or half-written
+# entry is not an error: JAX warns and compiles.
+_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="sslit-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from sslit import parallel  # noqa: E402  (imports jax; the backend starts later)
 
@@ -47,3 +63,10 @@ def x64():
 def rng():
   """A NumPy generator with a fixed seed."""
   return np.random.default_rng(0)
+
+
+def pytest_unconfigure(config):
+  """Remove the run's compilation cache once the process that made it ends."""
+  del config
+  if _CACHE_DIR is not None:
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
