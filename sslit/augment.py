@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -163,7 +163,8 @@ def _views(**kw) -> AugmentConfig:
   return AugmentConfig(**kw)
 
 
-def preset(name: str, *, image_size: int | tuple[int, int]
+def preset(name: str, *, image_size: int | tuple[int, int] | None,
+           options: Mapping[str, Any] | None = None
            ) -> tuple[AugmentConfig, AugmentConfig]:
   """The two views' configs of a published recipe.
 
@@ -178,12 +179,30 @@ def preset(name: str, *, image_size: int | tuple[int, int]
 
   Args:
     name: one of ``PRESETS``.
-    image_size: output size (int or ``(H, W)``).
+    image_size: output size (int or ``(H, W)``; None: the input's).
+    options: :class:`AugmentConfig` fields set to these values in both views, e.g.
+      ``{"crop_scale": (0.2, 1.0), "solarize_prob": 0.2}`` (lists become tuples).
 
   Returns:
     ``(cfg_a, cfg_b)``.
+
+  Raises:
+    ValueError: an unknown preset or option name, or a bad option value.
   """
   _validate.check_choice(name, PRESETS, "augmentation preset")
+  cfg_a, cfg_b = _preset(name, image_size)
+  if not options:
+    return cfg_a, cfg_b
+  fields = [f.name for f in dataclasses.fields(AugmentConfig)]
+  unknown = sorted(set(options) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown augmentation option(s) {unknown}; the options are the "
+                     f"fields of sslit.augment.AugmentConfig: {fields}.")
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+  return (dataclasses.replace(cfg_a, **values), dataclasses.replace(cfg_b, **values))
+
+
+def _preset(name, image_size):
   common = dict(image_size=image_size, crop_scale=(0.08, 1.0), flip_prob=0.5,
                 jitter_prob=0.8)
   if name == "simclr":

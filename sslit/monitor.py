@@ -70,15 +70,18 @@ def _scalar_items(d: Mapping, prefix: str) -> dict:
 
 
 def _views_fn(augment: Any, image_shape):
-  """The two-view function of the monitor from a preset name or a callable."""
+  """The monitor's two-view function: a preset name, ``(cfg_a, cfg_b)`` or a callable."""
   if augment is None or callable(augment):
     return augment
-  cfg_a, cfg_b = augment_lib.preset(augment, image_size=image_shape[0])
+  if isinstance(augment, str):
+    cfg_a, cfg_b = augment_lib.preset(augment, image_size=image_shape[0])
+  else:
+    cfg_a, cfg_b = augment
   return lambda key, images: augment_lib.two_views(key, images, cfg_a, cfg_b)
 
 
 def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
-                 augment: str | Callable | None = "vicreg", seed: int = 0,
+                 augment: Any = "vicreg", seed: int = 0,
                  outputs: Sequence[str] | None = None,
                  mean: Array | None = None, std: Array | None = None,
                  batch_size: int = 512, delta: float = 0.05,
@@ -135,7 +138,8 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     dataset: held-out data set or ``(images, labels)``; labels are needed for the
       bound.
     num_examples: subset size (≥ 8).
-    augment: ``sslit.augment`` preset name, or ``views(key, images) -> (x_a, x_b)``
+    augment: ``sslit.augment`` preset name, ``(cfg_a, cfg_b)`` of ``AugmentConfig``,
+      or ``views(key, images) -> (x_a, x_b)``
       (floats in [0, 1]), or None (no view-based terms).
     seed: seed of the subset and of the views.
     outputs: which outputs to monitor (default: all).

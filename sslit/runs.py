@@ -39,7 +39,8 @@ from sslit import config as config_lib
 __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
-           "fit_options", "prepare_workdir", "summary", "embed", "start_distributed",
+           "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
+           "start_distributed",
            "open_torch_run"]
 
 ConfigDict = ml_collections.ConfigDict
@@ -148,8 +149,7 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       objective=config.objective,
       objective_kwargs=config_lib.plain(config.objective_kwargs),
       batch_size=int(config.batch_size), num_steps=int(config.num_steps),
-      augment=None if config.augment in ("none", "", None) else config.augment,
-      optimizer=config.optimizer, learning_rate=float(config.learning_rate),
+      augment=augmentation(config), optimizer=config.optimizer, learning_rate=float(config.learning_rate),
       weight_decay=float(config.weight_decay), momentum=float(config.momentum),
       warmup_steps=int(config.warmup_steps), end_lr_factor=float(config.end_lr_factor),
       grad_clip=float(config.grad_clip) or None, ema_momentum=float(config.ema_momentum),
@@ -160,6 +160,29 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       max_train_seconds=float(config.max_train_seconds) or None,
       **{name: cast(config[name]) for name, cast in _LATER_OPTIONS.items()
          if name in config})  # absent (an older config): FitOptions' default
+
+
+def augmentation(config: ConfigDict):
+  """A config's training views: None, a preset name, or ``(cfg_a, cfg_b)``.
+
+  ``config.augment`` names the preset; ``config.augment_options`` (a dict of
+  ``sslit.augment.AugmentConfig`` fields, e.g. ``{"crop_scale": (0.2, 1.0)}``) sets
+  those fields in both of its views. Without options the name itself is returned
+  (what runs recorded before the options existed).
+  """
+  name = None if config.augment in ("none", "", None) else config.augment
+  options = config_lib.plain(config.get("augment_options") or {})
+  if not options:
+    return name
+  if int(config.get("local_crops", 0)):
+    raise config_lib.ConfigError(
+        "augment_options set the two views of a preset; with local_crops > 0 set "
+        "global_crop_scale and local_crop_scale instead.")
+  from sslit import augment
+  try:
+    return augment.preset(name or "none", image_size=None, options=options)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"augment_options: {e}") from None
 
 
 # FitOptions fields that configs gained over time, with their type.
@@ -271,7 +294,7 @@ def _monitor(config, model, train_ds, test_ds, *, num_examples: int, cpa: bool =
   from sslit import models, monitor
   outputs = ("rep", "proj") if model.projector is not None else ("rep",)
   fn_map = {o: models.make_apply_fn(model, o) for o in outputs}
-  augment = None if config.augment in ("none", "", None) else config.augment
+  augment = augmentation(config)
   kwargs = {}
   if cpa:
     a = config.analysis

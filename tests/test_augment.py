@@ -272,6 +272,23 @@ def test_presets():
                                 x.astype(np.float32) / 255)
 
 
+def test_preset_options_set_the_fields_of_both_views():
+  a, b = aug.preset("vicreg", image_size=32,
+                    options={"crop_scale": [0.2, 1.0], "solarize_prob": 0.3})
+  assert a == aug.AugmentConfig(
+      image_size=32, crop_scale=(0.2, 1.0), flip_prob=0.5, jitter_prob=0.8,
+      brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, grayscale_prob=0.2,
+      blur_prob=1.0, solarize_prob=0.3)
+  assert (b.blur_prob, b.solarize_prob, b.crop_scale) == (0.1, 0.3, (0.2, 1.0))
+  hash(a)  # a list became a tuple: still static under jit
+  assert aug.preset("simclr", image_size=8, options=None) == aug.preset(
+      "simclr", image_size=8)
+  with pytest.raises(ValueError, match=r"unknown augmentation option\(s\) \['sharpness'\]"):
+    aug.preset("simclr", image_size=8, options={"sharpness": 0.5})
+  with pytest.raises(ValueError, match="solarize_prob must be a probability"):
+    aug.preset("simclr", image_size=8, options={"solarize_prob": 2.0})
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import chex
 import jax
@@ -756,6 +757,44 @@ def test_crop_scales_of_the_config_reach_the_options_and_are_checked():
       runs.fit_options(config)
 
 
+def test_augment_options_of_the_config_set_both_views_of_the_trainer_and_monitor():
+  from sslit import augment, config as config_lib, monitor, runs  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config("smoke")
+  config.augment = "simclr"
+  assert runs.fit_options(config).augment == "simclr"  # no options: the name, as before
+  plain_signature = train.run_signature(runs.fit_options(config))
+  # Options that leave only a flip of the simclr views: each view is then exactly
+  # the image or its mirror (the oracle: NumPy), in the trainer and in the monitor.
+  config_lib.apply_overrides(config, [("augment_options", (
+      '{"crop_scale": None, "flip_prob": 1.0, "jitter_prob": 0.0, "blur_prob": 0.0,'
+      ' "grayscale_prob": 0.0}'))])
+  options = runs.fit_options(config)
+  cfg_a, cfg_b = options.augment
+  assert cfg_a == cfg_b and cfg_a.flip_prob == 1.0 and cfg_a.crop_scale is None
+  assert (cfg_a.brightness, cfg_a.contrast, cfg_a.crop_ratio) == (0.8, 0.8, (0.75, 4 / 3))
+  assert train.run_signature(options)["augment"] != plain_signature["augment"]
+  images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+  dataset = types.SimpleNamespace(image_shape=(8, 8, 1))
+  expected = np.flip(images, axis=2).astype(np.float32) / 255
+  for views_fn in (train._make_augment_fn(options, dataset),  # pylint: disable=protected-access
+                   monitor._views_fn(options.augment, (8, 8, 1))):  # pylint: disable=protected-access
+    for view in views_fn(jax.random.key(0), images):
+      np.testing.assert_allclose(view, expected, atol=1e-6)
+  # Options are the two-view presets': refused with local crops, and checked.
+  config.local_crops = 2
+  with pytest.raises(config_lib.ConfigError, match="global_crop_scale"):
+    runs.fit_options(config)
+  config.local_crops = 0
+  config_lib.apply_overrides(config, [("augment_options", '{"crop_size": 20}')])
+  with pytest.raises(config_lib.ConfigError, match="unknown augmentation option.*crop_size"):
+    runs.fit_options(config)
+  config_lib.apply_overrides(config, [("augment_options", '{"crop_scale": (0.5, 0.2)}')])
+  with pytest.raises(config_lib.ConfigError, match="augment_options: crop_scale must be"):
+    runs.fit_options(config)
+  assert augment.preset("simclr", image_size=8, options={}) == augment.preset(
+      "simclr", image_size=8)
+
+
 def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path):
   from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
   options = train.FitOptions(objective="vicreg", batch_size=32, num_steps=4)
@@ -767,7 +806,7 @@ def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path)
   assert "prototypes" not in runs._signature(config)["model"]  # pylint: disable=protected-access
   # A config.json written before local_crops, local_crop_size, model.prototypes.
   stored = config_lib.to_dict(config)
-  for field in ("local_crops", "local_crop_size"):
+  for field in ("local_crops", "local_crop_size", "augment_options"):
     del stored[field]
   del stored["model"]["prototypes"]
   (tmp_path / "config.json").write_text(json.dumps(stored))

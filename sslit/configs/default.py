@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "fashion_mnist"
   c.data_dir = ""            # "" = the default tfds data dir
   c.augment = "simclr"       # preset name of sslit.augment ("none": no views)
+  # sslit.augment.AugmentConfig fields set in both views of the preset, e.g.
+  # {"crop_scale": (0.2, 1.0), "solarize_prob": 0.2} ({}: the preset as it is).
+  c.augment_options = ml_collections.ConfigDict()
   # Multi-crop: local crops per image besides the two global views (0 = two views;
   # DINO and SwAV use them natively, two-view objectives average over view pairs).
   c.local_crops = 0
