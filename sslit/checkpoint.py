@@ -49,6 +49,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 import warnings
 from typing import Any
@@ -408,12 +409,13 @@ class CheckpointManager:
     info["checksums"] = _checksums(data) if jax.process_index() == 0 else {}
     meta[_RESERVED] = info
     try:
-      self._manager.save(
-          int(step),
-          args=ocp.args.Composite(state=ocp.args.StandardSave(data),
-                                  meta=ocp.args.JsonSave(meta)),
-          force=True)
-      self._manager.wait_until_finished()
+      with _HeldSaveNoise():
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(data),
+                                    meta=ocp.args.JsonSave(meta)),
+            force=True)
+        self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       if not _is_no_space(e):
         raise
@@ -721,6 +723,45 @@ def _read_holder(path: str) -> dict[str, Any]:
       pass
     time.sleep(0.05)
   return {}
+
+
+class _HeldSaveNoise:
+  """Holds orbax's error logs during a save; drops them if the disk was full.
+
+  On a full disk orbax's writer threads log their tracebacks (the ``absl`` logger)
+  and leave TensorStore callbacks on closed asyncio loops, which Python reports as
+  unraisable ``RuntimeError('Event loop is closed')``: about 40 tracebacks of one
+  cause, which the ``OSError`` raised from the save already names (and chains).
+  The logs are held while the save runs and passed on unchanged unless it failed
+  for lack of space; the closed-loop reports carry nothing and are dropped, also
+  after a failed save (its threads report them later).
+  """
+
+  def __enter__(self):
+    self.records = []
+    self._logger = logging.getLogger("absl")
+    self._logger.addFilter(self._hold)
+    self._hook = sys.unraisablehook
+    sys.unraisablehook = self._unraisable
+    return self
+
+  def _hold(self, record: logging.LogRecord) -> bool:
+    self.records.append(record)
+    return False
+
+  def _unraisable(self, u) -> None:
+    if not (isinstance(u.exc_value, RuntimeError)
+            and str(u.exc_value) == "Event loop is closed"):
+      self._hook(u)
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self._logger.removeFilter(self._hold)
+    if exc is not None and _is_no_space(exc):
+      return  # the closed loops' reports keep being dropped
+    if sys.unraisablehook == self._unraisable:
+      sys.unraisablehook = self._hook
+    for record in self.records:
+      self._logger.handle(record)
 
 
 def _is_no_space(error: BaseException) -> bool:

@@ -79,6 +79,44 @@ def test_a_full_disk_as_tensorstore_reports_it_is_an_enospc_oserror(tmp_path,
   m.close()
 
 
+def test_orbax_noise_of_a_full_disk_is_dropped_and_other_failures_keep_theirs(
+    tmp_path, monkeypatch, caplog):
+  """Observed on a 600 KiB tmpfs: the failing save's threads log tracebacks on the
+  absl logger and leave 'Event loop is closed' unraisables; a full disk drops them
+  (its OSError says it), another failure keeps its logs."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  class Unraisable:
+    def __init__(self, error):
+      self.error = error
+
+    def __del__(self):
+      raise self.error
+
+  seen = []  # what reaches the hook that was installed before the save
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  m = checkpoint.CheckpointManager(tmp_path / "ckpt")
+  space = "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"
+  for raised in (ValueError(space), ValueError("other")):
+    def failing(*args, raised=raised, **kwargs):
+      logging.getLogger("absl").error("writer thread: %s", raised)
+      Unraisable(RuntimeError("Event loop is closed"))  # dropped, always
+      Unraisable(KeyError("kept"))  # passed on at once
+      raise raised
+    monkeypatch.setattr(m._manager, "save", failing)  # pylint: disable=protected-access
+    caplog.clear()
+    with pytest.raises((OSError, ValueError)):
+      m.save(2, _state(2))
+    logged = [r.getMessage() for r in caplog.records if r.name == "absl"]
+    assert logged == ([] if raised.args[0] == space else ["writer thread: other"])
+  assert seen == ["'kept'", "'kept'"]
+  Unraisable(RuntimeError("Event loop is closed"))  # after the full disk: still dropped
+  Unraisable(KeyError("later"))
+  assert seen[2:] == ["'later'"]
+  m.close()
+
+
 def test_keeps_last_k_and_restores_newest(tmp_path):
   m = checkpoint.CheckpointManager(tmp_path, max_to_keep=2)
   for s in (1, 2, 3):
