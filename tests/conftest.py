@@ -28,14 +28,19 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 # training steps, and a cache hit is much cheaper than a compile on a 2-core CPU.
 # One directory per pytest run, made by the first process (the xdist controller,
 # whose environment the workers inherit) and removed when that process ends; a
-# directory the user set is used as it is and kept. A damaged or half-written
-# entry is not an error: JAX warns and compiles.
+# directory the user set is used as it is and kept. JAX writes an entry in place, so
+# a process may read one that another is still writing (seen once in a run of the
+# suite): JAX then warns and compiles, with the same result; that warning is ignored
+# here (setup.cfg) and in the processes the tests start (PYTHONWARNINGS).
 _CACHE_DIR = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE_DIR = tempfile.mkdtemp(prefix="sslit-tests-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  _IGNORE = "ignore:Error reading persistent compilation cache entry:UserWarning"
+  os.environ["PYTHONWARNINGS"] = ",".join(
+      w for w in (os.environ.get("PYTHONWARNINGS"), _IGNORE) if w)
 
 from sslit import parallel  # noqa: E402  (imports jax; the backend starts later)
 
