@@ -40,8 +40,7 @@ __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
            "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
-           "start_distributed",
-           "open_torch_run"]
+           "start_distributed", "open_torch_run"]
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -149,7 +148,8 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       objective=config.objective,
       objective_kwargs=config_lib.plain(config.objective_kwargs),
       batch_size=int(config.batch_size), num_steps=int(config.num_steps),
-      augment=augmentation(config), optimizer=config.optimizer, learning_rate=float(config.learning_rate),
+      augment=augmentation(config),
+      optimizer=config.optimizer, learning_rate=float(config.learning_rate),
       weight_decay=float(config.weight_decay), momentum=float(config.momentum),
       warmup_steps=int(config.warmup_steps), end_lr_factor=float(config.end_lr_factor),
       grad_clip=float(config.grad_clip) or None, ema_momentum=float(config.ema_momentum),
