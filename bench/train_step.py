@@ -10,6 +10,8 @@ float32 unless ``--dtype bfloat16``. Models:
   average pooling, last map pooled to 2x2 bins, projector 1024-1024), 28x28x1.
 - ``mlp``: MLP 784-1024-1024-512 with a 1024-1024 projector, 28x28x1.
 - ``resnet18``: ResNet-18 with the CIFAR stem, projector 1024-1024, 32x32x3.
+- ``resnet50``: ResNet-50 (bottlenecks, torchvision v1.5) with the ImageNet stem,
+  projector 1024-1024, 224x224x3: the ImageNet-shaped step.
 
 sslit is timed through ``sslit.train.make_train_step`` (jitted, state donated;
 online probe and statistics off), compiled with ``sslit.parallel.
@@ -37,7 +39,10 @@ is the fairer comparison.
 
 Usage: ``python bench/train_step.py [--quick] [--rounds R] [--models convnet,mlp,resnet18]``;
 ``python bench/train_step.py --platform gpu --models resnet18 --batch 512
---dtype bfloat16``.
+--dtype bfloat16``; the ImageNet-shaped step against PyTorch eager and
+``torch.compile``: ``python bench/train_step.py --platform gpu --models resnet50
+--batch 256 --dtype bfloat16 --torch_compile`` (on a CPU, ``--models resnet50``
+uses batch 8).
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ SPECS = {
     "convnet": dict(backbone="convnet", kwargs={"channels": (16, 32, 64)}, shape=(28, 28, 1)),
     "mlp": dict(backbone="mlp", kwargs={"widths": (1024, 1024, 512)}, shape=(28, 28, 1)),
     "resnet18": dict(backbone="resnet18", kwargs={}, shape=(32, 32, 3)),
+    "resnet50": dict(backbone="resnet50", kwargs={}, shape=(224, 224, 3)),
 }
 
 
@@ -221,30 +227,46 @@ def bench_torch(name: str, batch: int, iters: int, *, gpu: bool = False,
                         nn.ReLU(), nn.Linear(1024, 512), projector(512))
   else:
     class Block(nn.Module):
-      def __init__(self, cin, cout, stride):
+      """Basic block (two 3x3), or bottleneck (1x1, 3x3 with the stride, 1x1 x4)."""
+
+      def __init__(self, cin, width, stride, bottleneck):
         super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
+        cout = 4 * width if bottleneck else width
+        if bottleneck:
+          convs = [nn.Conv2d(cin, width, 1, bias=False),
+                   nn.Conv2d(width, width, 3, stride, 1, bias=False),
+                   nn.Conv2d(width, cout, 1, bias=False)]
+        else:
+          convs = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                   nn.Conv2d(cout, cout, 3, 1, 1, bias=False)]
+        self.convs = nn.ModuleList(convs)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c.out_channels) for c in convs)
         self.down = None
         if stride != 1 or cin != cout:
           self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
                                     nn.BatchNorm2d(cout))
 
       def forward(self, x):
-        y = torch.relu(self.b1(self.c1(x)))
-        y = self.b2(self.c2(y))
+        y = x
+        for k, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+          y = bn(conv(y))
+          y = torch.relu(y) if k < len(self.convs) - 1 else y
         return torch.relu(y + (x if self.down is None else self.down(x)))
 
-    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    bottleneck = name == "resnet50"
+    if bottleneck:  # the ImageNet stem
+      layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1)]
+    else:  # the CIFAR stem
+      layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
     cin = 64
-    for i, c in enumerate((64, 128, 256, 512)):
-      for j in range(2):
-        layers.append(Block(cin, c, 2 if i > 0 and j == 0 else 1))
-        cin = c
+    for i, (width, blocks) in enumerate(zip((64, 128, 256, 512),
+                                            (3, 4, 6, 3) if bottleneck else (2,) * 4)):
+      for j in range(blocks):
+        layers.append(Block(cin, width, 2 if i > 0 and j == 0 else 1, bottleneck))
+        cin = 4 * width if bottleneck else width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    net = nn.Sequential(*layers, projector(512))
+    net = nn.Sequential(*layers, projector(cin))
 
   def vicreg(za, zb):
     n, d = za.shape
@@ -298,13 +320,14 @@ def main(argv=None) -> int:
   gpu = args.platform == "gpu"
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   bf16 = args.dtype == "bfloat16"
-  sizes = {"convnet": 256, "mlp": 256, "resnet18": 128}
+  sizes = {"convnet": 256, "mlp": 256, "resnet18": 128, "resnet50": 8}
   iters = 10
   if args.quick:
-    sizes = {"convnet": 256, "mlp": 256, "resnet18": 32}
+    sizes = {"convnet": 256, "mlp": 256, "resnet18": 32, "resnet50": 2}
     iters = 3
   if gpu:
-    sizes, iters = {"convnet": 512, "mlp": 512, "resnet18": 512}, 50
+    sizes = {"convnet": 512, "mlp": 512, "resnet18": 512, "resnet50": 256}
+    iters = 50
   if args.batch:
     sizes = {k: args.batch for k in sizes}
   iters = args.iters or iters
