@@ -42,12 +42,18 @@ Usage: ``python bench/train_step.py [--quick] [--rounds R] [--models convnet,mlp
 --dtype bfloat16``; the ImageNet-shaped step against PyTorch eager and
 ``torch.compile``: ``python bench/train_step.py --platform gpu --models resnet50
 --batch 256 --dtype bfloat16 --torch_compile`` (on a CPU, ``--models resnet50``
-uses batch 8).
+uses batch 8). ``--profile DIR`` also traces 5 of sslit's steps per model
+(``jax.profiler``, Perfetto format, under ``DIR/<model>``) and prints the 15 ops that
+took the most time, on the accelerator's streams (or XLA:CPU's ops on a CPU): what a
+profile shows before anything is changed. On a GPU those are the kernels' own times;
+on a CPU XLA runs some ops (convolutions) asynchronously, so an op's time there may
+include waiting for an earlier one: read the CPU list as a rough guide only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -67,6 +73,9 @@ def _parse(argv=None) -> argparse.Namespace:
                  help="also time the PyTorch step under torch.compile (GPU)")
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="device peak for MFU (GPU); default H100 SXM dense")
+  p.add_argument("--profile", default="",
+                 help="also trace 5 steps of sslit's (flip-view) step per model into "
+                      "this directory and print the ops that took the most time")
   return p.parse_args(argv)
 
 
@@ -151,10 +160,48 @@ def _time(run, iters: int, per_step: bool) -> float:
   return (time.perf_counter() - t) / iters
 
 
+def top_ops(trace_dir: str, n: int = 15) -> list[tuple[str, float, float]]:
+  """``(op, milliseconds, share)`` of the ``n`` ops that took the most time in a trace.
+
+  Reads the Perfetto trace that ``jax.profiler.trace(..., create_perfetto_trace=True)``
+  wrote under ``trace_dir``: the events of the accelerator's streams when there are
+  any, else the host's XLA:CPU ops (Python frames and runtime calls left out). The
+  share is of the total over the events kept.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                           recursive=True))
+  if not paths:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(paths[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device = {p for p, name in names.items() if name.startswith("/device:")}
+  runtime = ("$", "end: ", "PjitFunction")
+  totals = collections.Counter()
+  for e in events:
+    if e.get("ph") != "X":
+      continue
+    if device:
+      if e.get("pid") not in device:
+        continue
+    elif e["name"].startswith(runtime) or "::" in e["name"]:
+      continue
+    totals[e["name"]] += float(e.get("dur", 0.0)) / 1e3
+  whole = sum(totals.values()) or 1.0
+  return [(op, ms, ms / whole) for op, ms in totals.most_common(n)]
+
+
 def bench_jax(name: str, batch: int, iters: int, devices, *, dtype=jnp.float32,
               augmented: bool = False, per_step: bool = True,
-              compiler_options: dict | None = None) -> tuple[float, float]:
-  """(seconds per step, XLA flops per step) of sslit's step."""
+              compiler_options: dict | None = None,
+              profile_dir: str = "") -> tuple[float, float]:
+  """(seconds per step, XLA flops per step) of sslit's step; ``profile_dir``: also
+  trace 5 more steps there (``jax.profiler``, with a Perfetto trace)."""
   spec = SPECS[name]
   model = models.build_model(spec["backbone"], backbone_kwargs=spec["kwargs"],
                              projector=PROJ, dtype=dtype)
@@ -192,7 +239,11 @@ def bench_jax(name: str, batch: int, iters: int, devices, *, dtype=jnp.float32,
     jax.block_until_ready(m["loss"])
 
   run(3)  # compile + warm-up
-  return _time(run, iters, per_step), flops
+  seconds = _time(run, iters, per_step)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      run(5)
+  return seconds, flops
 
 
 def bench_torch(name: str, batch: int, iters: int, *, gpu: bool = False,
@@ -338,6 +389,7 @@ def main(argv=None) -> int:
         f"{'vs torch':>8s} {'epoch 50k':>9s} {'TFLOP/s':>8s} {'MFU':>6s}")
   for name in args.models.split(","):
     b = sizes[name]
+    profile = os.path.join(args.profile, name) if args.profile else ""
     runs = [("torch" + (" (cuda)" if gpu else " (2 thr)"),
              lambda: (bench_torch(name, b, iters, gpu=gpu, bf16=bf16), float("nan")))]
     if args.torch_compile:
@@ -346,14 +398,15 @@ def main(argv=None) -> int:
     if gpu:
       dev = jax.devices()[:1]
       runs.append(("sslit", lambda: bench_jax(name, b, iters, dev, dtype=dtype,
-                                              per_step=False)))
+                                              per_step=False, profile_dir=profile)))
       runs.append(("sslit + vicreg augment", lambda: bench_jax(
           name, b, iters, dev, dtype=dtype, augmented=True, per_step=False)))
     else:
       one, two = jax.devices()[:1], jax.devices()[:2]
       runs.append(("sslit 1 dev, XLA default", lambda: bench_jax(
           name, b, iters, one, dtype=dtype, compiler_options={})))
-      runs.append(("sslit 1 dev", lambda: bench_jax(name, b, iters, one, dtype=dtype)))
+      runs.append(("sslit 1 dev", lambda: bench_jax(name, b, iters, one, dtype=dtype,
+                                                    profile_dir=profile)))
       # last: a two-device program slowed the one-device step timed right after it
       runs.append(("sslit 2 dev", lambda: bench_jax(name, b, iters, two, dtype=dtype)))
     # --rounds: every implementation once per round, in turn, so that a slow spell of
@@ -376,6 +429,10 @@ def main(argv=None) -> int:
       print(f"{name:9s} {b:5d} {impl:22s} {1e3 * t:9.2f} {b / t:8.0f} "
             f"{t_torch / t:7.2f}x {5e4 * t / b:8.2f}s {tflops:8.2f} {mfu:>6s}",
             flush=True)
+    if profile:
+      print(f"  profile of 5 sslit steps ({profile}; the last round's), most time first:")
+      for op, ms, share in top_ops(profile):
+        print(f"  {ms / 5:10.2f} ms/step {100 * share:5.1f}%  {op}")
   return 0
 
 
