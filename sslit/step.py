@@ -248,9 +248,11 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       x = xs[group[0]] if len(group) == 1 else jnp.concatenate([xs[i] for i in group])
       out, mut = apply_fn(variables, x)
       variables = {**variables, **{k: v for k, v in mut.items() if k in variables}}
-      for j, i in enumerate(group):  # per-sample outputs split back, the rest shared
-        outs[i] = {k: (jnp.split(v, len(group))[j] if k in models.OUTPUTS else v)
-                   for k, v in out.items()}
+      # Per-sample outputs split back into the group's views (once), the rest shared.
+      parts = {k: jnp.split(v, len(group)) if k in models.OUTPUTS else [v] * len(group)
+               for k, v in out.items()}
+      for j, i in enumerate(group):
+        outs[i] = {k: v[j] for k, v in parts.items()}
     return outs, mut
 
   def online(params, stats, xs):
