@@ -734,7 +734,8 @@ class _HeldSaveNoise:
   cause, which the ``OSError`` raised from the save already names (and chains).
   The logs are held while the save runs and passed on unchanged unless it failed
   for lack of space; the closed-loop reports carry nothing and are dropped, also
-  after a failed save (its threads report them later).
+  after a failed save (its threads report them later), as are asyncio's reports of
+  the save's write tasks whose error was never retrieved (at interpreter exit).
   """
 
   def __enter__(self):
@@ -757,6 +758,7 @@ class _HeldSaveNoise:
   def __exit__(self, exc_type, exc, tb) -> None:
     self._logger.removeFilter(self._hold)
     if exc is not None and _is_no_space(exc):
+      logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       return  # the closed loops' reports keep being dropped
     if sys.unraisablehook == self._unraisable:
       sys.unraisablehook = self._hook

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import subprocess
 import sys
@@ -228,9 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(e: Exception, verbose: bool) -> None:
   """One short paragraph naming the problem; the traceback only with --verbose."""
   if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-    # The failed save's other write tasks report the same error when the
-    # interpreter exits; this message stays the last word.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     print(f"sslit: error: no space left on the device ({e.filename or e}); the "
           f"checkpoints written before are kept: free some space and run the same "
           f"command again to resume.", file=sys.stderr)

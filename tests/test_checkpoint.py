@@ -96,6 +96,8 @@ def test_orbax_noise_of_a_full_disk_is_dropped_and_other_failures_keep_theirs(
 
   seen = []  # what reaches the hook that was installed before the save
   monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  asyncio_log = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_log, "level", logging.NOTSET)  # restored afterwards
   m = checkpoint.CheckpointManager(tmp_path / "ckpt")
   space = "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"
   for raised in (ValueError(space), ValueError("other")):
@@ -110,6 +112,8 @@ def test_orbax_noise_of_a_full_disk_is_dropped_and_other_failures_keep_theirs(
       m.save(2, _state(2))
     logged = [r.getMessage() for r in caplog.records if r.name == "absl"]
     assert logged == ([] if raised.args[0] == space else ["writer thread: other"])
+    # and asyncio's exit-time reports of the failed write tasks are silenced
+    assert asyncio_log.level == logging.CRITICAL
   assert seen == ["'kept'", "'kept'"]
   Unraisable(RuntimeError("Event loop is closed"))  # after the full disk: still dropped
   Unraisable(KeyError("later"))
