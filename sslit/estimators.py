@@ -31,7 +31,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from sslit._validate import (check_batch, check_choice, check_float, check_positive,
-                             check_rank, shape_of)
+                             shape_of)
 
 __all__ = [
     "gaussian_entropy",

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from sslit import checkpoint, parallel, train
+from sslit import checkpoint, parallel
 from tests.fit_utils import run_fit
 from tests.multihost_worker import FIT_KWARGS, DigitsDataset, small_state, tiny_model
 
