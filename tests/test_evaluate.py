@@ -363,6 +363,21 @@ def test_monitor_records_finite_quantities(rng):
   assert monitor(11, variables) == out
 
 
+def test_monitor_with_non_finite_embeddings_raises_naming_them(rng):
+  """The bound is computed compiled; a non-finite one is still refused, naming the
+  non-finite inputs, not recorded."""
+  images = rng.integers(0, 256, size=(64, 4, 4, 1), dtype=np.uint8)
+  ds = ArrayDataset(images, (np.arange(64) % 4).astype(np.int32), 4)
+  w1 = rng.normal(size=(16, 5)) / 4
+  w1[3, 2] = np.nan  # one unit of every embedding is NaN
+  variables = {"w1": jnp.asarray(w1, jnp.float32),
+               "w2": jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)}
+  monitor = monitor_lib.make_monitor(_mlp_map, ds, num_examples=64, augment=_views,
+                                     batch_size=16, float64_determinants=False)
+  with pytest.raises(ValueError, match=r"bound is not finite.*z_u_a"):
+    monitor(0, variables)
+
+
 def test_monitor_reports_singular_determinants_as_undefined(rng):
   """n <= k: the Gaussian surrogate and log det R are undefined, never -inf."""
   images = rng.integers(0, 256, size=(8, 4, 4, 1), dtype=np.uint8)
