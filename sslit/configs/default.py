@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.knn_k = ()          # kNN k values, e.g. (20,) (costs ~10 s each network)
   c.eval.baselines = ("raw", "random")
   c.eval.max_train = 0       # 0 = the whole training split
-  c.eval.batch_size = 256     # extraction batch: 1.6-1.8x faster than 1000 on a 2-core CPU (cache), same features
+  c.eval.batch_size = 256    # extraction: 1.6x faster than 1000 on 2 cores, same features
   c.eval.calibration_batches = 10
   # The CPA noise model of the analysis (``sslit analyze``, the separation and
   # assumptions experiments): z = f(x + sigma eps) + tau eta, with the output noise
