@@ -150,7 +150,8 @@ def _open(args, overrides) -> runs.Run:
 def cmd_eval(args, overrides) -> int:
   run = _open(args, overrides)
   results = runs.offline_eval(run.config, run.model, run.variables, run.train_ds,
-                              run.test_ds, step=run.step, workdir=run.workdir)
+                              run.test_ds, step=run.step, workdir=run.workdir,
+                              target=run.target)
   print(f"sslit eval: step {run.step}\n" + runs.summary(results))
   if run.config.get("report", True):
     runs.write_report(run.workdir)

@@ -40,7 +40,7 @@ __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
            "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
-           "start_distributed", "open_torch_run"]
+           "start_distributed", "open_torch_run", "target_of"]
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -189,7 +189,7 @@ def augmentation(config: ConfigDict):
 _LATER_OPTIONS = {"local_crops": int, "local_crop_size": int, "global_crop_scale": tuple,
                   "local_crop_scale": tuple, "queue_length": int,
                   "queue_start_step": int, "freeze_prototypes_steps": int,
-                  "views_in_one_pass": bool}
+                  "views_in_one_pass": bool, "average_weights": float}
 
 
 def prepare_workdir(workdir: str, config: ConfigDict, *,
@@ -396,7 +396,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     results = report = None
     if config.eval.enabled:
       results = offline_eval(config, model, result.variables, train_ds, test_ds,
-                             step=result.step, workdir=workdir, write=chief)
+                             step=result.step, workdir=workdir, write=chief,
+                             target=target_of(config, result.state.ema_params))
       clock.lap("eval_s")
     if config.get("report", True) and chief:
       report = write_report(workdir)
@@ -449,11 +450,15 @@ def _cpu_model() -> str:
 
 
 def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, step: int,
-                 workdir: str, write: bool = True) -> dict:
+                 workdir: str, write: bool = True, target: Any = None) -> dict:
   """Linear probe (+ kNN) of the network and of the baselines; ``results.json``.
 
   The baselines of ``config.eval.baselines``: ``"random"`` (the same network at
   random initialisation, BatchNorm statistics calibrated) and ``"raw"`` (pixels).
+  With ``config.eval.target``, also ``"target"``: the network of the parameters
+  ``target`` (:func:`sslit.step.target_params` of the run: BYOL's or MoCo's EMA
+  target, DINO's teacher, or the weight average of ``average_weights``), its
+  BatchNorm statistics calibrated as the random-init baseline's.
   The results are also appended to ``metrics.jsonl`` as ``eval/<name>/<metric>``
   (``write=False``: returned only, as on processes other than 0).
   """
@@ -466,8 +471,18 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
                 max_train=int(ev.max_train) or None)
   results = {}
   t0 = time.perf_counter()
+  if ev.get("target", False) and target is None:
+    raise ValueError(f"eval.target=True but objective {config.objective!r} keeps no "
+                     f"target network in this run: BYOL, MoCo and DINO have one; the "
+                     f"others need average_weights > 0 during training.")
   results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
                                                         test_ds, **common)
+  if ev.get("target", False):
+    calibrated = features.calibrated_variables(
+        model, {**variables, "params": target}, train_ds,
+        num_batches=int(ev.calibration_batches))
+    results["target"] = evaluate.evaluate_representation(apply_fn, calibrated, train_ds,
+                                                         test_ds, **common)
   if "random" in ev.baselines:
     rand = features.random_init_variables(
         model, jax.random.key(int(config.seed)), train_ds,
@@ -505,7 +520,7 @@ def write_report(workdir: str) -> str:
 def summary(results: dict) -> str:
   """The offline results as a few lines of text (one per network probed)."""
   lines = []
-  for name in ("trained", "random_init", "raw_pixels"):
+  for name in ("trained", "target", "random_init", "raw_pixels"):
     if name in results:
       r = results[name]
       knn = "  ".join(f"{k}={v:.2f}" for k, v in r.items()
@@ -525,6 +540,24 @@ def restore_variables(workdir: str | os.PathLike, step: int | None = None
   Raises:
     FileNotFoundError: the run has no (restorable) checkpoint.
   """
+  state, step = _restore_state(workdir, step)
+  return _variables_of(state), step
+
+
+def _variables_of(state: dict) -> dict:
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def target_of(config: ConfigDict, ema_params: Any) -> Any:
+  """A run's target network's parameters (:func:`sslit.step.target_params`), or None."""
+  from sslit import objectives, step
+  kind = objectives.get_objective(config.objective,
+                                  **config_lib.plain(config.objective_kwargs)).kind
+  return step.target_params(kind, ema_params)
+
+
+def _restore_state(workdir, step: int | None) -> tuple[dict, int]:
+  """The raw train state (nested dicts of host arrays) of a checkpoint, and its step."""
   from sslit import checkpoint
   directory = os.path.join(os.fspath(workdir), "checkpoints")
   if not os.path.isdir(directory) or not any(
@@ -540,7 +573,7 @@ def restore_variables(workdir: str | os.PathLike, step: int | None = None
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; run sslit train "
                             f"first.")
   state, _, step = restored
-  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}, step
+  return state, step
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
@@ -562,6 +595,7 @@ class Run(NamedTuple):
   model: Any
   variables: dict
   step: int
+  target: Any = None  # parameters of the target network (target_of), if any
 
 
 def load_run_config(workdir: str | os.PathLike, overrides: Any = ()) -> ConfigDict:
@@ -584,16 +618,18 @@ def open_run(workdir: str | os.PathLike, *, step: int | None = None,
     overrides: config overrides, ``{field: value}`` or ``(field, text)`` pairs.
 
   Returns:
-    ``Run(config, workdir, train_ds, test_ds, model, variables, step)``;
-    ``variables`` are host arrays ``{"params", "batch_stats"}``.
+    ``Run(config, workdir, train_ds, test_ds, model, variables, step, target)``;
+    ``variables`` are host arrays ``{"params", "batch_stats"}``, ``target`` the
+    target network's parameters (:func:`target_of`) or None.
   """
   workdir = os.path.abspath(os.fspath(workdir))
   config = load_run_config(workdir, overrides)
   start_devices(config)
   train_ds, test_ds = load_datasets(config)
   model = build_model(config)
-  variables, step = restore_variables(workdir, step)
-  return Run(config, workdir, train_ds, test_ds, model, variables, step)
+  state, step = _restore_state(workdir, step)
+  return Run(config, workdir, train_ds, test_ds, model, _variables_of(state), step,
+             target_of(config, state.get("ema_params")))
 
 
 def open_torch_run(path: str | os.PathLike, *, workdir: str | os.PathLike,

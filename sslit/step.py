@@ -108,6 +108,53 @@ def dino_logits_output(outputs: Mapping) -> str:
   return "dino" if "dino" in outputs else "proj"
 
 
+def init_ema_params(kind: str, params: Any, outputs: Mapping, *, queue_length: int = 0,
+                    average: bool = False) -> Any:
+  """``TrainState.ema_params`` at initialisation for ``kind``.
+
+  ``params`` (BYOL's, MoCo's target), ``{"params", "center"}`` (DINO's teacher and
+  centre, one entry per logit of ``outputs``), ``{"queue", "filled"}`` (SwAV with a
+  queue of ``queue_length``) or ``{}``; with ``average``, ``"average": params``
+  joins the dict (the weight average of :func:`make_train_step`).
+  """
+  needs = objectives_lib.KIND_STATE.get(kind, ())
+  if average:  # the weight average (kinds without a target network)
+    return {**init_ema_params(kind, params, outputs, queue_length=queue_length),
+            "average": params}
+  if kind == "swav" and queue_length:  # SwAV's queue, one per global crop
+    k = outputs["proj"].shape[-1]
+    return {"queue": jnp.zeros((2, int(queue_length), k), jnp.float32),
+            "filled": jnp.zeros((), jnp.int32)}
+  if "center" in needs:  # one centre entry per DINO logit
+    k = outputs[dino_logits_output(outputs)].shape[-1]
+    return {"params": params, "center": jnp.zeros((k,), jnp.float32)}
+  return params if "ema" in needs else {}
+
+
+def check_average_momentum(momentum: float, kind: str) -> None:
+  """A weight average's momentum: in [0, 1), and only where no target network is."""
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"average_weights must be in [0, 1) (0: no average), got {momentum}.")
+  if momentum and "ema" in objectives_lib.KIND_STATE[kind]:
+    raise ValueError(f"average_weights is for objectives without a target network; "
+                     f"kind {kind!r} has one (its EMA, ema_momentum): probe it with "
+                     f"eval.target=True instead.")
+
+
+def target_params(kind: str, ema_params: Any) -> Any:
+  """The parameters of the network kept beside the online one, or None.
+
+  BYOL's and MoCo's EMA target (``ema_params``), DINO's teacher
+  (``ema_params["params"]``), or the weight average of the other kinds
+  (``ema_params["average"]``, with ``average_momentum`` > 0).
+  """
+  if kind in ("byol", "moco"):
+    return ema_params or None
+  if not isinstance(ema_params, Mapping):
+    return None
+  return ema_params.get("params" if kind == "dino" else "average")
+
+
 def view_pairs(num_local: int) -> tuple[tuple[int, int], ...]:
   """The view pairs of a two-view objective with ``num_local`` local crops.
 
@@ -127,7 +174,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
                     stats_every: int = 1, embedding: str = "proj",
                     queue_start_step: int = 0,
                     freeze_prototypes_steps: int = 0,
-                    views_in_one_pass: bool = False) -> Callable:
+                    views_in_one_pass: bool = False,
+                    average_momentum: float = 0.0) -> Callable:
   """Compose augmentation, model, objective and optimiser into one training step.
 
   The step is pure (``jax.jit`` it, donating the state):
@@ -167,7 +215,11 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   A two-view kind (pair, byol, simsiam, moco) with ``V`` local views averages its
   loss and aux over the pairs of :func:`view_pairs` (the target network then
   embeds every view). For ``"byol"``, ``"moco"`` and ``"dino"``, after the update
-  ``ema <- tau_t ema + (1 - tau_t) params`` with ``tau_t = ema_momentum_fn(t)``.
+  ``ema <- tau_t ema + (1 - tau_t) params`` with ``tau_t = ema_momentum_fn(t)``. The
+  kinds without a target network (pair, simsiam, swav) may keep an average of the
+  weights for evaluation only (``average_momentum`` m > 0): after the update
+  ``state.ema_params["average"] <- m * average + (1 - m) * params``; it never enters
+  the loss (:func:`target_params` finds either network in the state).
 
   An online linear probe (softmax regression on ``stop_gradient(rep_a)``, labels
   from the batch, weighted by ``batch["mask"]``) is updated by ``probe_optimizer``
@@ -203,6 +255,10 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       normalises with statistics over all of them and updates its running
       statistics once per size, as DINO's and SwAV's reference code; the target
       network does the same. False: view after view (statistics per view).
+    average_momentum: momentum of the weight average kept in
+      ``state.ema_params["average"]`` (0: none; in [0, 1); kinds without a target
+      network only, whose ``ema_params`` then start with ``"average"`` = the
+      initial parameters).
 
   Returns:
     ``step(state: TrainState, batch: {"image", "label", "mask"?}) -> (TrainState, metrics)``
@@ -217,6 +273,7 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
   uses_ema = "ema" in objectives_lib.KIND_STATE[kind]
   if uses_ema and ema_momentum_fn is None:
     raise ValueError(f"kind={kind!r} needs ema_momentum_fn (see ema_momentum_schedule).")
+  check_average_momentum(average_momentum, kind)
 
   def views(key, images):
     if augment_fn is None:
@@ -343,8 +400,8 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
 
     ema_params = state.ema_params
     if _has_queue(state):
-      ema_params = _push_queue(ema_params, jax.lax.stop_gradient(global_proj),
-                               state.step >= queue_start_step)
+      ema_params = {**ema_params, **_push_queue(
+          ema_params, jax.lax.stop_gradient(global_proj), state.step >= queue_start_step)}
     if uses_ema:
       tau = ema_momentum_fn(state.step)
       ema = lambda e, p: jax.tree.map(lambda a, b: tau * a + (1.0 - tau) * b, e, p)
@@ -354,6 +411,10 @@ def make_train_step(apply_fn: Callable, loss_fn: Callable,
       else:
         ema_params = ema(ema_params, params)
       metrics["ema_momentum"] = jnp.asarray(tau, jnp.float32)
+    if average_momentum:
+      m = average_momentum
+      ema_params = {**ema_params, "average": jax.tree.map(
+          lambda a, p: m * a + (1.0 - m) * p, ema_params["average"], params)}
 
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
     if probe_params:

@@ -41,8 +41,8 @@ from sslit import metrics as metrics_lib
 from sslit import models
 from sslit import objectives as objectives_lib
 from sslit import parallel
-from sslit.step import (STATS_KEYS, TrainState, dino_logits_output, images_to_float,
-                        make_train_step, view_pairs)
+from sslit.step import (STATS_KEYS, TrainState, check_average_momentum, images_to_float,
+                        init_ema_params, make_train_step, target_params, view_pairs)
 from sslit.optim import (OPTIMIZERS, decay_mask, ema_momentum_schedule,
                          make_optimizer, make_schedule)
 
@@ -50,7 +50,7 @@ __all__ = [
     "TrainState", "FitResult", "NonFiniteLossError", "make_schedule",
     "ema_momentum_schedule", "decay_mask", "make_optimizer", "make_train_step",
     "fit", "FitOptions", "images_to_float", "ensure_writable", "run_signature",
-    "view_pairs", "multi_crop_fn",
+    "view_pairs", "multi_crop_fn", "target_params",
 ]
 
 class NonFiniteLossError(FloatingPointError):
@@ -155,6 +155,8 @@ class FitOptions:
       ``grad_clip`` None or 0: no clipping).
     ema_momentum: base momentum of the EMA target of BYOL, MoCo's key encoder
       and DINO's teacher (cosine-increased to 1).
+    average_weights: momentum of a weight average kept for evaluation only (pair,
+      simsiam, swav; ``ema_params["average"]``, see ``target_params``; 0: none).
     local_crops: number ``V`` of local crops per image (multi-crop; 0: the two
       views of ``augment``, nothing else changes). With ``V > 0`` the views are
       ``sslit.augment.multi_crop_views`` of ``multi_crop_configs(augment, ...)``:
@@ -218,6 +220,7 @@ class FitOptions:
   scale_lr_by_batch: bool = True
   grad_clip: float | None = None
   ema_momentum: float = 0.996
+  average_weights: float = 0.0
   local_crops: int = 0
   local_crop_size: int = 0
   global_crop_scale: tuple[float, float] = (0.4, 1.0)
@@ -306,7 +309,7 @@ SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
 LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
                           "local_crop_scale", "teacher_temperature_warmup_steps",
                           "queue_length", "queue_start_step", "freeze_prototypes_steps",
-                          "views_in_one_pass")
+                          "views_in_one_pass", "average_weights")
 
 
 def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
@@ -472,6 +475,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   parallel.check_batch_size(o.batch_size, mesh)
   obj = (objectives_lib.get_objective(o.objective, **dict(o.objective_kwargs or {}))
          if isinstance(o.objective, str) else o.objective)
+  check_average_momentum(o.average_weights, obj.kind)
   augment_fn = _make_augment_fn(o, dataset)
   if o.normalize:
     augment_fn = _normalized(augment_fn, dataset)
@@ -513,7 +517,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        ema_params=_ema_init(obj.kind, params, outputs, queue_length=o.queue_length),
+        ema_params=init_ema_params(obj.kind, params, outputs, queue_length=o.queue_length,
+                             average=bool(o.average_weights)),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params) if o.probe else {},
         key=k_train)
@@ -553,7 +558,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
       probe_optimizer=probe_tx, stats_every=o.log_every,
       queue_start_step=o.queue_start_step,
       freeze_prototypes_steps=o.freeze_prototypes_steps,
-      views_in_one_pass=o.views_in_one_pass)
+      views_in_one_pass=o.views_in_one_pass, average_momentum=o.average_weights)
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))
@@ -681,19 +686,6 @@ def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) ->
                      f"{tuple(local_view.shape[1:])} ({type(e).__name__}: "
                      f"{str(e).splitlines()[0][:200]}); use a convolutional backbone "
                      f"or local_crop_size equal to the image size.") from None
-
-
-def _ema_init(kind: str, params: Any, outputs: Mapping, *, queue_length: int = 0) -> Any:
-  """``TrainState.ema_params`` at initialisation for ``kind``."""
-  needs = objectives_lib.KIND_STATE.get(kind, ())
-  if kind == "swav" and queue_length:  # SwAV's queue, one per global crop
-    k = outputs["proj"].shape[-1]
-    return {"queue": jnp.zeros((2, int(queue_length), k), jnp.float32),
-            "filled": jnp.zeros((), jnp.int32)}
-  if "center" in needs:  # one centre entry per DINO logit
-    k = outputs[dino_logits_output(outputs)].shape[-1]
-    return {"params": params, "center": jnp.zeros((k,), jnp.float32)}
-  return params if "ema" in needs else {}
 
 
 def _teacher_temperature_fn(obj: Any, o: FitOptions) -> Callable | None:

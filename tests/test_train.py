@@ -843,6 +843,10 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   assert run.variables["params"]["dino_head"].shape == (48, 64)
   gain = np.asarray(run.variables["params"]["dino_head_gain"])
   assert gain.shape == (48,) and not np.array_equal(gain, np.ones(48))  # trained
+  # The teacher (what eval.target probes) comes back beside the student, apart from it.
+  teacher = run.target["dino_head"]
+  assert teacher.shape == (48, 64)
+  assert not np.array_equal(teacher, run.variables["params"]["dino_head"])
 
 
 def test_runs_build_model_gives_each_objective_its_heads():

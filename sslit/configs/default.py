@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.end_lr_factor = 0.0
   c.grad_clip = 0.0          # 0 = no clipping
   c.ema_momentum = 0.996     # BYOL's target, MoCo v3's keys, DINO's teacher
+  # Objectives without a target network: momentum of an average of the weights,
+  # kept for evaluation only (eval.target probes it; 0 = none).
+  c.average_weights = 0.0
   c.max_train_seconds = 0.0  # wall-clock cap in seconds (0 = none: the step budget rules)
   c.seed = 0
   # Bookkeeping.
@@ -112,6 +115,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_train = 0       # 0 = the whole training split
   c.eval.batch_size = 256    # extraction: 1.6x faster than 1000 on 2 cores, same features
   c.eval.calibration_batches = 10
+  # Also probe the target network (BYOL's/MoCo's EMA target, DINO's teacher, or the
+  # average of average_weights), BatchNorm statistics calibrated: "target" in results.
+  c.eval.target = False
   # The CPA noise model of the analysis (``sslit analyze``, the separation and
   # assumptions experiments): z = f(x + sigma eps) + tau eta, with the output noise
   # tau = relative_output_noise * sigma * (RMS slope); see docs/cpa.md.
