@@ -45,6 +45,10 @@ def _parse(argv):
                  help="val split: fit the probe on train[:fit_n] (<= 50000)")
   p.add_argument("--knn", action="store_true", help="also kNN (k=20)")
   p.add_argument("--no-baselines", action="store_true")
+  p.add_argument("--target", action="store_true",
+                 help="also probe the target network (e.g. the average of "
+                      "--config.average_weights) and the trained one, both with "
+                      "calibrated BatchNorm statistics")
   p.add_argument("--eval-every", type=int, default=0,
                  help="also probe (val, --reps) every this many steps during training")
   p.add_argument("--timing", type=int, default=0,
@@ -217,6 +221,19 @@ def main(argv=None) -> int:
   t_eval = time.perf_counter()
   row["probe"] = {}
   trained = probe_all(result.variables, knn=args.knn)
+  others = {}
+  if args.target:  # the target network and, like for like, the trained one calibrated
+    target = runs.target_of(config, result.state.ema_params)
+    if target is None:
+      raise SystemExit("--target: this run keeps no target network (set "
+                       "--config.average_weights for objectives without one)")
+    stats = result.variables["batch_stats"]
+    for name, params in (("trained_calibrated", result.variables["params"]),
+                         ("target", target)):
+      calibrated = features.calibrated_variables(
+          model, {"params": params, "batch_stats": stats}, train_ds,
+          num_batches=int(config.eval.calibration_batches))
+      others[name] = probe_all(calibrated, knn=args.knn)
   key = f"{arch}|{args.split}|{args.fit_n}|knn={args.knn}"
   if not args.no_baselines and not all(f"{key}|{r}" in cache for r in reps):
     rand = features.random_init_variables(
@@ -225,7 +242,7 @@ def main(argv=None) -> int:
     for rep, r in probe_all(rand, knn=args.knn).items():
       cache[f"{key}|{rep}"] = r
   for rep in reps:
-    res = {"trained": trained[rep]}
+    res = {"trained": trained[rep], **{k: v[rep] for k, v in others.items()}}
     if not args.no_baselines:
       res["random_init"] = cache[f"{key}|{rep}"]
     row["probe"][rep] = {k: {m: round(x, 2) for m, x in r.items()
