@@ -5,7 +5,8 @@ directories, one per seed, as a subprocess timed from outside, and reads back th
 ``timings.json`` each run writes: data set build and statistics, model and step
 setup, compilation (the first step), training, the offline probes (trained, random
 init, raw pixels) and the report, next to the whole command's wall time and the
-probe accuracies. The peer of this bench is the same command on another CPU: every
+probe accuracies (with ``--set eval.target=true``, the target network's as well).
+The peer of this bench is the same command on another CPU: every
 row names the CPU model and whether it has AVX-512 (``lscpu``), since the same step
 takes about twice as long with AVX2 only.
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 
 PHASES = ("data_s", "setup_s", "compile_s", "fit_s", "eval_s", "report_s")
-ACCURACIES = ("trained", "random_init", "raw_pixels")
+ACCURACIES = ("trained", "target", "random_init", "raw_pixels")
 
 
 def cpu_description() -> str:
@@ -76,13 +77,16 @@ def run_once(seed: int, *, isa: str | None, steps: int | None, workdir: str,
           "train_s": (timings.get("fit_s") or 0) - (timings.get("compile_s") or 0),
           "steps": timings.get("steps_trained"),
           "trained": results["trained"]["linear_top1"],
+          "target": results.get("target", {}).get("linear_top1"),
           "random_init": results.get("random_init", {}).get("linear_top1"),
           "raw_pixels": results.get("raw_pixels", {}).get("linear_top1")}
 
 
 def table(rows: list[dict], header: str) -> str:
   cols = ["seed", "wall_s", "data_s", "setup_s", "compile_s", "train_s", "eval_s",
-          "report_s", "steps", "trained", "random_init", "raw_pixels"]
+          "report_s", "steps", "trained", "target", "random_init", "raw_pixels"]
+  if not any(r.get("target") is not None for r in rows):
+    cols.remove("target")  # no run probed a target network (eval.target)
   out = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     out.append("| " + " | ".join(
