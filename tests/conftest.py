@@ -58,6 +58,15 @@ jax.devices()
 
 
 @pytest.fixture
+def fast_compile():
+  """Fewer XLA optimisation passes: these tests check that fit runs, not speed."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture
 def x64():
   """Run the test body with 64-bit floats enabled (float64 oracles)."""
   with jax.enable_x64(True):

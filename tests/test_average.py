@@ -21,14 +21,6 @@ def digits():
   return DigitsDataset()
 
 
-@pytest.fixture
-def fast_compile():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def _leaves(tree):
   return [np.asarray(x, np.float64) for x in jax.tree.leaves(parallel.to_host(tree))]
 

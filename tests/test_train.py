@@ -118,15 +118,6 @@ def test_lars_adapts_only_weight_matrices():
 # ----------------------------------------------------------------- the step
 
 
-@pytest.fixture
-def fast_compile():
-  """Fewer XLA optimisation passes: these tests check that fit runs, not speed."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 
 
 def test_step_loss_decreases_without_retrace_and_probe_leaves_backbone_alone(
