@@ -340,7 +340,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   from sslit import evaluate, models, objectives, parallel
   from sslit import train as train_lib
   # Everything that can be checked is checked before anything is written.
-  objectives.get_objective(config.objective, **config_lib.plain(config.objective_kwargs))
+  kind = objectives.get_objective(config.objective,
+                                  **config_lib.plain(config.objective_kwargs)).kind
+  _check_target(config, kind)
   periods = [p for p in (int(config.eval_every), int(config.get("monitor_every", 0)))
              if p]
   options = fit_options(config, eval_every=math.gcd(*periods) if periods else 0)
@@ -472,9 +474,7 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   results = {}
   t0 = time.perf_counter()
   if ev.get("target", False) and target is None:
-    raise ValueError(f"eval.target=True but objective {config.objective!r} keeps no "
-                     f"target network in this run: BYOL, MoCo and DINO have one; the "
-                     f"others need average_weights > 0 during training.")
+    raise ValueError(_no_target(config))
   results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
                                                         test_ds, **common)
   if ev.get("target", False):
@@ -546,6 +546,20 @@ def restore_variables(workdir: str | os.PathLike, step: int | None = None
 
 def _variables_of(state: dict) -> dict:
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def _check_target(config: ConfigDict, kind: str) -> None:
+  """eval.target needs a target network: the kind's own, or a weight average."""
+  from sslit import objectives
+  if (config.eval.get("target", False) and "ema" not in objectives.KIND_STATE[kind]
+      and not float(config.get("average_weights", 0.0))):
+    raise ValueError(_no_target(config))
+
+
+def _no_target(config: ConfigDict) -> str:
+  return (f"eval.target=True but objective {config.objective!r} keeps no target network "
+          f"in this run: BYOL, MoCo and DINO have one; the others need average_weights "
+          f"> 0 during training.")
 
 
 def target_of(config: ConfigDict, ema_params: Any) -> Any:

@@ -117,3 +117,11 @@ def test_offline_eval_probes_the_average_with_calibrated_statistics(tmp_path, di
   with pytest.raises(ValueError, match="average_weights > 0"):
     runs.offline_eval(config, model, result.variables, digits, test, step=6,
                       workdir=str(tmp_path), write=False, target=None)
+
+
+def test_train_refuses_eval_target_without_a_target_network_before_writing(tmp_path):
+  config = default.get_config()
+  config.eval.target = True
+  with pytest.raises(ValueError, match="average_weights > 0"):
+    runs.train(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
