@@ -44,6 +44,8 @@ options (train, eval, analyze, embed):
   --split train|test         embed: the split (default test)
   --outputs rep[,proj,pred]  embed: the network outputs to write (default rep)
   --out PATH                 embed: the .npz file (default in the run directory)
+  --target                   embed: the run's target network (BYOL's/MoCo's target,
+                             DINO's teacher, or the average of average_weights)
   --torch_checkpoint PATH    eval, analyze, embed: a PyTorch ResNet state_dict
                              (torchvision layout) instead of a run's checkpoint; data
                              and settings from --config, results in --workdir
@@ -64,7 +66,7 @@ _VALUE_OPTIONS = {"--config": str, "--workdir": str, "--num_examples": int,
                   "--coordinator_address": str, "--num_processes": int,
                   "--process_id": int, "--torch_checkpoint": str, "--arch": str,
                   "--stem": str, "--stem_padding": int}
-_FLAGS = ("--resume_with_changes", "--distributed", "--verbose")
+_FLAGS = ("--resume_with_changes", "--distributed", "--verbose", "--target")
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, argparse.Namespace,
@@ -175,9 +177,10 @@ def cmd_embed(args, overrides) -> int:
   run = _open(args, overrides)
   outputs = tuple(o.strip() for o in (args.outputs or "rep").split(",") if o.strip())
   path = runs.embed(run, split=args.split or "test", outputs=outputs, path=args.out,
-                    max_examples=args.num_examples)
-  print(f"sslit embed: {', '.join(outputs)} of the {args.split or 'test'} split at step "
-        f"{run.step} written to {path}")
+                    max_examples=args.num_examples, target=args.target)
+  network = "the target network's " if args.target else ""
+  print(f"sslit embed: {network}{', '.join(outputs)} of the {args.split or 'test'} split "
+        f"at step {run.step} written to {path}")
   return 0
 
 

@@ -40,9 +40,12 @@ __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
            "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
-           "start_distributed", "open_torch_run", "target_of"]
+           "start_distributed", "open_torch_run", "target_of", "target_variables"]
 
 ConfigDict = ml_collections.ConfigDict
+_NO_TARGET = ("eval.target=True but objective {!r} keeps no target network in this run: "
+              "BYOL, MoCo and DINO have one; the others need average_weights > 0 during "
+              "training.")
 
 # JAX, and every sslit module that imports it, is imported inside the functions
 # below (after start_devices): the virtual CPU device count is an XLA flag that
@@ -342,7 +345,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   # Everything that can be checked is checked before anything is written.
   kind = objectives.get_objective(config.objective,
                                   **config_lib.plain(config.objective_kwargs)).kind
-  _check_target(config, kind)
+  if (config.eval.get("target", False) and "ema" not in objectives.KIND_STATE[kind]
+      and not float(config.get("average_weights", 0.0))):
+    raise ValueError(_NO_TARGET.format(config.objective))
   periods = [p for p in (int(config.eval_every), int(config.get("monitor_every", 0)))
              if p]
   options = fit_options(config, eval_every=math.gcd(*periods) if periods else 0)
@@ -474,15 +479,13 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   results = {}
   t0 = time.perf_counter()
   if ev.get("target", False) and target is None:
-    raise ValueError(_no_target(config))
+    raise ValueError(_NO_TARGET.format(config.objective))  # before any probe
   results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
                                                         test_ds, **common)
   if ev.get("target", False):
-    calibrated = features.calibrated_variables(
-        model, {**variables, "params": target}, train_ds,
-        num_batches=int(ev.calibration_batches))
-    results["target"] = evaluate.evaluate_representation(apply_fn, calibrated, train_ds,
-                                                         test_ds, **common)
+    results["target"] = evaluate.evaluate_representation(
+        apply_fn, target_variables(config, model, variables, target, train_ds), train_ds,
+        test_ds, **common)
   if "random" in ev.baselines:
     rand = features.random_init_variables(
         model, jax.random.key(int(config.seed)), train_ds,
@@ -548,26 +551,23 @@ def _variables_of(state: dict) -> dict:
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
 
 
-def _check_target(config: ConfigDict, kind: str) -> None:
-  """eval.target needs a target network: the kind's own, or a weight average."""
-  from sslit import objectives
-  if (config.eval.get("target", False) and "ema" not in objectives.KIND_STATE[kind]
-      and not float(config.get("average_weights", 0.0))):
-    raise ValueError(_no_target(config))
-
-
-def _no_target(config: ConfigDict) -> str:
-  return (f"eval.target=True but objective {config.objective!r} keeps no target network "
-          f"in this run: BYOL, MoCo and DINO have one; the others need average_weights "
-          f"> 0 during training.")
-
-
 def target_of(config: ConfigDict, ema_params: Any) -> Any:
   """A run's target network's parameters (:func:`sslit.step.target_params`), or None."""
   from sslit import objectives, step
   kind = objectives.get_objective(config.objective,
                                   **config_lib.plain(config.objective_kwargs)).kind
   return step.target_params(kind, ema_params)
+
+
+def target_variables(config: ConfigDict, model, variables: dict, target: Any,
+                     train_ds) -> dict:
+  """``target`` as parameters, BatchNorm statistics calibrated (as the random-init
+  baseline's, on ``eval.calibration_batches`` unaugmented training batches)."""
+  from sslit import features
+  if target is None:
+    raise ValueError(_NO_TARGET.format(config.objective))
+  return features.calibrated_variables(model, {**variables, "params": target}, train_ds,
+                                       num_batches=int(config.eval.calibration_batches))
 
 
 def _restore_state(workdir, step: int | None) -> tuple[dict, int]:
@@ -710,23 +710,27 @@ def analyze(run: Run, *, num_examples: int | None = None) -> dict:
 
 def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
           path: str | os.PathLike | None = None, batch_size: int | None = None,
-          max_examples: int | None = None, progress: bool = True) -> str:
+          max_examples: int | None = None, progress: bool = True,
+          target: bool = False) -> str:
   """Write a run's representations of a data split as ``.npz``, for any other tool.
 
   Eval-mode network (BatchNorm running statistics), images preprocessed with the
   training split's statistics as in training; batches split over every device of
-  this host.
+  this host. ``target``: the run's target network (``run.target``) instead, as
+  ``eval.target`` probes it (:func:`target_variables`).
 
   Args:
     run: an :func:`open_run` result.
     split: ``"train"`` or ``"test"``.
     outputs: network outputs to write: ``"rep"`` (the representation), ``"proj"``
       (the projector output), ``"pred"`` (BYOL's predictor).
-    path: the ``.npz`` file (default ``<workdir>/embeddings-<split>-step<step>.npz``).
+    path: the ``.npz`` file (default ``<workdir>/embeddings-<split>-step<step>.npz``,
+      ``...-target.npz`` for the target network).
     batch_size: images per batch (default ``config.eval.batch_size``), rounded up
       to a multiple of the device count.
     max_examples: the first ``max_examples`` images of the split (default all).
     progress: show a progress bar.
+    target: embed with the target network.
 
   Returns:
     The path written. The file holds one ``[N, k]`` float32 array per output, the
@@ -738,6 +742,8 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
   dataset = run.train_ds if split == "train" else run.test_ds
+  variables = (target_variables(run.config, run.model, run.variables, run.target,
+                                run.train_ds) if target else run.variables)
   # This host's devices: each process embeds the whole split, process 0 writes it.
   mesh = parallel.make_mesh(jax.local_devices())
   devices = mesh.devices.size
@@ -747,12 +753,12 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
   # One forward pass gives every output (checked to exist by make_apply_fn).
   apply_fn = models.make_apply_fn(run.model, outputs)
   arrays, labels = features.extract_features(
-      apply_fn, run.variables, dataset, batch_size=bs, max_examples=max_examples,
+      apply_fn, variables, dataset, batch_size=bs, max_examples=max_examples,
       mean=run.train_ds.mean, std=run.train_ds.std, output=outputs,
       sharding=parallel.data_sharding(mesh),
       progress=f"embed {split} {','.join(outputs)}" if progress else None)
   path = os.fspath(path or os.path.join(
-      run.workdir, f"embeddings-{split}-step{run.step}.npz"))
+      run.workdir, f"embeddings-{split}-step{run.step}{'-target' if target else ''}.npz"))
   if jax.process_index() == 0:
     tmp = path + ".tmp.npz"
     np.savez(tmp, labels=labels, step=np.int64(run.step), **arrays)

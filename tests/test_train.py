@@ -838,6 +838,18 @@ def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
   teacher = run.target["dino_head"]
   assert teacher.shape == (48, 64)
   assert not np.array_equal(teacher, run.variables["params"]["dino_head"])
+  # sslit embed --target: the teacher's representation, BatchNorm calibrated.
+  path = tmp_path / "teacher.npz"
+  assert cli.main(["embed", "--workdir", str(workdir), "--target", "--num_examples",
+                   "40", "--out", str(path)]) == 0
+  from sslit import data, models  # pylint: disable=g-import-not-at-top
+  images, _ = run.test_ds.get(np.arange(40))
+  x = data.preprocess(images, run.train_ds.mean, run.train_ds.std)
+  rep = models.make_apply_fn(run.model, "rep")
+  want = rep(runs.target_variables(run.config, run.model, run.variables, run.target,
+                                   run.train_ds), x)
+  np.testing.assert_allclose(np.load(path)["rep"], want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(want, rep(run.variables, x), atol=1e-3)
 
 
 def test_runs_build_model_gives_each_objective_its_heads():
