@@ -85,7 +85,8 @@ def build_model(config: ConfigDict):
   ``model.dino_head_gain``. W-MSE whitens
   groups of ``w`` rows (``objective_kwargs.whitening_size``, default the batch) and
   needs ``w`` greater than the embedding width: a projector (widths) whose last
-  width is at least ``w`` ends at ``w // 2`` instead.
+  width is at least ``w`` ends at ``w // 2`` instead. ``model.projector=none``: no
+  projector (the objective sees the representation).
   """
   import jax.numpy as jnp
   from sslit import models, objectives
@@ -93,7 +94,7 @@ def build_model(config: ConfigDict):
   projector, predictor = m.projector, m.predictor
   if isinstance(projector, (list, tuple)) and len(projector) == 1 and isinstance(
       projector[0], str):  # a layout by name, e.g. --config.model.projector=dino
-    projector = projector[0]
+    projector = None if projector[0] == "none" else projector[0]  # none: rep itself
   elif isinstance(projector, (list, tuple)):
     try:
       projector = tuple(int(w) for w in projector)

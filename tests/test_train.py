@@ -876,3 +876,8 @@ def test_runs_build_model_gives_each_objective_its_heads():
   config.model.dino_head_gain = True
   assert runs.build_model(config).dino_head_gain
   assert "dino" in runs.build_model(config).outputs()
+  # model.projector=none: no projector, the objective gets the representation.
+  config.objective = "vicreg"
+  config_lib.apply_overrides(config, [("model.projector", "none")])
+  assert runs.build_model(config).projector is None
+  assert runs.build_model(config).outputs() == ("rep",)
