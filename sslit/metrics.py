@@ -13,6 +13,8 @@ same name and step (written with tensorboard's own event writer, no TensorFlow).
   analyze``).
 - :func:`read_records`, :func:`read_series`, :func:`series`: the readers (lines
   cut short by a kill are skipped and reported, never fatal).
+- :class:`PhaseClock`: the wall-clock seconds of a command's phases and the CPU
+  model (``timings.json`` of ``sslit train``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 __all__ = ["MetricsWriter", "TensorBoardWriter", "open_tensorboard", "append",
            "read_records", "read_series", "series", "flatten", "is_number",
-           "METRICS_FILE"]
+           "METRICS_FILE", "PhaseClock", "cpu_model"]
 
 METRICS_FILE = "metrics.jsonl"
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -236,3 +238,37 @@ def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int],
       steps.append(int(r["step"]))
       values.append(float(r[key]))
   return steps, values
+
+
+class PhaseClock:
+  """Wall-clock seconds of the phases of a command (``timings.json``)."""
+
+  def __init__(self):
+    self.t0 = self.mark = time.perf_counter()
+    self.laps: dict[str, float] = {}
+
+  def lap(self, name: str) -> None:
+    """Record the seconds since the previous lap (or the start) as ``name``."""
+    now = time.perf_counter()
+    self.laps[name], self.mark = now - self.mark, now
+
+  def write(self, path: str, *, steps: int) -> None:
+    """The laps, ``total_s``, ``steps_trained``, ``cpu`` and ``machine`` as JSON."""
+    import platform  # pylint: disable=g-import-not-at-top
+    record = {**self.laps, "total_s": time.perf_counter() - self.t0,
+              "steps_trained": steps, "cpu": cpu_model(), "machine": platform.machine()}
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (Linux ``/proc/cpuinfo``), for timings read elsewhere."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+  return platform.processor() or "unknown"

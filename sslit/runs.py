@@ -338,7 +338,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   """
   log = log or (lambda m: print(m, file=sys.stderr))
   workdir = os.path.abspath(os.fspath(workdir))
-  clock = _Clock()
+  from sslit import metrics as metrics_lib
+  clock = metrics_lib.PhaseClock()
   start_devices(config)
   import jax
   from sslit import evaluate, models, objectives, parallel
@@ -422,39 +423,6 @@ def _signature(config: ConfigDict) -> dict:
            if not (k in _LATER_MODEL_FIELDS and not v)}
   return {"model": model, "dataset": config.dataset,
           "cpu_devices": config.get("cpu_devices", 0)}
-
-
-class _Clock:
-  """Wall-clock seconds of the phases of :func:`train` (``timings.json``)."""
-
-  def __init__(self):
-    self.t0 = self.mark = time.perf_counter()
-    self.laps: dict[str, float] = {}
-
-  def lap(self, name: str) -> None:
-    now = time.perf_counter()
-    self.laps[name], self.mark = now - self.mark, now
-
-  def write(self, path: str, *, steps: int) -> None:
-    import platform
-    record = {**self.laps, "total_s": time.perf_counter() - self.t0,
-              "steps_trained": steps, "cpu": _cpu_model(),
-              "machine": platform.machine()}
-    with open(path, "w") as f:
-      json.dump(record, f, indent=2)
-
-
-def _cpu_model() -> str:
-  """The CPU's model name (Linux ``/proc/cpuinfo``), for timings read elsewhere."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-  return platform.processor() or "unknown"
 
 
 def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, step: int,

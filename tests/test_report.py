@@ -112,3 +112,16 @@ def test_report_classifies_metrics():
 def test_report_bad_run_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a directory"):
     report.write_report(tmp_path / "missing")
+
+
+def test_phase_clock_writes_each_lap_the_total_and_the_cpu(tmp_path, monkeypatch):
+  ticks = iter([10.0, 11.5, 14.0, 20.0])  # start, two laps, write
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(ticks))
+  clock = metrics.PhaseClock()
+  clock.lap("data_s")
+  clock.lap("fit_s")
+  clock.write(str(tmp_path / "timings.json"), steps=7)
+  record = json.loads((tmp_path / "timings.json").read_text())
+  assert {k: record[k] for k in ("data_s", "fit_s", "total_s", "steps_trained")} == {
+      "data_s": 1.5, "fit_s": 2.5, "total_s": 10.0, "steps_trained": 7}
+  assert record["cpu"] == metrics.cpu_model() and record["cpu"]
