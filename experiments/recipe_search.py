@@ -227,13 +227,10 @@ def main(argv=None) -> int:
     if target is None:
       raise SystemExit("--target: this run keeps no target network (set "
                        "--config.average_weights for objectives without one)")
-    stats = result.variables["batch_stats"]
     for name, params in (("trained_calibrated", result.variables["params"]),
                          ("target", target)):
-      calibrated = features.calibrated_variables(
-          model, {"params": params, "batch_stats": stats}, train_ds,
-          num_batches=int(config.eval.calibration_batches))
-      others[name] = probe_all(calibrated, knn=args.knn)
+      others[name] = probe_all(runs.target_variables(
+          config, model, result.variables, params, train_ds), knn=args.knn)
   key = f"{arch}|{args.split}|{args.fit_n}|knn={args.knn}"
   if not args.no_baselines and not all(f"{key}|{r}" in cache for r in reps):
     rand = features.random_init_variables(

@@ -343,6 +343,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   start_devices(config)
   import jax
   from sslit import evaluate, models, objectives, parallel
+  from sslit import step as step_lib
   from sslit import train as train_lib
   # Everything that can be checked is checked before anything is written.
   kind = objectives.get_objective(config.objective,
@@ -406,7 +407,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     if config.eval.enabled:
       results = offline_eval(config, model, result.variables, train_ds, test_ds,
                              step=result.step, workdir=workdir, write=chief,
-                             target=target_of(config, result.state.ema_params))
+                             target=step_lib.target_params(kind, result.state.ema_params))
       clock.lap("eval_s")
     if config.get("report", True) and chief:
       report = write_report(workdir)
