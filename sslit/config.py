@@ -192,12 +192,19 @@ def apply_overrides(config: ml_collections.ConfigDict,
       (``"1e-3"``, ``"(16, 32)"``, ``"true"``) or a Python value of the field's
       type.
 
+  An ``objective`` that changes the config's objective, without ``objective_kwargs``
+  among the same overrides, starts from its own defaults: the config's
+  ``objective_kwargs`` belong to the config's objective (the default's VICReg
+  variance weight means nothing to SimCLR), so they are dropped, with a note on
+  stderr naming them.
+
   Raises:
     ConfigError: unknown field (the message lists the closest names) or a value
       of the wrong type.
   """
-  items = overrides.items() if hasattr(overrides, "items") else overrides
+  items = list(overrides.items() if hasattr(overrides, "items") else overrides)
   fields = all_fields(config)
+  objective = config.get("objective")
   for field, text in items:
     parts = field.split(".")
     node = config
@@ -218,7 +225,22 @@ def apply_overrides(config: ml_collections.ConfigDict,
         setattr(node, leaf, value)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"cannot set --config.{field}={text!r}: {e}") from None
+  _drop_foreign_objective_kwargs(config, objective, [field for field, _ in items])
   return config
+
+
+def _drop_foreign_objective_kwargs(config: ml_collections.ConfigDict, objective: Any,
+                                   fields: list[str]) -> None:
+  """Empties ``objective_kwargs`` when the overrides changed only the objective."""
+  kwargs = config.get("objective_kwargs")
+  if (config.get("objective") == objective or not kwargs
+      or any(f.split(".")[0] == "objective_kwargs" for f in fields)):
+    return
+  print(f"sslit: --config.objective={config.objective} starts from its own defaults: "
+        f"the config's objective_kwargs {plain(kwargs)} (set for {objective!r}) are "
+        f"dropped; --config.objective_kwargs sets the new objective's options.",
+        file=sys.stderr)
+  config.objective_kwargs = ml_collections.ConfigDict()
 
 
 def to_dict(value: Any) -> Any:

@@ -37,6 +37,30 @@ def test_overrides_parse_by_field_type():
   assert c.widths == (4, 5, 6) and c.model.depth == 5
 
 
+def test_a_new_objective_starts_from_its_own_options(capsys):
+  from sslit import objectives  # pylint: disable=g-import-not-at-top
+  default_kwargs = config_lib.plain(config_lib.load_config("default").objective_kwargs)
+  # The default's VICReg weights are refused by SimCLR (what the rule prevents) ...
+  with pytest.raises(ValueError, match="std_coeff"):
+    objectives.get_objective("simclr", **default_kwargs)
+  # ... so overriding only the objective drops them, and says so.
+  config = config_lib.apply_overrides(config_lib.load_config("default"),
+                                      [("objective", "simclr")])
+  assert config.objective == "simclr" and config_lib.plain(config.objective_kwargs) == {}
+  assert "std_coeff" in capsys.readouterr().err
+  assert objectives.get_objective(config.objective).name == "simclr"
+  # Options given with the objective, in either order, are kept; so is everything
+  # when the objective does not change.
+  for pairs in ([("objective_kwargs", '{"temperature": 0.2}'), ("objective", "simclr")],
+                [("objective", "simclr"), ("objective_kwargs", '{"temperature": 0.2}')]):
+    kept = config_lib.apply_overrides(config_lib.load_config("default"), pairs)
+    assert config_lib.plain(kept.objective_kwargs) == {"temperature": 0.2}
+  same = config_lib.apply_overrides(config_lib.load_config("default"),
+                                    {"objective": "vicreg", "seed": 1})
+  assert config_lib.plain(same.objective_kwargs) == default_kwargs
+  assert capsys.readouterr().err == ""
+
+
 def test_unknown_field_names_the_closest_ones():
   with pytest.raises(config_lib.ConfigError, match=r"unknown config field 'model\.dept'.*model\.depth"):
     config_lib.apply_overrides(_config(), [("model.dept", "2")])
