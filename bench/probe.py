@@ -36,15 +36,11 @@ from sslit import evaluate, features, metrics, models, runs
 def representations(run: runs.Run) -> dict:
   """``{name: (train_x, train_y, test_x, test_y)}``: the main job's three inputs."""
   apply_fn = models.make_apply_fn(run.model, "rep")
-  batch = int(run.config.eval.batch_size)
-  src = features.as_source(run.train_ds)
-  mean, std = features.source_stats(src, None, None)
 
   def extract(variables):
-    return (*features.extract_features(apply_fn, variables, src, batch_size=batch,
-                                       mean=mean, std=std),
-            *features.extract_features(apply_fn, variables, run.test_ds,
-                                       batch_size=batch, mean=mean, std=std))
+    return evaluate.representation_features(apply_fn, variables, run.train_ds,
+                                            run.test_ds,
+                                            batch_size=int(run.config.eval.batch_size))
 
   rand = features.random_init_variables(
       run.model, jax.random.key(int(run.config.seed)), run.train_ds,

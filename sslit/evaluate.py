@@ -8,7 +8,8 @@ The standard protocol of self-supervised learning, batched and jitted:
 * :func:`knn_evaluate` does the temperature-weighted cosine kNN vote of Wu et al.
   (2018) for several k from one similarity pass;
 * :func:`evaluate_representation` / :func:`evaluate_features`: both probes of a
-  network (features from ``sslit.features``) or of given features;
+  network (features from ``sslit.features``, :func:`representation_features`) or
+  of given features;
 * :func:`make_probe_evaluator`: an evaluator for ``train.fit``
   (``evaluator(step, variables) -> dict[str, float]``) on fixed subsets.
 
@@ -416,16 +417,29 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
     "feature_dim"}``.
   """
   train_src = features.as_source(train_data)
-  mean, std = features.source_stats(train_src, None, None)
-  tr_x, tr_y = extract_features(apply_fn, variables, train_src, batch_size=batch_size,
-                                max_examples=max_train, mean=mean, std=std,
-                                output=output, sharding=sharding)
-  te_x, te_y = extract_features(apply_fn, variables, test_data, batch_size=batch_size,
-                                max_examples=max_test, mean=mean, std=std,
-                                output=output, sharding=sharding)
+  tr_x, tr_y, te_x, te_y = representation_features(
+      apply_fn, variables, train_src, test_data, batch_size=batch_size,
+      max_train=max_train, max_test=max_test, output=output, sharding=sharding)
   return evaluate_features(tr_x, tr_y, te_x, te_y,
                            num_classes=num_classes or features.infer_num_classes(train_src, tr_y),
                            l2=l2, steps=steps, ks=ks, temperature=temperature)
+
+
+def representation_features(apply_fn: ApplyFn, variables: Variables, train_data: Any,
+                            test_data: Any, *, batch_size: int = 512,
+                            max_train: int | None = None, max_test: int | None = None,
+                            output: str | None = "rep",
+                            sharding: jax.sharding.Sharding | None = None) -> tuple:
+  """``(train_x, train_y, test_x, test_y)``: what :func:`evaluate_representation` probes.
+
+  Both splits in eval mode, preprocessed with the *training* set's per-channel
+  statistics (arguments as in :func:`evaluate_representation`).
+  """
+  train_src = features.as_source(train_data)
+  mean, std = features.source_stats(train_src, None, None)
+  kw = dict(batch_size=batch_size, mean=mean, std=std, output=output, sharding=sharding)
+  return (*extract_features(apply_fn, variables, train_src, max_examples=max_train, **kw),
+          *extract_features(apply_fn, variables, test_data, max_examples=max_test, **kw))
 
 
 def evaluate_features(train_x, train_y, test_x, test_y, *, num_classes: int,
