@@ -45,6 +45,10 @@ def _parse(argv):
                  help="val split: fit the probe on train[:fit_n] (<= 50000)")
   p.add_argument("--knn", action="store_true", help="also kNN (k=20)")
   p.add_argument("--no-baselines", action="store_true")
+  p.add_argument("--calibrated", action="store_true",
+                 help="also probe the trained network with its BatchNorm statistics "
+                      "calibrated as the random-init baseline's (on unaugmented "
+                      "training batches) instead of its running statistics")
   p.add_argument("--target", action="store_true",
                  help="also probe the target network (e.g. the average of "
                       "--config.average_weights) and the trained one, both with "
@@ -231,6 +235,10 @@ def main(argv=None) -> int:
                          ("target", target)):
       others[name] = probe_all(runs.target_variables(
           config, model, result.variables, params, train_ds), knn=args.knn)
+  if args.calibrated and not args.target:
+    others["trained_calibrated"] = probe_all(runs.target_variables(
+        config, model, result.variables, result.variables["params"], train_ds),
+        knn=args.knn)
   key = f"{arch}|{args.split}|{args.fit_n}|knn={args.knn}"
   if not args.no_baselines and not all(f"{key}|{r}" in cache for r in reps):
     rand = features.random_init_variables(
