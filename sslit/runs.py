@@ -430,6 +430,8 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
                  workdir: str, write: bool = True, target: Any = None) -> dict:
   """Linear probe (+ kNN) of the network and of the baselines; ``results.json``.
 
+  With ``config.eval.calibrate``, the network's BatchNorm statistics are first
+  calibrated as the random-init baseline's (for views smaller than the images).
   The baselines of ``config.eval.baselines``: ``"random"`` (the same network at
   random initialisation, BatchNorm statistics calibrated) and ``"raw"`` (pixels).
   With ``config.eval.target``, also ``"target"``: the network of the parameters
@@ -450,6 +452,9 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   t0 = time.perf_counter()
   if ev.get("target", False) and target is None:
     raise ValueError(_NO_TARGET.format(config.objective))  # before any probe
+  if ev.get("calibrate", False):
+    variables = features.calibrated_variables(model, variables, train_ds,
+                                              num_batches=int(ev.calibration_batches))
   results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
                                                         test_ds, **common)
   if ev.get("target", False):

@@ -125,3 +125,35 @@ def test_train_refuses_eval_target_without_a_target_network_before_writing(tmp_p
   with pytest.raises(ValueError, match="average_weights > 0"):
     runs.train(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()
+
+
+def test_offline_eval_calibrate_probes_the_trained_network_with_calibrated_statistics(
+    tmp_path, digits, fast_compile):
+  model = models.build_model("convnet", backbone_kwargs={"channels": (4, 8)},
+                             projector=(16, 16))  # BatchNorm in the representation
+  result = run_fit(model=model, objective="vicreg", dataset=digits, batch_size=32,
+                   num_steps=4, learning_rate=1e-2, progress=False, probe=False)
+  config = default.get_config()
+  config.objective_kwargs = {}
+  config.eval.update(steps=30, knn_k=(), baselines=())
+  test = DigitsDataset("test")
+  variables = parallel.to_host(result.variables)
+  # Running statistics far from any the probe's images give: only calibration mends them.
+  stale = {**variables, "batch_stats": jax.tree.map(lambda s: s * 1e3 + 50.0,
+                                                    variables["batch_stats"])}
+
+  def top1(v, calibrate):
+    config.eval.calibrate = calibrate
+    return runs.offline_eval(config, model, v, digits, test, step=4,
+                             workdir=str(tmp_path), write=False)["trained"]["linear_top1"]
+
+  calibrated = top1(stale, True)
+  assert calibrated == top1(variables, True)  # the running statistics play no part
+  assert calibrated != top1(stale, False)
+  want = evaluate.evaluate_representation(
+      models.make_apply_fn(model, "rep"),
+      features.calibrated_variables(model, variables, digits,
+                                    num_batches=int(config.eval.calibration_batches)),
+      digits, test, num_classes=10, batch_size=int(config.eval.batch_size),
+      l2=float(config.eval.l2), steps=30, ks=())
+  assert calibrated == want["linear_top1"]

@@ -115,6 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_train = 0       # 0 = the whole training split
   c.eval.batch_size = 256    # extraction: 1.6x faster than 1000 on 2 cores, same features
   c.eval.calibration_batches = 10
+  # True: probe the trained network with its BatchNorm statistics calibrated like the
+  # random-init baseline's (calibration_batches unaugmented training batches of 512)
+  # instead of the running statistics of training: for views of another size than the
+  # images (augment_options.image_size), whose statistics the probe's images do not share.
+  c.eval.calibrate = False
   # Also probe the target network (BYOL's/MoCo's EMA target, DINO's teacher, or the
   # average of average_weights), BatchNorm statistics calibrated: "target" in results.
   c.eval.target = False
