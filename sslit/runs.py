@@ -40,7 +40,8 @@ __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
            "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
-           "start_distributed", "open_torch_run", "target_of", "target_variables"]
+           "start_distributed", "open_torch_run", "target_of", "target_variables",
+           "probed_variables"]
 
 ConfigDict = ml_collections.ConfigDict
 _NO_TARGET = ("eval.target=True but objective {!r} keeps no target network in this run: "
@@ -452,9 +453,7 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   t0 = time.perf_counter()
   if ev.get("target", False) and target is None:
     raise ValueError(_NO_TARGET.format(config.objective))  # before any probe
-  if ev.get("calibrate", False):
-    variables = features.calibrated_variables(model, variables, train_ds,
-                                              num_batches=int(ev.calibration_batches))
+  variables = probed_variables(config, model, variables, train_ds)
   results["trained"] = evaluate.evaluate_representation(apply_fn, variables, train_ds,
                                                         test_ds, **common)
   if ev.get("target", False):
@@ -532,6 +531,21 @@ def target_of(config: ConfigDict, ema_params: Any) -> Any:
   kind = objectives.get_objective(config.objective,
                                   **config_lib.plain(config.objective_kwargs)).kind
   return step.target_params(kind, ema_params)
+
+
+def probed_variables(config: ConfigDict, model, variables: dict, train_ds) -> dict:
+  """The trained network's variables as the probe and ``embed`` see them.
+
+  ``variables`` as they are (BatchNorm running statistics of training), or with
+  ``config.eval.calibrate`` their statistics calibrated as the random-init
+  baseline's (``eval.calibration_batches`` unaugmented training batches): for views
+  of another size than the images, whose statistics the images do not share.
+  """
+  if not config.eval.get("calibrate", False):
+    return variables
+  from sslit import features
+  return features.calibrated_variables(model, variables, train_ds,
+                                       num_batches=int(config.eval.calibration_batches))
 
 
 def target_variables(config: ConfigDict, model, variables: dict, target: Any,
@@ -689,8 +703,9 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
           target: bool = False) -> str:
   """Write a run's representations of a data split as ``.npz``, for any other tool.
 
-  Eval-mode network (BatchNorm running statistics), images preprocessed with the
-  training split's statistics as in training; batches split over every device of
+  Eval-mode network (BatchNorm running statistics, or calibrated ones with
+  ``eval.calibrate``: the network the probe sees, :func:`probed_variables`), images
+  preprocessed with the training split's statistics as in training; batches split over every device of
   this host. ``target``: the run's target network (``run.target``) instead, as
   ``eval.target`` probes it (:func:`target_variables`).
 
@@ -718,7 +733,8 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
   dataset = run.train_ds if split == "train" else run.test_ds
   variables = (target_variables(run.config, run.model, run.variables, run.target,
-                                run.train_ds) if target else run.variables)
+                                run.train_ds) if target else
+               probed_variables(run.config, run.model, run.variables, run.train_ds))
   # This host's devices: each process embeds the whole split, process 0 writes it.
   mesh = parallel.make_mesh(jax.local_devices())
   devices = mesh.devices.size

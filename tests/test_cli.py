@@ -92,11 +92,22 @@ def test_shipped_configs_load_and_default_is_the_main_job():
   def recipe(name):
     return config_lib.load_config(
         os.path.join(ROOT, "experiments", "configs", name + ".py")).to_dict()
-  measured = recipe("recipe_std100_900")
+  measured = recipe("recipe_px16_1950")
   shipped = default.to_dict()
   measured.pop("name"), shipped.pop("name")
   assert shipped == measured
-  # The main job until 2026-12-06 (the experiments' cpu scale) differs in two fields.
+  # The main job of 2026-12-06 (F9) differs in its views' size, steps and probe.
+  f9 = recipe("recipe_std100_900")
+  f9.pop("name")
+  assert sorted(k for k in shipped if shipped[k] != f9[k]) == [
+      "augment_options", "eval", "num_steps"]
+  assert (f9["augment_options"], f9["num_steps"], f9["eval"]["calibrate"]) == ({}, 900,
+                                                                              False)
+  assert (shipped["augment_options"], shipped["num_steps"]) == ({"image_size": 16}, 1950)
+  assert {k for k in shipped["eval"] if shipped["eval"][k] != f9["eval"][k]} == {
+      "calibrate"}
+  # The main job until 2026-12-06 (the experiments' cpu scale) differs from F9 in two.
+  shipped = f9
   before = recipe("recipe_b128_simclr_w200")
   before.pop("name")
   assert sorted(k for k in shipped if shipped[k] != before[k]) == [
@@ -295,6 +306,18 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   for o in ("rep", "proj"):
     want = models.make_apply_fn(run.model, o)(run.variables, x)
     np.testing.assert_allclose(emb[o], want, rtol=1e-5, atol=1e-5)
+  # With eval.calibrate the export is the network the probe sees: BatchNorm
+  # statistics calibrated on unaugmented training batches.
+  from sslit import features  # pylint: disable=g-import-not-at-top
+  run.config.eval.calibrate = True
+  path = runs.embed(run, outputs=("proj",), max_examples=100, progress=False,
+                    path=tmp_path / "calibrated.npz")
+  calibrated = features.calibrated_variables(
+      run.model, run.variables, run.train_ds,
+      num_batches=int(run.config.eval.calibration_batches))
+  want = models.make_apply_fn(run.model, "proj")(calibrated, x)
+  np.testing.assert_allclose(np.load(path)["proj"], want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(want, emb["proj"], atol=1e-3)
   code, out = _run(["embed", "--workdir", str(workdir), "--outputs", "nope"], capsys)
   assert code == 1 and "nope" in out
 

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "full_cifar10"
   c.dataset = "cifar10"
   c.augment = "vicreg"
+  c.augment_options = ml_collections.ConfigDict()  # 32x32 views
   c.cpu_devices = 0
   c.model.backbone = "resnet18"
   c.model.backbone_kwargs = ml_collections.ConfigDict({"cifar_stem": True})
@@ -51,4 +52,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.monitor_examples = 1024
   c.eval.batch_size = 1000
   c.eval.knn_k = (20, 200)
+  c.eval.calibrate = False  # views of the images' size
   return c

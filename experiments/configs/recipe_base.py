@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.name = "recipe_base"
   c.augment = "fashion_mnist"
+  c.augment_options = ml_collections.ConfigDict()  # 28x28 views
   c.cpu_devices = 2
   c.model.backbone = "convnet"
   c.model.backbone_kwargs = ml_collections.ConfigDict(
@@ -44,4 +45,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.eval.l2 = 1e-4
   c.eval.steps = 300
+  c.eval.calibrate = False
   return c

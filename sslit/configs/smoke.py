@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "smoke"
   c.dataset = "digits"
   c.augment = "none"
+  c.augment_options = ml_collections.ConfigDict()  # the 8x8 images as they are
   c.cpu_devices = 1
   c.model.backbone = "mlp"
   c.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (64, 32)})
@@ -33,5 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.steps = 50
   c.eval.baselines = ("raw", "random")
   c.eval.calibration_batches = 2
+  c.eval.calibrate = False
   c.eval.batch_size = 256
   return c
