@@ -505,6 +505,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
                        f"{obj.name!r} has neither: leave it at 0.")
   if local_view is not None:
     _check_local_view(train_apply, abstract_vars, local_view)
+  _check_image_size(model, abstract_vars, outputs["rep"], view, dataset.image_shape)
   rep_dim = outputs["rep"].shape[-1]
   num_classes = int(dataset.num_classes)
 
@@ -686,6 +687,31 @@ def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) ->
                      f"{tuple(local_view.shape[1:])} ({type(e).__name__}: "
                      f"{str(e).splitlines()[0][:200]}); use a convolutional backbone "
                      f"or local_crop_size equal to the image size.") from None
+
+
+def _check_image_size(model: Any, variables: Any, rep: Any, view: Any,
+                      image_shape: Sequence[int]) -> None:
+  """Views of another size than the images (``image_size`` of the augmentation):
+  the probes, the monitor and ``embed`` apply the network to the full images, so it
+  must give them a representation of the views' shape."""
+  image = tuple(int(d) for d in image_shape)
+  if tuple(view.shape[1:]) == image:
+    return
+  x = jax.ShapeDtypeStruct((2,) + image, jnp.float32)
+  try:
+    got = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)["rep"], variables, x)
+    problem = (None if got.shape[1:] == rep.shape[1:] else
+               f"a {got.shape[1:]} representation of the images against {rep.shape[1:]} "
+               f"of the views")
+  except Exception as e:  # pylint: disable=broad-except  (Flax raises its own kinds)
+    problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  if problem:
+    raise ValueError(
+        f"the views are {tuple(view.shape[1:3])} but the images {image[:2]}, and the "
+        f"model does not map both to one representation ({problem}); the probes apply "
+        f"it to the full images. Use a backbone that pools to a fixed size (ConvNet "
+        f"with final_pool '2x2' or 'gap', ResNet) or views of the images' size "
+        f"(augment_options.image_size).") from None
 
 
 def _teacher_temperature_fn(obj: Any, o: FitOptions) -> Callable | None:

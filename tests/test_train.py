@@ -726,6 +726,30 @@ def test_multi_crop_views_shapes_and_steps_with_two_local_crops(digits, fast_com
     run_fit(model=tiny_model("dino"), objective="dino", dataset=digits, **kw)
 
 
+def test_views_smaller_than_the_images_train_a_pooling_net_and_refuse_others(
+    digits, fast_compile):
+  from sslit import augment, models  # pylint: disable=g-import-not-at-top
+  small = augment.preset("none", image_size=4)  # 4x4 views of the 8x8 digits
+  kw = dict(objective="vicreg", dataset=digits, batch_size=32, num_steps=2, log_every=2,
+            progress=False, probe=False, augment=small)
+  conv = models.build_model("convnet", backbone_kwargs={"channels": (4,),
+                                                        "final_pool": "2x2"},
+                            projector=(16, 16))
+  result = run_fit(model=conv, **kw)
+  assert np.isfinite(result.history[-1]["loss"])
+  full, _ = digits.get(np.arange(4))
+  rep = conv.apply(result.variables, jnp.asarray(full, jnp.float32), train=False)["rep"]
+  assert rep.shape == (4, 16)  # 4 channels x 2x2 bins of the 8x8 images too
+  # A representation that depends on the input size: refused before any compilation.
+  with pytest.raises(ValueError, match=r"views are \(4, 4\) but the images \(8, 8\)"):
+    run_fit(model=tiny_model("vicreg"), **kw)
+  flat = models.build_model("convnet", backbone_kwargs={"channels": (4,),
+                                                        "final_pool": "none"},
+                            projector=(16, 16))
+  with pytest.raises(ValueError, match="does not map both to one representation"):
+    run_fit(model=flat, **kw)
+
+
 def test_crop_scales_of_the_config_reach_the_options_and_are_checked():
   from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config("smoke")
