@@ -92,11 +92,20 @@ def test_shipped_configs_load_and_default_is_the_main_job():
   def recipe(name):
     return config_lib.load_config(
         os.path.join(ROOT, "experiments", "configs", name + ".py")).to_dict()
-  measured = recipe("recipe_px16_1950")
+  measured = recipe("recipe_px16_p512_2650")
   shipped = default.to_dict()
   measured.pop("name"), shipped.pop("name")
   assert shipped == measured
-  # The main job of 2026-12-06 (F9) differs in its views' size, steps and probe.
+  # R16 (the main job for an hour on 2026-12-07) differs in its projector and steps.
+  r16 = recipe("recipe_px16_1950")
+  r16.pop("name")
+  assert sorted(k for k in shipped if shipped[k] != r16[k]) == ["model", "num_steps"]
+  assert (r16["model"]["projector"], r16["num_steps"]) == ((1024, 1024), 1950)
+  assert (shipped["model"]["projector"], shipped["num_steps"]) == ((512, 512), 2650)
+  assert {k for k in shipped["model"] if shipped["model"][k] != r16["model"][k]} == {
+      "projector"}
+  # The main job of 2026-12-06 (F9) differs from R16 in its views' size, steps, probe.
+  shipped = r16
   f9 = recipe("recipe_std100_900")
   f9.pop("name")
   assert sorted(k for k in shipped if shipped[k] != f9[k]) == [

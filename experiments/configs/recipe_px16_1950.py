@@ -8,7 +8,7 @@ of 28x28 (``augment_options.image_size``), 1950 steps (4.2 epochs) instead of 90
 and the trained network's BatchNorm statistics calibrated on unaugmented 28x28
 training images before the probe (``eval.calibrate``), as the random-init
 baseline's are. Candidate R16 of docs/recipe.md (seventeenth round); the main job
-(``sslit/configs/default.py``) since 2026-12-07.
+(``sslit/configs/default.py``) on 2026-12-07 from 03:50 to 04:44 UTC.
 
 Why: the ConvNet pools its last map to 2x2 bins whatever its size, so it trains on
 small views and is probed on the full images. A 16x16 step costs about 0.45 of a
