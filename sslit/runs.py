@@ -258,22 +258,29 @@ def _with_absent_defaults(stored: dict, current: dict) -> dict:
 
   A field of ``current`` that ``stored`` lacks (added to ``configs/default.py``
   after the run was written, e.g. ``local_crops`` or ``model.prototypes``) takes
-  the default config's value, so the run still resumes when the field is left at
-  its default. Free-form option dicts (``*_kwargs``) are compared as they are.
+  the default config's value, or the one in ``_BEFORE_THE_FIELD`` where the default
+  is not what runs did before the field existed, so the run still resumes when the
+  field is left at that value. Free-form option dicts (``*_kwargs``) are compared
+  as they are.
   """
-  def fill(stored, current, defaults):
+  def fill(stored, current, defaults, prefix=""):
     out = dict(stored)
     for k, v in current.items():
       if k not in defaults or k.endswith("_kwargs"):
         continue
       if k not in stored:
-        out[k] = defaults[k]
+        out[k] = _BEFORE_THE_FIELD.get(prefix + k, defaults[k])
       elif isinstance(stored[k], dict) and isinstance(v, dict) and isinstance(
           defaults[k], dict):
-        out[k] = fill(stored[k], v, defaults[k])
+        out[k] = fill(stored[k], v, defaults[k], f"{prefix}{k}.")
     return out
   defaults = config_lib.to_dict(config_lib.load_config(config_lib.DEFAULT_CONFIG))
   return fill(stored, current, defaults)
+
+
+# What a run did before these fields existed, where the main job's default differs
+# (``eval`` is resumable: a run written before ``eval.calibrate`` resumes either way).
+_BEFORE_THE_FIELD = {"augment_options": {}}
 
 
 # Model fields added after runs were checkpointed: in the checkpoint signature only

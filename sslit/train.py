@@ -503,9 +503,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     if getattr(o, field) and obj.kind != "swav":
       raise ValueError(f"{field} is SwAV's (its queue and prototypes); objective "
                        f"{obj.name!r} has neither: leave it at 0.")
-  if local_view is not None:
-    _check_local_view(train_apply, abstract_vars, local_view)
-  _check_image_size(model, abstract_vars, outputs["rep"], view, dataset.image_shape)
+  _check_input_sizes(model, abstract_vars, outputs["rep"], view, local_view,
+                     dataset.image_shape)
   rep_dim = outputs["rep"].shape[-1]
   num_classes = int(dataset.num_classes)
 
@@ -679,39 +678,31 @@ def _check_outputs(obj: Any, outputs: Mapping) -> None:
                      f"outputs {sorted(outputs)}.")
 
 
-def _check_local_view(train_apply: Callable, variables: Any, local_view: Any) -> None:
-  try:
-    jax.eval_shape(lambda v, x: train_apply(v, x)[0], variables, local_view)
-  except Exception as e:  # pylint: disable=broad-except  (Flax raises its own kinds)
+def _check_input_sizes(model: Any, variables: Any, rep: Any, view: Any, local_view: Any,
+                       image_shape: Sequence[int]) -> None:
+  """The model takes the local crops, and maps the full images (which the probes, the
+  monitor and ``embed`` see) to a representation of the views' shape."""
+  def problem(x, want=None):
+    try:
+      got = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)["rep"], variables,
+                           x)
+    except Exception as e:  # pylint: disable=broad-except  (Flax raises its own kinds)
+      return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None if want is None or got.shape[1:] == want else (
+        f"a {got.shape[1:]} representation of the images against {want} of the views")
+  if local_view is not None and (p := problem(local_view)):
     raise ValueError(f"the model does not accept local crops of shape "
-                     f"{tuple(local_view.shape[1:])} ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:200]}); use a convolutional backbone "
-                     f"or local_crop_size equal to the image size.") from None
-
-
-def _check_image_size(model: Any, variables: Any, rep: Any, view: Any,
-                      image_shape: Sequence[int]) -> None:
-  """Views of another size than the images (``image_size`` of the augmentation):
-  the probes, the monitor and ``embed`` apply the network to the full images, so it
-  must give them a representation of the views' shape."""
+                     f"{tuple(local_view.shape[1:])} ({p}); use a convolutional backbone "
+                     f"or local_crop_size equal to the image size.")
   image = tuple(int(d) for d in image_shape)
-  if tuple(view.shape[1:]) == image:
-    return
-  x = jax.ShapeDtypeStruct((2,) + image, jnp.float32)
-  try:
-    got = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)["rep"], variables, x)
-    problem = (None if got.shape[1:] == rep.shape[1:] else
-               f"a {got.shape[1:]} representation of the images against {rep.shape[1:]} "
-               f"of the views")
-  except Exception as e:  # pylint: disable=broad-except  (Flax raises its own kinds)
-    problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-  if problem:
+  if tuple(view.shape[1:]) != image and (
+      p := problem(jax.ShapeDtypeStruct((2,) + image, jnp.float32), rep.shape[1:])):
     raise ValueError(
         f"the views are {tuple(view.shape[1:3])} but the images {image[:2]}, and the "
-        f"model does not map both to one representation ({problem}); the probes apply "
-        f"it to the full images. Use a backbone that pools to a fixed size (ConvNet "
-        f"with final_pool '2x2' or 'gap', ResNet) or views of the images' size "
-        f"(augment_options.image_size).") from None
+        f"model does not map both to one representation ({p}); the probes apply it to "
+        f"the full images. Use a backbone that pools to a fixed size (ConvNet with "
+        f"final_pool '2x2' or 'gap', ResNet) or views of the images' size "
+        f"(augment_options.image_size).")
 
 
 def _teacher_temperature_fn(obj: Any, o: FitOptions) -> Callable | None:

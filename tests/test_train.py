@@ -823,12 +823,21 @@ def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path)
   stored = config_lib.to_dict(config)
   for field in ("local_crops", "local_crop_size", "augment_options"):
     del stored[field]
-  del stored["model"]["prototypes"]
+  del stored["model"]["prototypes"], stored["eval"]["calibrate"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
   assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
   config.local_crops = 2
   with pytest.raises(config_lib.ConfigError, match="local_crops"):
     runs.prepare_workdir(str(tmp_path), config, write=False)
+  # A field whose default is not what earlier runs did: they had no options, whatever
+  # the main job's default is now. (eval.calibrate is resumable either way.)
+  config.local_crops = 0
+  config.augment_options = {"image_size": 4}
+  with pytest.raises(config_lib.ConfigError, match="augment_options"):
+    runs.prepare_workdir(str(tmp_path), config, write=False)
+  config.augment_options = {}
+  config.eval.calibrate = True
+  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
   # The config's name is a label: the same fields under another name resume.
   config.local_crops = 0
   config.name = "renamed"
