@@ -1,7 +1,8 @@
-"""One pass for both views, or one pass per view? The main job's step, three ways.
+"""One pass for both views, or one pass per view? F9's step, three ways.
 
-The training step of the main job (``sslit train``: ConvNet 16-32-64, 2x2 bins,
-1024-1024 projector, VICReg with variance weight 100, batch 128) runs each view
+The training step of F9, the main job of 2026-12-06 (``sslit train`` then: ConvNet
+16-32-64, 2x2 bins, 1024-1024 projector, VICReg with variance weight 100, batch 128,
+28x28 views; today's main job differs in its projector and views) runs each view
 through the network on its own (``views_in_one_pass=False``), so that each view's
 BatchNorm normalises with its own batch statistics, as in VICReg's code. Two
 alternatives do the same arithmetic in fewer, larger programs:
@@ -44,8 +45,9 @@ PASSES = ("view after view", "concat", "vmap")
 
 
 def make_variants(batch: int = 128, seed: int = 0, parts: bool = False):
-  """``(params, {name: jitted function of the parameters})``, default config's model."""
+  """``(params, {name: jitted function of the parameters})``, F9's model."""
   config = default.get_config()
+  config.model.projector = (1024, 1024)  # F9's (the views below are 28x28 as well)
   model = runs.build_model(config)
   std = float(config.objective_kwargs["std_coeff"])
   x = jnp.asarray(np.random.RandomState(seed).randn(2, batch, 28, 28, 1), jnp.float32)
