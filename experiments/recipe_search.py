@@ -226,19 +226,18 @@ def main(argv=None) -> int:
   row["probe"] = {}
   trained = probe_all(result.variables, knn=args.knn)
   others = {}
-  if args.target:  # the target network and, like for like, the trained one calibrated
+  if args.target:
     target = runs.target_of(config, result.state.ema_params)
     if target is None:
       raise SystemExit("--target: this run keeps no target network (set "
                        "--config.average_weights for objectives without one)")
-    for name, params in (("trained_calibrated", result.variables["params"]),
-                         ("target", target)):
-      others[name] = probe_all(runs.target_variables(
-          config, model, result.variables, params, train_ds), knn=args.knn)
-  if args.calibrated and not args.target:
+  if args.calibrated or args.target:  # --target compares like for like with it
     others["trained_calibrated"] = probe_all(runs.target_variables(
         config, model, result.variables, result.variables["params"], train_ds),
         knn=args.knn)
+  if args.target:
+    others["target"] = probe_all(runs.target_variables(
+        config, model, result.variables, target, train_ds), knn=args.knn)
   key = f"{arch}|{args.split}|{args.fit_n}|knn={args.knn}"
   if not args.no_baselines and not all(f"{key}|{r}" in cache for r in reps):
     rand = features.random_init_variables(

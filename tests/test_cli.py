@@ -90,37 +90,33 @@ def test_shipped_configs_load_and_default_is_the_main_job():
   assert default.model.backbone == "convnet" and default.optimizer == "adamw"
   # The main job is the recipe measured in docs/recipe.md, field for field.
   def recipe(name):
-    return config_lib.load_config(
+    c = config_lib.load_config(
         os.path.join(ROOT, "experiments", "configs", name + ".py")).to_dict()
-  measured = recipe("recipe_px16_p512_2650")
+    c.pop("name")
+    return c
+
+  def differ(a, b):
+    return sorted(k for k in a if a[k] != b[k])
+
   shipped = default.to_dict()
-  measured.pop("name"), shipped.pop("name")
-  assert shipped == measured
+  shipped.pop("name")
+  assert shipped == recipe("recipe_px16_p512_2650")
   # R16 (the main job for an hour on 2026-12-07) differs in its projector and steps.
   r16 = recipe("recipe_px16_1950")
-  r16.pop("name")
-  assert sorted(k for k in shipped if shipped[k] != r16[k]) == ["model", "num_steps"]
+  assert differ(shipped, r16) == ["model", "num_steps"]
+  assert differ(shipped["model"], r16["model"]) == ["projector"]
   assert (r16["model"]["projector"], r16["num_steps"]) == ((1024, 1024), 1950)
   assert (shipped["model"]["projector"], shipped["num_steps"]) == ((512, 512), 2650)
-  assert {k for k in shipped["model"] if shipped["model"][k] != r16["model"][k]} == {
-      "projector"}
   # The main job of 2026-12-06 (F9) differs from R16 in its views' size, steps, probe.
-  shipped = r16
   f9 = recipe("recipe_std100_900")
-  f9.pop("name")
-  assert sorted(k for k in shipped if shipped[k] != f9[k]) == [
-      "augment_options", "eval", "num_steps"]
-  assert (f9["augment_options"], f9["num_steps"], f9["eval"]["calibrate"]) == ({}, 900,
-                                                                              False)
-  assert (shipped["augment_options"], shipped["num_steps"]) == ({"image_size": 16}, 1950)
-  assert {k for k in shipped["eval"] if shipped["eval"][k] != f9["eval"][k]} == {
-      "calibrate"}
+  assert differ(r16, f9) == ["augment_options", "eval", "num_steps"]
+  assert differ(r16["eval"], f9["eval"]) == ["calibrate"]
+  assert (f9["augment_options"], f9["num_steps"], f9["eval"]["calibrate"]) == (
+      {}, 900, False)
+  assert (r16["augment_options"], r16["num_steps"]) == ({"image_size": 16}, 1950)
   # The main job until 2026-12-06 (the experiments' cpu scale) differs from F9 in two.
-  shipped = f9
   before = recipe("recipe_b128_simclr_w200")
-  before.pop("name")
-  assert sorted(k for k in shipped if shipped[k] != before[k]) == [
-      "num_steps", "objective_kwargs"]
+  assert differ(f9, before) == ["num_steps", "objective_kwargs"]
   assert (before["num_steps"], before["objective_kwargs"]) == (2000, {})
   smoke = config_lib.load_config("smoke")
   assert smoke.dataset == "digits" and smoke.model.backbone == "mlp"
