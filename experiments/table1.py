@@ -63,6 +63,7 @@ import numpy as np
 
 from experiments import claims as claims_lib
 from experiments import common
+from sslit import objectives
 
 NAME = "table1"
 BASE_METHODS = ("simclr", "barlow_twins", "byol", "vicreg")
@@ -70,11 +71,13 @@ BASE_METHODS = ("simclr", "barlow_twins", "byol", "vicreg")
 VARIANTS = {"vicreg+logdet": "vicreg", "vicreg+pairdist": "vicreg",
             "byol+logdet": "byol", "byol+pairdist": "byol"}
 METHODS = BASE_METHODS + tuple(VARIANTS)
-# Extra rows on request (--methods): the methods researchers compare against; not
-# part of the paper's claim, so no verdict is computed for them.
-EXTRA_METHODS = ("simsiam", "moco_v3", "dino", "swav", "wmse", "mmcr")
+# Extra rows on request (--methods): every other registered method (the methods
+# researchers compare against); not part of the paper's claim, so no verdict is
+# computed for them. Read from the registry, so a new method needs no edit here.
+EXTRA_METHODS = tuple(m for m in objectives.list_objectives()
+                      if m not in METHODS and objectives.get_objective(m).name == m)
 LABELS = {"simsiam": "SimSiam", "moco_v3": "MoCo v3", "dino": "DINO", "swav": "SwAV",
-          "wmse": "W-MSE", "mmcr": "MMCR","simclr": "SimCLR", "barlow_twins": "Barlow Twins", "byol": "BYOL",
+          "wmse": "W-MSE", "mmcr": "MMCR", "simclr": "SimCLR", "barlow_twins": "Barlow Twins", "byol": "BYOL",
           "vicreg": "VICReg", "vicreg+logdet": "VICReg + LogDet",
           "vicreg+pairdist": "VICReg + PairDist", "byol+logdet": "BYOL + LogDet",
           "byol+pairdist": "BYOL + PairDist"}
@@ -432,7 +435,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
   rule += "---|---|"
   lines += [header, rule]
   for m in results["methods"]:
-    row = f"| {LABELS[m]} | " + " | ".join(
+    row = f"| {LABELS.get(m, m)} | " + " | ".join(
         _fmt(results["probes"][p][m]["mean"], results["probes"][p][m]["std"])
         for p in probes) + " |"
     if targets is not None:
@@ -448,7 +451,7 @@ def _target_header(dataset: str) -> str:
   parts = []
   for ds, t in SANITY_TARGETS.items():
     parts.append(f"{DATASET_LABELS[ds]}: " + ", ".join(
-        f"{LABELS[m]} {v:.2f}" for m, v in t.items()))
+        f"{LABELS.get(m, m)} {v:.2f}" for m, v in t.items()))
   mark = f" (this run: {DATASET_LABELS.get(dataset, dataset)})"
   return "Sanity targets, ResNet-18 1000 epochs solo-learn (SPEC 7.3) - " + \
       "; ".join(parts) + mark
@@ -472,7 +475,7 @@ def _plot(results: Mapping[str, Any], workdir: str) -> str:
   pad = max(1.0, 0.5 * (hi - lo))
   ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
   ax.set_xticks(x)
-  ax.set_xticklabels([LABELS[m] for m in methods], rotation=30, ha="right")
+  ax.set_xticklabels([LABELS.get(m, m) for m in methods], rotation=30, ha="right")
   ax.set_ylabel("linear-probe top-1 (%)")
   ax.set_title(f"Table 1, {DATASET_LABELS.get(results['dataset'], results['dataset'])}"
                f" ({results['scale']}, {results['seeds']} seed(s); blue: base, "
