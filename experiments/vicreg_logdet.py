@@ -293,13 +293,278 @@ def _plot(workdir: str, outputs: Sequence[str], series: Mapping[str, Any]) -> st
   return common.save_figure(fig, workdir, "vicreg_logdet")
 
 
+def _add_arguments(p) -> None:
+  bound_exp.add_run_options(p)
+  p.add_argument("--part", choices=("all", "intervention"), default="all",
+                 help="'intervention': only the covariance/variance-weight "
+                      "intervention and its control (written to intervention.json)")
+
+
 def _fmt(r: Any) -> str:
   return "  n/a " if r is None else f"{r:+.2f}"
 
 
+# ----------------------------------------------------------------------------
+# The intervention (docs/experiment_vicreg_logdet.md, "Intervention criterion"):
+# change VICReg's covariance / variance weight and look at the final log dets.
+
+# arm -> (objective_kwargs field, multiple of the config's value); "base" changes
+# nothing. The families are judged by rank_trend_test over the multiples.
+INTERVENTION_ARMS = {"base": (None, 1.0), "cov_x0": ("cov_coeff", 0.0),
+                     "cov_x4": ("cov_coeff", 4.0), "var_x0": ("std_coeff", 0.0),
+                     "var_x4": ("std_coeff", 4.0)}
+FAMILIES = {"covariance": ("cov_x0", "base", "cov_x4"),
+            "variance": ("var_x0", "base", "var_x4")}
+# The quantity of record of each family; the other one is reported, deciding nothing.
+FAMILY_QUANTITY = {"covariance": "logdet_corr", "variance": "entropy_logdet"}
+INTERVENTION_QUANTITIES = ("logdet_corr", "entropy_logdet")
+FAMILY_ALPHA = claims_lib.ALPHA / len(FAMILIES)
+# Base config and held-out examples of the intervention per scale: the main job's
+# recipe at the cpu scale, the smoke config (digits MLP, 30 steps) at smoke.
+INTERVENTION_SCALE = {"smoke": {"config": "smoke", "examples": 300},
+                      "cpu": {"config": "default", "examples": 2048},
+                      "full": {"config": "full_cifar10", "examples": 4096}}
+CONTROL_SEEDS = tuple(range(100, 109))  # random-init networks of the negative control
+INTERVENTION_CRITERION = (
+    "per output and family (covariance weight x0/x1/x4 judged on log det R in "
+    "float64; variance weight x0/x1/x4 judged on the LogDet entropy, beta = 1), the "
+    "quantity of the final network's features (2048 test images, the probe's "
+    "BatchNorm statistics) against the weight's multiple, one series of three runs "
+    "per seed: the mean over seeds of Spearman's rho with an exact permutation "
+    "p-value; a family holds if p(rho > 0) < 0.025 and fails if p(rho < 0) < 0.025 "
+    "(alpha = 0.05 Bonferroni-split over the two families), else undecided; the "
+    "output holds if both hold, fails if either fails, else undecided; the verdict "
+    "is the projector output's")
+
+
+def _vicreg_defaults() -> dict[str, float]:
+  import inspect  # pylint: disable=g-import-not-at-top
+  from sslit import objectives  # pylint: disable=g-import-not-at-top
+  sig = inspect.signature(objectives.vicreg_loss)
+  return {k: p.default for k, p in sig.parameters.items()
+          if p.kind is p.KEYWORD_ONLY}
+
+
+def intervention_overrides(arm: str, seed: int, *, scale: str) -> dict[str, Any]:
+  """The config overrides of one intervention run (``arm`` of ``INTERVENTION_ARMS``).
+
+  The weight is the base config's VICReg value (or ``vicreg_loss``'s default) times
+  the arm's multiple; the offline evaluation probes the trained network only.
+  """
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
+  if arm not in INTERVENTION_ARMS:
+    raise ValueError(f"arm must be one of {tuple(INTERVENTION_ARMS)}, got {arm!r}.")
+  config = config_lib.load_config(INTERVENTION_SCALE[scale]["config"])
+  if config.objective != "vicreg":
+    raise ValueError(f"the intervention needs a VICReg base config, got "
+                     f"{config.objective!r}.")
+  kwargs = {**_vicreg_defaults(), **config_lib.plain(config.objective_kwargs)}
+  kwargs = {k: kwargs[k] for k in ("sim_coeff", "std_coeff", "cov_coeff")}
+  field, multiple = INTERVENTION_ARMS[arm]
+  if field is not None:
+    kwargs[field] = float(kwargs[field]) * multiple
+  return {"objective_kwargs": kwargs, "seed": int(seed), "eval.baselines": (),
+          "monitor_every": 0, "report": False}
+
+
+def final_quantities(model: Any, variables: Any, train_ds: Any, test_ds: Any, *,
+                     num_examples: int, subset_seed: int,
+                     outputs: Sequence[str] = OUTPUTS) -> dict[str, dict[str, float]]:
+  """log det R and the LogDet entropy (float64) of a network's test features.
+
+  Features of ``num_examples`` test images (``features.subset_indices`` with
+  ``subset_seed``), eval mode, preprocessed with the training split's statistics.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sslit import data, estimators, features, models  # pylint: disable=g-import-not-at-top
+  idx = features.subset_indices(len(test_ds), num_examples, subset_seed)
+  images, _ = test_ds.get(idx)
+  out = {}
+  for o in outputs:
+    fn = jax.jit(models.make_apply_fn(model, o))
+    z = np.concatenate([
+        np.asarray(fn(variables, data.preprocess(images[i:i + 512], train_ds.mean,
+                                                 train_ds.std))).reshape(
+                                                     len(images[i:i + 512]), -1)
+        for i in range(0, len(idx), 512)]).astype(np.float64)
+    with jax.enable_x64(True):
+      z64 = jnp.asarray(z, jnp.float64)
+      out[o] = {"logdet_corr": float(estimators.correlation_logdet(z64)),
+                "entropy_logdet": float(estimators.logdet_entropy(z64, beta=1.0))}
+  return out
+
+
+def intervention_decision(values: Mapping[str, Any]) -> dict[str, Any]:
+  """The intervention criterion (``INTERVENTION_CRITERION``) from the measured values.
+
+  Args:
+    values: ``{output: {family: {quantity: [[value per level of FAMILIES[family]]
+      per seed]}}}``.
+
+  Returns:
+    ``{"outputs": {output: {"families": {family: {quantity: rank test +
+    "verdict", "verdict"}}, "verdict"}}, "verdict"}``: each family's verdict is that
+    of its quantity of record (``FAMILY_QUANTITY``); the verdict is the first
+    output's of ``OUTPUTS`` present.
+  """
+  outs = {}
+  for o, by_fam in values.items():
+    fams = {}
+    for fam, arms in FAMILIES.items():
+      multiples = [INTERVENTION_ARMS[a][1] for a in arms]
+      fams[fam] = {}
+      for q in INTERVENTION_QUANTITIES:
+        series = [list(v) for v in by_fam[fam][q]]
+        if any(len(v) != len(arms) for v in series):
+          raise ValueError(f"{o}/{fam}/{q}: each seed needs one value per level "
+                           f"{arms}, got {[len(v) for v in series]}.")
+        test = claims_lib.rank_trend_test([(multiples, v) for v in series])
+        test["verdict"] = claims_lib.trend_verdict(test, direction="greater",
+                                                   alpha=FAMILY_ALPHA)
+        fams[fam][q] = test
+      fams[fam]["verdict"] = fams[fam][FAMILY_QUANTITY[fam]]["verdict"]
+    outs[o] = {"families": fams,
+               "verdict": claims_lib.combine([f["verdict"] for f in fams.values()])}
+  first = [o for o in OUTPUTS if o in outs] or list(outs)
+  verdict = outs[first[0]]["verdict"] if first else claims_lib.UNDECIDED
+  return {"outputs": outs, "verdict": verdict}
+
+
+def run_values(per_run: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]
+               ) -> dict[str, Any]:
+  """``intervention_decision``'s input from the runs' ``final_quantities``.
+
+  Args:
+    per_run: ``{arm: [final_quantities per seed]}`` (seeds in one order).
+  """
+  outputs = [o for o in OUTPUTS if o in per_run["base"][0]]
+  n = len(per_run["base"])
+  return {o: {fam: {q: [[per_run[a][s][o][q] for a in arms] for s in range(n)]
+                    for q in INTERVENTION_QUANTITIES}
+              for fam, arms in FAMILIES.items()} for o in outputs}
+
+
+def control_values(per_network: Sequence[Mapping[str, Mapping[str, float]]], *,
+                   seed: int = 0) -> dict[str, Any]:
+  """Untrained networks' quantities dealt to the intervention's levels at random.
+
+  Args:
+    per_network: ``final_quantities`` of 9 random-init networks.
+    seed: seed of the dealing (one permutation of the nine per family).
+
+  Returns:
+    ``intervention_decision``'s input: per family, a seeded permutation of the
+    nine networks fills three "seeds" x the family's three levels.
+  """
+  if len(per_network) != 9:
+    raise ValueError(f"the control needs 9 networks (3 seeds x 3 levels), got "
+                     f"{len(per_network)}.")
+  rng = np.random.default_rng(seed)
+  orders = {fam: rng.permutation(9).reshape(3, 3) for fam in FAMILIES}  # [seed, level]
+  outputs = [o for o in OUTPUTS if o in per_network[0]]
+  return {o: {fam: {q: [[per_network[orders[fam][s, j]][o][q] for j in range(3)]
+                        for s in range(3)]
+                    for q in INTERVENTION_QUANTITIES}
+              for fam in FAMILIES} for o in outputs}
+
+
+def _intervention_config(scale: str):
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_config(INTERVENTION_SCALE[scale]["config"])
+
+
+def run_intervention(workdir: str, *, scale: str, seeds: Sequence[int],
+                     steps: int | None = None) -> dict[str, Any]:
+  """Train (or reuse) every arm x seed, measure, run the control; the evidence.
+
+  Each run is ``<workdir>/intervention/<arm>-seed<s>`` (a full ``sslit train`` run
+  directory); its measurement is cached beside it in ``quantities.json``, the
+  control's in ``<workdir>/intervention/control/net<c>.json`` (pieces).
+
+  Returns:
+    ``{"settings", "runs": {arm: [{"seed", "linear_top1", "step", "quantities"}]},
+    "values", "control": {"networks", "values"}}``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sslit import features, runs as runs_lib  # pylint: disable=g-import-not-at-top
+  root = os.path.join(workdir, "intervention")
+  examples = INTERVENTION_SCALE[scale]["examples"]
+  per_run: dict[str, list] = {a: [] for a in INTERVENTION_ARMS}
+  total, i = len(INTERVENTION_ARMS) * len(seeds), 0
+  opened = None
+  for seed in seeds:
+    for arm in INTERVENTION_ARMS:
+      i += 1
+      run_dir = os.path.join(root, f"{arm}-seed{seed}")
+      overrides = intervention_overrides(arm, seed, scale=scale)
+      if steps is not None:
+        overrides["num_steps"] = int(steps)
+      common.say(f"[{i}/{total}] intervention {arm} seed {seed}")
+      if not bound_exp.finished_run(run_dir, overrides):
+        common.say(f"  training {run_dir}")
+        common.train_run(run_dir, scale=scale, overrides=overrides,
+                         config=_intervention_config(scale))
+      else:
+        common.say(f"  reusing the finished run {run_dir}")
+
+      def measure(run_dir=run_dir):
+        run = runs_lib.open_run(run_dir)
+        variables = runs_lib.probed_variables(run.config, run.model, run.variables,
+                                              run.train_ds)
+        return {"step": run.step,
+                "quantities": final_quantities(run.model, variables, run.train_ds,
+                                               run.test_ds, num_examples=examples,
+                                               subset_seed=int(run.config.seed))}
+      m = common.cached_json(os.path.join(run_dir, "quantities.json"),
+                             {"arm": arm, "seed": seed, "examples": examples,
+                              "overrides": overrides}, measure)
+      result = common.read_json(os.path.join(run_dir, "results.json")) or {}
+      top1 = (result.get("trained") or {}).get("linear_top1")
+      per_run[arm].append({"seed": seed, "step": m["step"], "linear_top1": top1,
+                           "quantities": m["quantities"]})
+      if opened is None:
+        opened = run_dir
+  # The negative control: random-init networks of the same architecture.
+  nets = []
+  run = None
+  for c in CONTROL_SEEDS:
+    def measure_control(c=c):
+      nonlocal run
+      if run is None:
+        run = runs_lib.open_run(opened)
+      variables = features.random_init_variables(
+          run.model, jax.random.key(c), run.train_ds,
+          num_batches=int(run.config.eval.calibration_batches))
+      return final_quantities(run.model, variables, run.train_ds, run.test_ds,
+                              num_examples=examples, subset_seed=0)
+    nets.append(common.cached_json(os.path.join(root, "control", f"net{c}.json"),
+                                   {"seed": c, "examples": examples, "run": opened},
+                                   measure_control))
+  return {"settings": {"scale": scale, "seeds": list(seeds), "examples": examples,
+                       "base_config": INTERVENTION_SCALE[scale]["config"],
+                       "arms": {a: intervention_overrides(a, 0, scale=scale)[
+                           "objective_kwargs"] for a in INTERVENTION_ARMS},
+                       "steps": steps},
+          "runs": per_run,
+          "values": run_values({a: [r["quantities"] for r in v]
+                                for a, v in per_run.items()}),
+          "control": {"networks": list(CONTROL_SEEDS), "values": control_values(nets)}}
+
+
 def main(argv: list[str] | None = None) -> int:
   args = common.parse_args(NAME, argv, description=__doc__.splitlines()[0],
-                           add_arguments=bound_exp.add_run_options)
+                           add_arguments=_add_arguments)
+  if args.part == "intervention":
+    evidence = run_intervention(args.workdir, scale=args.scale,
+                                seeds=range(args.seeds), steps=args.steps)
+    common.write_results(args.workdir, evidence, name="intervention.json")
+    decision = intervention_decision(evidence["values"])
+    control = intervention_decision(evidence["control"]["values"])
+    common.say(f"intervention: verdict {decision['verdict']}; random-init control: "
+               f"{control['verdict']}; evidence in "
+               f"{os.path.join(args.workdir, 'intervention.json')}")
+    return 0
   try:
     settings = bound_exp.run_settings(args.scale, SCALE_SETTINGS, args)
   except ValueError as e:
