@@ -35,22 +35,19 @@ the finished step. A checkpoint counts as readable only if every process read
 and verified it, so all processes resume from the same step; process 0 moves
 unreadable ones aside and the others wait for it.
 
-:class:`RunLock` keeps two runs out of one run directory.
+The run directory around the checkpoints (its lock, ``config.json``, the run
+signature) is ``sslit.rundir``'s.
 """
 
 from __future__ import annotations
 
-import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -60,8 +57,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 __all__ = ["CheckpointManager", "CheckpointError", "ChecksumMismatchError",
-           "SignatureMismatchError", "StructureMismatchError", "RunLock",
-           "RunLockedError", "abstract_like", "check_signature", "check_structure"]
+           "SignatureMismatchError", "StructureMismatchError", "abstract_like", "check_signature", "check_structure"]
 
 _log = logging.getLogger(__name__)
 
@@ -86,10 +82,6 @@ class SignatureMismatchError(CheckpointError):
 
 class StructureMismatchError(CheckpointError):
   """The saved tree (leaf paths, shapes) does not match the model being restored."""
-
-
-class RunLockedError(CheckpointError):
-  """Another process holds the run directory's lock."""
 
 
 def _is_key(x: Any) -> bool:
@@ -595,136 +587,6 @@ class CheckpointManager:
     self.close()
 
 
-# --- the run directory's lock ------------------------------------------------------
-
-
-def _distributed_process() -> tuple[int, int] | None:
-  """``(process_id, num_processes)`` if ``jax.distributed`` is initialised, else None.
-
-  ``jax.distributed.is_initialized()`` first, so a single-process program's XLA
-  backend is not started by asking (its flags may still be set after the lock).
-  """
-  if not jax.distributed.is_initialized():
-    return None
-  return jax.process_index(), jax.process_count()
-
-
-class RunLock:
-  """An exclusive lock on a run directory, held while a run writes into it.
-
-  ``fcntl.flock`` on ``<workdir>/.lock``, which then holds the holder's pid, host
-  and start time (JSON). The operating system releases the lock when the holder
-  exits, however it exits (``kill -9`` included), so a lock left by a dead process
-  never blocks; the file itself stays (emptied on a clean exit).
-
-  Multi-host (``jax.distributed`` initialised): every process enters the lock;
-  process 0 alone takes it and tells the others (a collective) whether it got it,
-  so either all processes run or all raise. On a filesystem where ``flock`` is not
-  supported, a ``RuntimeWarning`` says that the directory is not locked and the
-  run goes on. Child processes forked while the lock is held share it: it is
-  released when the last of them exits.
-
-  Args:
-    workdir: the run directory (created if missing).
-
-  Raises:
-    RunLockedError: on entering, if another process holds the lock.
-  """
-
-  def __init__(self, workdir: str | os.PathLike):
-    self.workdir = os.path.abspath(os.fspath(workdir))
-    self.path = os.path.join(self.workdir, ".lock")
-    self._fd: int | None = None
-
-  def __enter__(self) -> "RunLock":
-    self.acquire()
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.release()
-
-  @property
-  def locked(self) -> bool:
-    """Whether this process holds the lock now."""
-    return self._fd is not None
-
-  def acquire(self) -> None:
-    """Take the lock; raise ``RunLockedError`` at once if another process holds it."""
-    if self._fd is not None:
-      return
-    dist = _distributed_process()
-    error = None
-    if dist is None or dist[0] == 0:
-      try:
-        self._take()
-      except Exception as e:  # pylint: disable=broad-except  # tell the others first
-        error = e
-    if dist is not None and dist[1] > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-      if not ok and error is None:  # not process 0: report what process 0 met
-        holder = _read_holder(self.path)
-        error = (RunLockedError(_locked_message(self.workdir, holder)) if holder else
-                 CheckpointError(f"process 0 could not lock workdir {self.workdir}; "
-                                 f"see its error."))
-    if error is not None:
-      raise error
-
-  def _take(self) -> None:
-    try:
-      os.makedirs(self.workdir, exist_ok=True)
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise PermissionError(f"cannot create the lock file {self.path!r}: {e.strerror}; "
-                            f"choose a writable --workdir.") from e
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      raise RunLockedError(_locked_message(self.workdir, _read_holder(self.path))) from None
-    except OSError as e:
-      os.close(fd)
-      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        raise
-      warnings.warn(f"cannot lock {self.workdir} ({e.strerror}: the filesystem does not "
-                    f"support flock); nothing keeps a second run out of it.",
-                    RuntimeWarning, stacklevel=3)
-      return
-    holder = {"pid": os.getpid(), "host": socket.gethostname(),
-              "since": datetime.datetime.now(datetime.timezone.utc).strftime(
-                  "%Y-%m-%d %H:%M:%S UTC")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder).encode(), 0)
-    os.fsync(fd)
-    self._fd = fd
-
-  def release(self) -> None:
-    """Release the lock (a no-op if not held)."""
-    fd, self._fd = self._fd, None
-    if fd is None:
-      return
-    try:
-      os.ftruncate(fd, 0)
-    except OSError:
-      pass
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-def _read_holder(path: str) -> dict[str, Any]:
-  # The holder writes its record right after taking the lock: wait briefly for it.
-  for _ in range(20):
-    try:
-      with open(path) as f:
-        text = f.read()
-      if text.strip():
-        return json.loads(text)
-    except (OSError, ValueError):
-      pass
-    time.sleep(0.05)
-  return {}
-
-
 class _HeldSaveNoise:
   """Holds orbax's error logs during a save; drops them if the disk was full.
 
@@ -781,8 +643,3 @@ def _is_no_space(error: BaseException) -> bool:
   return False
 
 
-def _locked_message(workdir: str, holder: dict[str, Any]) -> str:
-  who = (f"pid {holder.get('pid')} on host {holder.get('host')} since "
-         f"{holder.get('since')}" if holder.get("pid") else
-         "another process (its pid could not be read from the lock file)")
-  return f"workdir {workdir} is in use by {who}; wait for it or use another --workdir."

@@ -242,9 +242,9 @@ def _report(e: Exception, verbose: bool) -> None:
 
 
 def _is_expected(e: Exception) -> bool:
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from sslit import checkpoint, rundir  # pylint: disable=g-import-not-at-top  (JAX)
   expected = (ValueError, TypeError, PermissionError, FileNotFoundError, ImportError,
-              FloatingPointError, checkpoint.CheckpointError)
+              FloatingPointError, checkpoint.CheckpointError, rundir.RunLockedError)
   full_disk = isinstance(e, OSError) and e.errno == errno.ENOSPC
   return isinstance(e, expected) or full_disk
 

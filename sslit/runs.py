@@ -35,11 +35,12 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from sslit import config as config_lib
+from sslit import rundir
 
 __all__ = ["Run", "TrainResult", "train", "open_run", "restore_variables",
            "checkpoint_steps", "offline_eval", "make_monitor", "analyze",
            "start_devices", "make_mesh", "build_model", "load_datasets",
-           "fit_options", "augmentation", "prepare_workdir", "summary", "embed",
+           "fit_options", "augmentation", "summary", "embed",
            "start_distributed", "open_torch_run", "target_of", "target_variables",
            "probed_variables"]
 
@@ -163,7 +164,7 @@ def fit_options(config: ConfigDict, *, eval_every: int | None = None):
       keep_checkpoints=int(config.keep_checkpoints),
       eval_every=int(config.eval_every) if eval_every is None else eval_every,
       max_train_seconds=float(config.max_train_seconds) or None,
-      **{name: cast(config[name]) for name, cast in _LATER_OPTIONS.items()
+      **{name: cast(config[name]) for name, cast in rundir.LATER_OPTIONS.items()
          if name in config})  # absent (an older config): FitOptions' default
 
 
@@ -188,104 +189,6 @@ def augmentation(config: ConfigDict):
     return augment.preset(name or "none", image_size=None, options=options)
   except ValueError as e:
     raise config_lib.ConfigError(f"augment_options: {e}") from None
-
-
-# FitOptions fields that configs gained over time, with their type.
-_LATER_OPTIONS = {"local_crops": int, "local_crop_size": int, "global_crop_scale": tuple,
-                  "local_crop_scale": tuple, "queue_length": int,
-                  "queue_start_step": int, "freeze_prototypes_steps": int,
-                  "views_in_one_pass": bool, "average_weights": float}
-
-
-def prepare_workdir(workdir: str, config: ConfigDict, *,
-                    resume_with_changes: bool = False, write: bool = True) -> dict:
-  """Create ``workdir``, check it is writable and holds no other run; write config.json.
-
-  A run may resume with changes of ``config.RESUMABLE_FIELDS`` (evaluation, logging,
-  checkpoint cadence); with ``resume_with_changes`` also of
-  ``config.CHANGEABLE_ON_REQUEST`` (learning rate, warm-up, weight decay, momentum,
-  clipping, number of steps). Each accepted change of the latter is appended to
-  ``config_history.jsonl`` (old and new values), so nothing is lost.
-
-  ``write=False`` (processes other than 0 of a multi-host run) checks only.
-
-  Returns:
-    ``{field: (old, new)}`` of the optimisation settings that changed.
-
-  Raises:
-    ConfigError: ``workdir`` holds a run whose other fields differ.
-  """
-  from sslit import train as train_lib
-  train_lib.ensure_writable(workdir)
-  resolved = config_lib.to_dict(config)
-  path = os.path.join(workdir, "config.json")
-  changed = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        previous = json.load(f)
-      except json.JSONDecodeError:
-        previous = None
-    if previous is not None:
-      previous = _with_absent_defaults(previous, resolved)
-      differ = sorted(k for k in set(previous) | set(resolved)
-                      if previous.get(k) != resolved.get(k)
-                      and k not in config_lib.RESUMABLE_FIELDS)
-      changeable = [k for k in differ if k in config_lib.CHANGEABLE_ON_REQUEST]
-      fixed = [k for k in differ if k not in config_lib.CHANGEABLE_ON_REQUEST]
-      if fixed or (changeable and not resume_with_changes):
-        hint = ("" if fixed else " To resume this run with these optimisation "
-                "settings, add --resume_with_changes.")
-        raise config_lib.ConfigError(
-            f"workdir {workdir} holds a run with a different config (fields "
-            f"{', '.join(differ)} differ); use another --workdir, or the same config "
-            f"to resume that run.{hint}")
-      changed = {k: (previous.get(k), resolved.get(k)) for k in changeable}
-  if not write:
-    return changed
-  if changed:
-    with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
-      f.write(json.dumps({"time": time.time(), "changed": changed}) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return changed
-
-
-def _with_absent_defaults(stored: dict, current: dict) -> dict:
-  """A stored ``config.json`` with the fields it predates at their default value.
-
-  A field of ``current`` that ``stored`` lacks (added to ``configs/default.py``
-  after the run was written, e.g. ``local_crops`` or ``model.prototypes``) takes
-  the default config's value, or the one in ``_BEFORE_THE_FIELD`` where the default
-  is not what runs did before the field existed, so the run still resumes when the
-  field is left at that value. Free-form option dicts (``*_kwargs``) are compared
-  as they are.
-  """
-  def fill(stored, current, defaults, prefix=""):
-    out = dict(stored)
-    for k, v in current.items():
-      if k not in defaults or k.endswith("_kwargs"):
-        continue
-      if k not in stored:
-        out[k] = _BEFORE_THE_FIELD.get(prefix + k, defaults[k])
-      elif isinstance(stored[k], dict) and isinstance(v, dict) and isinstance(
-          defaults[k], dict):
-        out[k] = fill(stored[k], v, defaults[k], f"{prefix}{k}.")
-    return out
-  defaults = config_lib.to_dict(config_lib.load_config(config_lib.DEFAULT_CONFIG))
-  return fill(stored, current, defaults)
-
-
-# What a run did before these fields existed, where the main job's default differs
-# (``eval`` is resumable: a run written before ``eval.calibrate`` resumes either way).
-_BEFORE_THE_FIELD = {"augment_options": {}}
-
-
-# Model fields added after runs were checkpointed: in the checkpoint signature only
-# when they differ from their default (0), so earlier runs' checkpoints still resume.
-_LATER_MODEL_FIELDS = ("prototypes", "dino_head", "dino_head_gain")
 
 
 def _every(period: int, num_steps: int, evaluator):
@@ -338,7 +241,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     progress: show progress bars.
     resume_with_changes: resume a run in ``workdir`` although optimisation
       settings of ``config.CHANGEABLE_ON_REQUEST`` changed (see
-      :func:`prepare_workdir`).
+      :func:`sslit.rundir.prepare_workdir`).
     log: ``log(message)`` for progress lines (default: stderr).
 
   Returns:
@@ -375,15 +278,15 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     augment.preset(options.augment, image_size=train_ds.image_shape[0])  # known name
   model = build_model(config)
   chief = jax.process_index() == 0
-  from sslit import checkpoint
   # A run directory holding another run is refused before anything is touched
   # (checked again, and config.json written, under the lock).
-  prepare_workdir(workdir, config, resume_with_changes=resume_with_changes, write=False)
+  rundir.prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
+                         write=False)
   # One run at a time in a run directory: a second one fails at once, naming this
   # one's pid (every process of a multi-host run enters; process 0 holds it).
-  with checkpoint.RunLock(workdir):
-    changed = prepare_workdir(workdir, config, resume_with_changes=resume_with_changes,
-                              write=chief)
+  with rundir.RunLock(workdir):
+    changed = rundir.prepare_workdir(workdir, config,
+                                     resume_with_changes=resume_with_changes, write=chief)
     options = dataclasses.replace(options, accept_changes=tuple(changed))
     if changed:
       log("sslit train: resuming with changed settings: " + ", ".join(
@@ -404,7 +307,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     clock.lap("setup_s")
     result = train_lib.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
                            evaluators=evaluators, options=options, lock=False,
-                           signature=_signature(config))
+                           signature=rundir.config_signature(config))
     clock.lap("fit_s")
     compile_s = [h["compile_s"] for h in result.history if "compile_s" in h]
     if compile_s:
@@ -424,14 +327,6 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
       clock.write(os.path.join(workdir, "timings.json"), steps=result.step - int(
           result.resumed_from or 0))
   return TrainResult(result, results, report)
-
-
-def _signature(config: ConfigDict) -> dict:
-  """What a run's checkpoints must agree on besides ``FitOptions``: model and data."""
-  model = {k: v for k, v in config_lib.to_dict(config.model).items()
-           if not (k in _LATER_MODEL_FIELDS and not v)}
-  return {"model": model, "dataset": config.dataset,
-          "cpu_devices": config.get("cpu_devices", 0)}
 
 
 def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, step: int,
@@ -661,8 +556,7 @@ def open_torch_run(path: str | os.PathLike, *, workdir: str | os.PathLike,
   train_ds, test_ds = load_datasets(config)
   model, variables = torch_weights.load_torch_resnet(
       os.fspath(path), arch=arch, stem=stem, stem_padding=stem_padding)
-  from sslit import train as train_lib
-  train_lib.ensure_writable(workdir)
+  rundir.ensure_writable(workdir)
   stored = config_lib.to_dict(config)
   stored["torch_checkpoint"] = {"path": os.path.abspath(os.fspath(path)), "arch": arch,
                                 "stem": stem, "stem_padding": stem_padding}

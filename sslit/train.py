@@ -19,7 +19,6 @@ schedule. Library code never reads a config object: ``fit`` takes a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import queue
 import sys
@@ -41,6 +40,8 @@ from sslit import metrics as metrics_lib
 from sslit import models
 from sslit import objectives as objectives_lib
 from sslit import parallel
+from sslit import rundir
+from sslit.rundir import ensure_writable, run_signature
 from sslit.step import (STATS_KEYS, TrainState, check_average_momentum, images_to_float,
                         init_ema_params, make_train_step, target_params, view_pairs)
 from sslit.optim import (OPTIMIZERS, decay_mask, ema_momentum_schedule,
@@ -198,7 +199,7 @@ class FitOptions:
     max_train_seconds: stop early (with a checkpoint) after this much training
       time (None or 0: no cap); the schedule stays the one of ``num_steps``.
     resume: restore the newest good checkpoint of the run directory if any. Each
-      checkpoint stores the run's signature (:func:`run_signature`); resuming
+      checkpoint stores the run's signature (:func:`sslit.rundir.run_signature`); resuming
       with other trajectory settings raises ``checkpoint.SignatureMismatchError``
       listing them, except for the fields named in ``accept_changes``.
     accept_changes: signature fields allowed to differ from the checkpoint's
@@ -299,37 +300,6 @@ def _due(hook: _Hook, step: int, final: bool) -> bool:
   return final or bool(hook.every and step % hook.every == 0)
 
 
-SIGNATURE_FIELDS = ("objective", "objective_kwargs", "batch_size", "num_steps",
-                    "augment", "optimizer", "learning_rate", "weight_decay",
-                    "momentum", "warmup_steps", "end_lr_factor", "scale_lr_by_batch",
-                    "grad_clip", "ema_momentum", "probe", "probe_learning_rate",
-                    "seed", "normalize")
-# Fields added after runs were checkpointed: part of the signature only when they
-# differ from their default, so the checkpoints of earlier runs still resume.
-LATER_SIGNATURE_FIELDS = ("local_crops", "local_crop_size", "global_crop_scale",
-                          "local_crop_scale", "teacher_temperature_warmup_steps",
-                          "queue_length", "queue_start_step", "freeze_prototypes_steps",
-                          "views_in_one_pass", "average_weights")
-
-
-def run_signature(options: FitOptions, extra: Mapping[str, Any] | None = None) -> dict:
-  """The settings that define a run's trajectory, as a small JSON-ready dict.
-
-  ``SIGNATURE_FIELDS`` of ``options`` (an objective or augmentation given as an
-  object is named by its ``name`` or ``repr``), the ``LATER_SIGNATURE_FIELDS`` that
-  differ from their default, plus ``extra`` (e.g. the model and data set of a
-  config). Stored with every checkpoint and compared on resume.
-  """
-  def plain(v):
-    return json.loads(json.dumps(v, default=lambda x: getattr(x, "name", repr(x))))
-  sig = {f: plain(getattr(options, f)) for f in SIGNATURE_FIELDS}
-  defaults = {f.name: f.default for f in dataclasses.fields(FitOptions)}
-  sig.update({f: plain(getattr(options, f)) for f in LATER_SIGNATURE_FIELDS
-              if plain(getattr(options, f)) != plain(defaults[f])})
-  sig.update({k: plain(v) for k, v in dict(extra or {}).items()})
-  return sig
-
-
 def fit(*, model: Any, dataset: Any, options: FitOptions,
         workdir: str | os.PathLike | None = None, mesh: Any = None,
         evaluators: Sequence[Callable] = (),
@@ -354,8 +324,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       ``metrics.jsonl``.
     data_iterator_fn: ``(start_step) -> iterator of host batches`` replacing
       ``sslit.data.batch_iterator`` (each batch is this process's part).
-    signature: extra signature fields (see :func:`run_signature`).
-    lock: hold ``checkpoint.RunLock(workdir)`` while training (False: the caller
+    signature: extra signature fields (see :func:`sslit.rundir.run_signature`).
+    lock: hold ``rundir.RunLock(workdir)`` while training (False: the caller
       holds it, as ``sslit.runs.train`` does).
 
   Returns:
@@ -369,7 +339,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       local crops the model cannot take, ...).
   """
   if workdir is not None and lock:
-    with checkpoint_lib.RunLock(workdir):
+    with rundir.RunLock(workdir):
       return fit(model=model, dataset=dataset, options=options, workdir=workdir,
                  mesh=mesh, evaluators=evaluators, data_iterator_fn=data_iterator_fn,
                  signature=signature, lock=False)
@@ -780,20 +750,3 @@ def _normalized(augment_fn: Callable | None, dataset: Any) -> Callable:
     # The one preprocessing shared with evaluation (features see what training saw).
     return data_lib.preprocess(x_a, mean, std), data_lib.preprocess(x_b, mean, std)
   return views
-
-
-def ensure_writable(workdir: str) -> None:
-  """Create ``workdir`` and check that it is writable (PermissionError naming it)."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise PermissionError(f"cannot create workdir {workdir!r}: {e.strerror}; choose "
-                          f"a writable --workdir.") from e
-  probe_path = os.path.join(workdir, f".write_test_{os.getpid()}")
-  try:
-    with open(probe_path, "w") as f:
-      f.write("ok")
-    os.remove(probe_path)
-  except OSError as e:
-    raise PermissionError(f"workdir {workdir!r} is not writable ({e.strerror}); choose "
-                          f"a writable --workdir.") from e

@@ -356,8 +356,8 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "30", "40"]
 
   # A second sslit train on a workdir in use exits at once, naming the holder.
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
-  with checkpoint.RunLock(workdir):
+  from sslit import rundir  # pylint: disable=g-import-not-at-top
+  with rundir.RunLock(workdir):
     code, out = _run(argv + ["--config.num_steps=40"], capsys)
   assert code == 1 and f"in use by pid {os.getpid()}" in out
 

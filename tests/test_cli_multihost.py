@@ -130,9 +130,9 @@ def test_a_locked_run_directory_stops_both_processes_naming_the_holder(tmp_path)
   """Process 0 takes the lock for the run; process 1 learns the outcome through a
   collective. While another process holds the directory, both fail at once, and
   both name the holder, before any step or file of the run."""
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
+  from sslit import rundir  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  with checkpoint.RunLock(workdir):  # held by this (pytest) process
+  with rundir.RunLock(workdir):  # held by this (pytest) process
     codes = _wait(_two_processes(tmp_path, workdir, "locked"))
   for i in range(2):
     log = (tmp_path / f"locked.{i}.log").read_text()

@@ -1,4 +1,4 @@
-"""Run-directory lock (checkpoint.RunLock) and the import-time LAPACK work-around.
+"""Run-directory lock (rundir.RunLock) and the import-time LAPACK work-around.
 
 The subprocess tests start fresh interpreters: a lock held by another process, and
 an interpreter that has neither the conftest's XLA_FLAGS nor its call of
@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 import sslit
-from sslit import checkpoint
+from sslit import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
@@ -33,7 +33,7 @@ def _env(**extra):
 
 HOLDER = """
 import sys, time
-from sslit.checkpoint import RunLock
+from sslit.rundir import RunLock
 lock = RunLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -47,10 +47,10 @@ def test_second_holder_fails_at_once_and_kill_9_frees_the_lock(tmp_path):
                             stdout=subprocess.PIPE, text=True, env=_env())
   try:
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(checkpoint.RunLockedError,
+    with pytest.raises(rundir.RunLockedError,
                        match=rf"workdir {workdir} is in use by pid {holder.pid} on host "
                              rf".+ since .+; wait for it or use another --workdir"):
-      with checkpoint.RunLock(workdir):
+      with rundir.RunLock(workdir):
         pass
     # SIGKILL: no clean-up runs; the kernel drops the lock with the process.
     holder.send_signal(signal.SIGKILL)
@@ -59,15 +59,15 @@ def test_second_holder_fails_at_once_and_kill_9_frees_the_lock(tmp_path):
     if holder.poll() is None:
       holder.kill()
       holder.wait()
-  with checkpoint.RunLock(workdir) as lock:
+  with rundir.RunLock(workdir) as lock:
     assert lock.locked
     held = json.loads((workdir / ".lock").read_text())
     assert held["pid"] == os.getpid()
     # A second holder in this very process is refused too, naming this pid.
-    with pytest.raises(checkpoint.RunLockedError, match=rf"pid {os.getpid()} "):
-      checkpoint.RunLock(workdir).acquire()
+    with pytest.raises(rundir.RunLockedError, match=rf"pid {os.getpid()} "):
+      rundir.RunLock(workdir).acquire()
   assert not lock.locked and (workdir / ".lock").read_text() == ""
-  with checkpoint.RunLock(workdir):  # released on exit: free again
+  with rundir.RunLock(workdir):  # released on exit: free again
     pass
 
 
@@ -75,7 +75,7 @@ def test_lock_in_an_unwritable_place_is_a_clear_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(PermissionError, match="writable"):
-    checkpoint.RunLock(blocker / "run").acquire()
+    rundir.RunLock(blocker / "run").acquire()
 
 
 LAPACK_USER = """

@@ -518,9 +518,9 @@ def test_resume_checks_the_checkpoint_signature(tmp_path, digits, fast_compile):
 
 
 def test_a_second_run_on_a_locked_workdir_fails_at_once(tmp_path, digits):
-  from sslit import checkpoint  # pylint: disable=g-import-not-at-top
-  with checkpoint.RunLock(tmp_path):
-    with pytest.raises(checkpoint.RunLockedError, match=f"pid {os.getpid()}"):
+  from sslit import rundir  # pylint: disable=g-import-not-at-top
+  with rundir.RunLock(tmp_path):
+    with pytest.raises(rundir.RunLockedError, match=f"pid {os.getpid()}"):
       run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path,
               **dict(FIT_KWARGS, num_steps=2))
   assert not (tmp_path / "checkpoints").exists()
@@ -811,37 +811,37 @@ def test_augment_options_of_the_config_set_both_views_of_the_trainer_and_monitor
 
 
 def test_signature_and_stored_config_predating_new_fields_still_resume(tmp_path):
-  from sslit import config as config_lib, runs  # pylint: disable=g-import-not-at-top
+  from sslit import config as config_lib, rundir  # pylint: disable=g-import-not-at-top
   options = train.FitOptions(objective="vicreg", batch_size=32, num_steps=4)
-  assert sorted(train.run_signature(options)) == sorted(train.SIGNATURE_FIELDS)
+  assert sorted(train.run_signature(options)) == sorted(rundir.SIGNATURE_FIELDS)
   crops = train.run_signature(train.FitOptions(objective="dino", batch_size=32,
                                                num_steps=4, local_crops=2))
   assert crops["local_crops"] == 2 and "local_crop_size" not in crops
   config = config_lib.load_config("smoke")
-  assert "prototypes" not in runs._signature(config)["model"]  # pylint: disable=protected-access
+  assert "prototypes" not in rundir.config_signature(config)["model"]
   # A config.json written before local_crops, local_crop_size, model.prototypes.
   stored = config_lib.to_dict(config)
   for field in ("local_crops", "local_crop_size", "augment_options"):
     del stored[field]
   del stored["model"]["prototypes"], stored["eval"]["calibrate"]
   (tmp_path / "config.json").write_text(json.dumps(stored))
-  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
+  assert rundir.prepare_workdir(str(tmp_path), config, write=False) == {}
   config.local_crops = 2
   with pytest.raises(config_lib.ConfigError, match="local_crops"):
-    runs.prepare_workdir(str(tmp_path), config, write=False)
+    rundir.prepare_workdir(str(tmp_path), config, write=False)
   # A field whose default is not what earlier runs did: they had no options, whatever
   # the main job's default is now. (eval.calibrate is resumable either way.)
   config.local_crops = 0
   config.augment_options = {"image_size": 4}
   with pytest.raises(config_lib.ConfigError, match="augment_options"):
-    runs.prepare_workdir(str(tmp_path), config, write=False)
+    rundir.prepare_workdir(str(tmp_path), config, write=False)
   config.augment_options = {}
   config.eval.calibrate = True
-  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
+  assert rundir.prepare_workdir(str(tmp_path), config, write=False) == {}
   # The config's name is a label: the same fields under another name resume.
   config.local_crops = 0
   config.name = "renamed"
-  assert runs.prepare_workdir(str(tmp_path), config, write=False) == {}
+  assert rundir.prepare_workdir(str(tmp_path), config, write=False) == {}
 
 
 def test_cli_trains_dino_on_the_smoke_config(tmp_path, capsys, fast_compile):
