@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -57,7 +58,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 __all__ = ["CheckpointManager", "CheckpointError", "ChecksumMismatchError",
-           "SignatureMismatchError", "StructureMismatchError", "abstract_like", "check_signature", "check_structure"]
+           "SignatureMismatchError", "StructureMismatchError", "abstract_like", "silence_shutdown_noise", "check_signature", "check_structure"]
 
 _log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ _ABSENT = "<absent>"
 
 
 def check_signature(stored: dict[str, Any] | None, current: dict[str, Any] | None, *,
-                    where: str = "the checkpoint") -> None:
+                    where: str = "the checkpoint", ignore: tuple[str, ...] = ()) -> None:
   """Raise ``SignatureMismatchError`` if two run signatures differ in any field.
 
   A run signature is a small JSON dict of the settings that define a run's
@@ -249,6 +250,8 @@ def check_signature(stored: dict[str, Any] | None, current: dict[str, Any] | Non
     stored: the signature saved with a checkpoint (``CheckpointManager.signature``).
     current: the signature of the run about to continue from it.
     where: how the message names the checkpoint.
+    ignore: fields not compared (a reader ignores the settings a run may resume
+      with changed, e.g. the learning rate).
 
   Raises:
     SignatureMismatchError: listing every differing field as ``old → new``.
@@ -258,7 +261,7 @@ def check_signature(stored: dict[str, Any] | None, current: dict[str, Any] | Non
   stored = _json_normal(stored, "the stored signature")
   current = _json_normal(current, "signature")
   differ = sorted(k for k in set(stored) | set(current)
-                  if stored.get(k, _ABSENT) != current.get(k, _ABSENT))
+                  if stored.get(k, _ABSENT) != current.get(k, _ABSENT) and k not in ignore)
   if differ:
     changes = ", ".join(f"{k} {json.dumps(stored.get(k, _ABSENT))} → "
                         f"{json.dumps(current.get(k, _ABSENT))}" for k in differ)
@@ -323,13 +326,20 @@ class CheckpointManager:
     max_to_keep: keep only the newest ``max_to_keep`` checkpoints (None: all).
       At least 1. Older steps are deleted only after a new step was saved
       successfully, never when a manager is opened.
+    read_only: a reader's manager (``sslit eval``, ``analyze``, ``embed``): it
+      writes, moves and deletes nothing (a save in progress beside it is left
+      alone, a damaged newest step is skipped, not moved aside), takes no lock,
+      and works in a directory it cannot write; ``save`` raises.
 
   Raises:
     ValueError: ``max_to_keep`` is not None or a positive int.
-    PermissionError: if ``directory`` cannot be created or written.
+    PermissionError: if ``directory`` cannot be created or written (not
+      ``read_only``).
+    FileNotFoundError: ``read_only`` and ``directory`` does not exist.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3):
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
+               read_only: bool = False):
     if max_to_keep is not None and (
         isinstance(max_to_keep, bool) or not isinstance(max_to_keep, (int, np.integer))
         or max_to_keep < 1):
@@ -339,26 +349,44 @@ class CheckpointManager:
           f"right after writing it. Use keep_checkpoints=1 or more, or "
           f"checkpoint_every=0 to save only at the end.")
     self.directory = os.path.abspath(os.fspath(directory))
-    try:
-      os.makedirs(self.directory, exist_ok=True)
-    except OSError as e:
-      raise PermissionError(
-          f"cannot create checkpoint directory {self.directory!r}: {e.strerror}; "
-          f"choose a writable --workdir.") from e
-    if not os.access(self.directory, os.W_OK):
-      raise PermissionError(f"checkpoint directory {self.directory!r} is not writable; "
-                            f"choose a writable --workdir.")
+    self.read_only = bool(read_only)
+    if self.read_only:
+      if not os.path.isdir(self.directory):
+        raise FileNotFoundError(f"no checkpoint directory {self.directory}.")
+    else:
+      try:
+        os.makedirs(self.directory, exist_ok=True)
+      except OSError as e:
+        raise PermissionError(
+            f"cannot create checkpoint directory {self.directory!r}: {e.strerror}; "
+            f"choose a writable --workdir.") from e
+      if not os.access(self.directory, os.W_OK):
+        raise PermissionError(f"checkpoint directory {self.directory!r} is not "
+                              f"writable; choose a writable --workdir.")
     self.max_to_keep = None if max_to_keep is None else int(max_to_keep)
     self._manager = self._make_manager()
 
   def _make_manager(self) -> ocp.CheckpointManager:
     # Orbax keeps everything: pruning is done by ``_prune``, after a save is complete
     # (orbax's own pruning also runs when finalising a step failed).
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(self.directory, options=options,
-                                 item_names=("state", "meta"))
+    if self.read_only:
+      # A reader beside a running train: no directory made, no temporary directory
+      # (the writer's save in progress) removed, nothing written.
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=None, create=False, enable_async_checkpointing=False,
+          cleanup_tmp_directories=False, read_only=True, save_interval_steps=0,
+          save_root_metadata=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=None, create=True, enable_async_checkpointing=False,
+          cleanup_tmp_directories=True)
+    absl = logging.getLogger("absl")
+    absl.addFilter(_drop_read_only_note)
+    try:
+      return ocp.CheckpointManager(self.directory, options=options,
+                                   item_names=("state", "meta"))
+    finally:
+      absl.removeFilter(_drop_read_only_note)
 
   def all_steps(self) -> list[int]:
     """Steps of the complete checkpoints present, oldest first."""
@@ -386,6 +414,9 @@ class CheckpointManager:
         :func:`check_signature`), stored with the step and checked by
         ``restore(..., signature=...)``.
     """
+    if self.read_only:
+      raise ValueError(f"this manager of {self.directory} is read-only; open it with "
+                       f"read_only=False to save.")
     meta = dict(meta or {})
     if _RESERVED in meta:
       raise ValueError(f"meta key {_RESERVED!r} is reserved for sslit's checksums and "
@@ -472,19 +503,20 @@ class CheckpointManager:
     return self._newest_good(restore_one)
 
   def restore_raw(self, *, step: int | None = None,
-                  signature: dict[str, Any] | None = None
+                  signature: dict[str, Any] | None = None, ignore: tuple[str, ...] = ()
                   ) -> tuple[Any, dict[str, Any], int] | None:
     """Restore without a target: nested dicts of NumPy arrays as saved (keys as data).
 
     For reading a run's parameters without rebuilding its optimiser (``sslit
     eval``). The arrays are read on the host whatever devices and processes wrote
     them (a checkpoint of a two-process run reads in one process). Same checks
-    (checksums; the signature if given) and fallback as :meth:`restore`.
+    (checksums; the signature if given, but for the fields in ``ignore``) and
+    fallback as :meth:`restore`.
     """
     def restore_one(s):
       meta, info = self._read_meta(s)
       where = f"checkpoint step {s} in {self.directory}"
-      check_signature(info.get("signature"), signature, where=where)
+      check_signature(info.get("signature"), signature, where=where, ignore=ignore)
       # Without a target orbax would rebuild the saved shardings, which name the
       # devices of the run that wrote them; NumPy leaves ask for host arrays.
       target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), self._saved_tree(s))
@@ -512,19 +544,38 @@ class CheckpointManager:
       handler.close()
 
   def _newest_good(self, restore_one):
+    # A reader beside a running train may see a step pruned while reading it: it
+    # lists the steps again (the writer keeps the newest ones).
+    for _ in range(4 if self.read_only else 0):
+      result, vanished = self._newest_good_once(restore_one, skip_vanished=True)
+      if not vanished:
+        return result
+      self._manager.reload()
+    return self._newest_good_once(restore_one)[0]
+
+  def _newest_good_once(self, restore_one, skip_vanished: bool = False):
+    """``(result, False)``, or ``(None, True)`` if ``skip_vanished`` and a step that
+    failed was deleted meanwhile and none of the older ones could be read."""
     steps = self.all_steps()
     if not steps:
-      return None
-    errors = []
+      return None, False
+    errors, vanished = [], False
     for s in reversed(steps):
       try:
-        result, error = restore_one(s), None
+        # A damaged step makes TensorStore's threads report on closed event loops
+        # (a dozen tracebacks): the one warning below names the step and the cause.
+        with _HeldSaveNoise(drop=lambda e: True):
+          result, error = restore_one(s), None
       except SignatureMismatchError:
         raise  # another run's checkpoint, not a damaged one: nothing is moved
       except Exception as e:  # damaged or incompatible: try the previous one
         result, error = None, e
         _log.debug("checkpoint step %s in %s could not be restored", s, self.directory,
                    exc_info=e)
+      if error is not None and skip_vanished and not os.path.isdir(
+          os.path.join(self.directory, str(s))):
+        vanished = True  # pruned by the writer while this reader read it
+        continue
       # All processes must resume from the same step.
       if not _on_every_process(error is None):
         errors.append((s, error or CheckpointError(
@@ -533,12 +584,21 @@ class CheckpointManager:
       # An older checkpoint reads fine, so the newer ones are damaged: move them
       # aside (never delete) so that training can write those steps again.
       for bad, e in errors:
+        if self.read_only:
+          if os.path.isdir(os.path.join(self.directory, str(bad))):  # not pruned since
+            warnings.warn(
+                f"checkpoint step {bad} in {self.directory} could not be restored "
+                f"({_short(e)}); using step {s} (left in place: read-only).",
+                RuntimeWarning, stacklevel=4)
+          continue
         moved = self._move_aside(bad)
         warnings.warn(
             f"checkpoint step {bad} in {self.directory} could not be restored "
             f"({_short(e)}); moved it to {moved}, resuming from step {s}.",
-            RuntimeWarning, stacklevel=3)
-      return result
+            RuntimeWarning, stacklevel=4)
+      return result, False
+    if vanished:
+      return None, True
     for _, e in errors:
       if isinstance(e, StructureMismatchError):
         raise e  # the model changed: say how, rather than "none could be restored"
@@ -560,13 +620,23 @@ class CheckpointManager:
     state = _data_to_keys(abstract_state, restored["state"])
     return state, meta, step
 
-  def _move_aside(self, step: int) -> str:
+  def move_aside(self, step: int, *, reason: str = "diverged") -> str:
+    """Rename checkpoint ``step`` to ``<step>.<reason>`` (never deleted); the new path.
+
+    Every process calls it (multi-host); process 0 moves. A training run moves
+    the checkpoints written after its loss diverged, so it resumes before them.
+    """
+    if self.read_only:
+      raise ValueError(f"this manager of {self.directory} is read-only.")
+    return self._move_aside(step, reason)
+
+  def _move_aside(self, step: int, reason: str = "corrupt") -> str:
     src = os.path.join(self.directory, str(step))
-    dst = src + ".corrupt"
+    dst = f"{src}.{reason}"
     if jax.process_index() == 0 and os.path.exists(src):
       i = 1
       while os.path.exists(dst):
-        dst = f"{src}.corrupt{i}"
+        dst = f"{src}.{reason}{i}"
         i += 1
       shutil.move(src, dst)
     # No process may list the steps again before the move is done.
@@ -600,6 +670,9 @@ class _HeldSaveNoise:
   the save's write tasks whose error was never retrieved (at interpreter exit).
   """
 
+  def __init__(self, drop=None):
+    self._drop = drop or _is_no_space  # which failures' logs go (default: a full disk)
+
   def __enter__(self):
     self.records = []
     self._logger = logging.getLogger("absl")
@@ -619,13 +692,38 @@ class _HeldSaveNoise:
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self._logger.removeFilter(self._hold)
-    if exc is not None and _is_no_space(exc):
+    if exc is not None and self._drop(exc):
       logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       return  # the closed loops' reports keep being dropped
     if sys.unraisablehook == self._unraisable:
       sys.unraisablehook = self._hook
     for record in self.records:
       self._logger.handle(record)
+
+
+def _drop_read_only_note(record: logging.LogRecord) -> bool:
+  """Orbax's warning that a reader's directory is read-only: asked for, not news."""
+  return "Given directory is read only" not in record.getMessage()
+
+
+def silence_shutdown_noise() -> None:
+  """Drop orbax's and TensorStore's reports while an interrupted program stops.
+
+  After Ctrl-C during a save, orbax's writer threads log their tracebacks and
+  TensorStore's callbacks report closed event loops (40 to 110 lines) after the
+  command's own one line. The save in progress left only a temporary directory,
+  ignored and removed by the next run, so nothing of them needs reading.
+  """
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+  hook = sys.unraisablehook
+
+  def unraisable(u):
+    if not (isinstance(u.exc_value, RuntimeError)
+            and str(u.exc_value) == "Event loop is closed"):
+      hook(u)
+  sys.unraisablehook = unraisable
+  threading.excepthook = lambda args: None
 
 
 def _is_no_space(error: BaseException) -> bool:

@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from sslit import config as config_lib
+from sslit import rundir
 from sslit import runs
 
 __all__ = ["main"]
@@ -43,7 +44,10 @@ options (train, eval, analyze, embed):
                              weight_decay, momentum, grad_clip, num_steps) changed
   --split train|test         embed: the split (default test)
   --outputs rep[,proj,pred]  embed: the network outputs to write (default rep)
-  --out PATH                 embed: the .npz file (default in the run directory)
+  --out PATH                 embed: the .npz file (default in the run directory;
+                             never a record of a run directory, nor a directory)
+  --results PATH             eval, analyze: the .json file of the results instead
+                             of the run directory (e.g. for a read-only run)
   --target                   embed: the run's target network (BYOL's/MoCo's target,
                              DINO's teacher, or the average of average_weights)
   --torch_checkpoint PATH    eval, analyze, embed: a PyTorch ResNet state_dict
@@ -62,7 +66,7 @@ many hosts (train, eval, analyze, embed; see docs/training.md):
 """
 _COMMANDS = ("train", "eval", "analyze", "embed", "reproduce")
 _VALUE_OPTIONS = {"--config": str, "--workdir": str, "--num_examples": int,
-                  "--split": str, "--outputs": str, "--out": str,
+                  "--split": str, "--outputs": str, "--out": str, "--results": str,
                   "--coordinator_address": str, "--num_processes": int,
                   "--process_id": int, "--torch_checkpoint": str, "--arch": str,
                   "--stem": str, "--stem_padding": int}
@@ -149,20 +153,38 @@ def _open(args, overrides) -> runs.Run:
   return runs.open_run(args.workdir, overrides=overrides)
 
 
+def _output(args, option: str, suffix: str) -> str | None:
+  """The output file of ``option``, checked; None: the run directory, which must
+  then be writable (checked before any work)."""
+  path = getattr(args, option[2:])
+  if path is not None:
+    return rundir.check_output_path(path, suffix=suffix, option=option)
+  if args.workdir is not None and os.path.isdir(args.workdir) and not \
+      args.torch_checkpoint and not rundir.is_writable(args.workdir):
+    raise config_lib.ConfigError(
+        f"the run directory {args.workdir} is not writable; write the output "
+        f"elsewhere with {option} PATH{suffix}.")
+  return None
+
+
 def cmd_eval(args, overrides) -> int:
+  path = _output(args, "--results", ".json")
   run = _open(args, overrides)
   results = runs.offline_eval(run.config, run.model, run.variables, run.train_ds,
                               run.test_ds, step=run.step, workdir=run.workdir,
-                              target=run.target)
+                              target=run.target, path=path)
   print(f"sslit eval: step {run.step}\n" + runs.summary(results))
-  if run.config.get("report", True):
+  if path is not None:
+    print(f"sslit eval: results written to {path}")
+  elif run.config.get("report", True):
     runs.write_report(run.workdir)
   return 0
 
 
 def cmd_analyze(args, overrides) -> int:
+  path = _output(args, "--results", ".json")
   run = _open(args, overrides)
-  result = runs.analyze(run, num_examples=args.num_examples)
+  result = runs.analyze(run, num_examples=args.num_examples, path=path)
   for k in sorted(result):
     print(f"{k}: {result[k]}")
   if "monitor/cpa/output_noise" in result:
@@ -174,6 +196,7 @@ def cmd_analyze(args, overrides) -> int:
 
 
 def cmd_embed(args, overrides) -> int:
+  _output(args, "--out", ".npz")
   run = _open(args, overrides)
   outputs = tuple(o.strip() for o in (args.outputs or "rep").split(",") if o.strip())
   path = runs.embed(run, split=args.split or "test", outputs=outputs, path=args.out,
@@ -220,17 +243,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   except KeyboardInterrupt:
     print("sslit: interrupted; run the same command again to resume.", file=sys.stderr)
+    if "sslit.checkpoint" in sys.modules:  # orbax may be stopping mid-save
+      sys.modules["sslit.checkpoint"].silence_shutdown_noise()
     return 130
   except Exception as e:  # pylint: disable=broad-except
-    if not _is_expected(e):
-      raise
-    _report(e, verbose)
+    try:
+      expected = _is_expected(e)
+    except Exception:  # pylint: disable=broad-except  (JAX itself failed to start)
+      expected = False
+    _report(e, verbose, expected=expected)
     return 1
 
 
-def _report(e: Exception, verbose: bool) -> None:
-  """One short paragraph naming the problem; the traceback only with --verbose."""
-  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+def _report(e: Exception, verbose: bool, expected: bool = True) -> None:
+  """One short paragraph naming the problem; the traceback only with --verbose.
+
+  An error sslit does not expect is said in one line too (its type and first
+  line), with the hint that --verbose shows where it came from.
+  """
+  if not expected:
+    print(f"sslit: error: {_unexpected(e)}", file=sys.stderr)
+  elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
     print(f"sslit: error: no space left on the device ({e.filename or e}); the "
           f"checkpoints written before are kept: free some space and run the same "
           f"command again to resume.", file=sys.stderr)
@@ -239,6 +272,30 @@ def _report(e: Exception, verbose: bool) -> None:
   if verbose:
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exception(e, file=sys.stderr)
+
+
+def _unexpected(e: Exception) -> str:
+  """One line for an error without a message of sslit's own."""
+  first = next((l.strip() for l in str(e).splitlines() if l.strip()), "")
+  first = first if len(first) <= 300 else first[:297] + "..."
+  platforms = os.environ.get("JAX_PLATFORMS")
+  if platforms and _no_backend():
+    return (f"JAX could not start the platform JAX_PLATFORMS={platforms} asks for "
+            f"({type(e).__name__}{': ' + first if first else ''}); unset "
+            f"JAX_PLATFORMS or install the jaxlib for that platform.")
+  return (f"{type(e).__name__}{': ' + first if first else ''} (run with --verbose "
+          f"for the traceback)")
+
+
+def _no_backend() -> bool:
+  """Whether JAX was imported and cannot start its backend."""
+  if "jax" not in sys.modules:
+    return False
+  try:
+    sys.modules["jax"].devices()
+  except Exception:  # pylint: disable=broad-except  (whatever the platform raised)
+    return True
+  return False
 
 
 def _is_expected(e: Exception) -> bool:

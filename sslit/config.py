@@ -18,6 +18,7 @@ import ast
 import contextlib
 import difflib
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ import ml_collections
 __all__ = ["ConfigError", "CONFIG_DIR", "DEFAULT_CONFIG", "RESUMABLE_FIELDS",
            "CHANGEABLE_ON_REQUEST",
            "load_config", "apply_overrides", "config_names", "all_fields", "to_dict",
-           "plain", "with_defaults"]
+           "plain", "with_defaults", "check_values"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.py")
@@ -111,9 +112,16 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {path!r} cannot import its base: {e}.") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} defines no get_config().")
-  config = module.get_config()
-  if not isinstance(config, ml_collections.ConfigDict):
+  try:
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (the user's code)
+    raise ConfigError(f"config file {path!r}: get_config() raised {type(e).__name__}: "
+                      f"{e}") from e
+  if isinstance(config, dict):
     config = ml_collections.ConfigDict(config)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path!r}: get_config() returned a "
+                      f"{type(config).__name__}, not an ml_collections.ConfigDict.")
   return config
 
 
@@ -152,7 +160,7 @@ def _parse_value(text: Any, current: Any, field: str) -> Any:
   else:
     try:
       value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
       if current is None:
         return text
       if isinstance(current, (tuple, list)) and _WORD.fullmatch(text.strip()):
@@ -167,7 +175,13 @@ def _parse_value(text: Any, current: Any, field: str) -> Any:
     return value
   elif isinstance(current, float) and isinstance(value, (int, float)) \
       and not isinstance(value, bool):
-    return float(value)
+    try:
+      value = float(value)
+    except OverflowError:  # an int beyond any float
+      value = math.inf
+    if not math.isfinite(value):  # 1e400 parses to inf
+      raise ConfigError(f"--config.{field}={text!r} is not a finite number.")
+    return value
   elif isinstance(current, (tuple, list)):
     if isinstance(value, (int, float, str)):
       value = (value,)
@@ -274,3 +288,93 @@ def with_defaults(stored: dict) -> ml_collections.ConfigDict:
       config[key] = defaults[key]
   return config
 
+
+
+# Ranges of config fields, checked by :func:`check_values` before anything is written:
+# ``(test, what the field must be)``. Fields checked where they are built
+# (``sslit.train.FitOptions``: batch size, steps, schedule, crops) are not repeated.
+_UNIT = (lambda v: 0 <= v < 1, "in [0, 1)")
+_RANGES = {
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "momentum": _UNIT,
+    "ema_momentum": _UNIT,
+    "average_weights": (lambda v: 0 <= v < 1, "in [0, 1) (0: no average)"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "cpu_devices": (lambda v: v >= 0, ">= 0 (0: leave the CPU as it is)"),
+    "max_train_seconds": (lambda v: v >= 0, ">= 0 (0: no cap)"),
+    "monitor_every": (lambda v: v >= 0, ">= 0 (0: no monitor)"),
+    "eval.l2": (lambda v: v >= 0, ">= 0"),
+    "eval.steps": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.max_train": (lambda v: v >= 0, ">= 0 (0: the whole training split)"),
+    "eval.calibration_batches": (lambda v: v >= 1, ">= 1"),
+    "eval.knn_k": (lambda v: all(isinstance(k, int) and k >= 1 for k in v),
+                   "whole numbers >= 1"),
+    "eval.baselines": (lambda v: set(v) <= {"raw", "random"},
+                       "a tuple of 'raw' and 'random' (or empty)"),
+    "analysis.num_examples": (lambda v: v >= 8, ">= 8"),
+    "analysis.cpa_examples": (lambda v: v >= 1, ">= 1"),
+    "analysis.sigma": (lambda v: v > 0, "> 0"),
+    "analysis.relative_output_noise": (lambda v: v >= 0, ">= 0"),
+}
+# Ints are stored in 32 bits on the devices (steps, sizes, counts).
+_INT_LIMIT = 2**31
+
+
+def check_values(config: ml_collections.ConfigDict, *,
+                 groups: tuple[str, ...] | None = None) -> None:
+  """Check every value of a run config, each by its own field name.
+
+  Every number finite (``1e400`` parses to inf: refused), whole numbers below
+  2**31, the ranges of the optimiser's, the target's and the evaluation's fields
+  (``grad_clip >= 0``, momenta in [0, 1), ``seed`` in [0, 2**32),
+  ``monitor_examples >= 8`` when the monitor runs, ``eval.*``, ``analysis.*``), and
+  in ``objective_kwargs`` every ``*temperature`` > 0 and ``*momentum`` in [0, 1).
+  Called before anything is written (``sslit.runs.train``) and by the readers.
+
+  Args:
+    config: a run config.
+    groups: check only these top-level fields and groups (e.g. ``("eval",
+      "analysis")`` for a command that only evaluates); None: all.
+
+  Raises:
+    ConfigError: naming the first bad field, its value and what it must be.
+  """
+  def bad(field, value, want):
+    raise ConfigError(f"--config.{field} must be {want}, got {value!r}.")
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      field = prefix + key
+      if groups is not None and field.split(".")[0] not in groups:
+        continue
+      if isinstance(value, (ml_collections.ConfigDict, dict)):
+        walk(value, field + ".")
+        continue
+      for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(v, float) and not math.isfinite(v):
+          bad(field, value, "a finite number")
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _INT_LIMIT \
+            and field != "seed":
+          bad(field, value, f"a whole number of magnitude below 2**31")
+      rule = _RANGES.get(field)
+      leaf = key.lower()
+      if rule is None and prefix == "objective_kwargs.":
+        if leaf.endswith("temperature"):
+          rule = (lambda v: v > 0, "> 0")
+        elif leaf.endswith("momentum"):
+          rule = _UNIT
+      if rule is None or isinstance(value, bool):
+        continue
+      try:
+        ok = rule[0](value)
+      except TypeError:
+        ok = False
+      if not ok:
+        bad(field, value, rule[1])
+
+  walk(config, "")
+  if (groups is None or "monitor_examples" in groups) and int(
+      config.get("monitor_every", 0) or 0) and int(config.get("monitor_examples", 8)) < 8:
+    bad("monitor_examples", config.monitor_examples,
+        ">= 8 while monitor_every > 0 (or monitor_every=0: no monitor)")

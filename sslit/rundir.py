@@ -32,7 +32,9 @@ import ml_collections
 
 from sslit import config as config_lib
 
-__all__ = ["RunLock", "RunLockedError", "ensure_writable", "prepare_workdir",
+__all__ = ["RunLock", "RunLockedError", "ensure_writable", "is_writable",
+           "check_run_directory", "check_output_path", "read_config_json",
+           "prepare_workdir", "write_config",
            "run_signature", "config_signature", "SIGNATURE_FIELDS",
            "LATER_SIGNATURE_FIELDS", "LATER_OPTIONS", "LATER_MODEL_FIELDS"]
 
@@ -181,7 +183,15 @@ def _locked_message(workdir: str, holder: dict[str, Any]) -> str:
 
 
 def ensure_writable(workdir: str) -> None:
-  """Create ``workdir`` and check that it is writable (PermissionError naming it)."""
+  """Create ``workdir`` and check that it is writable (PermissionError naming it).
+
+  A name that is not valid UTF-8 is refused first (TensorBoard fails on it later).
+  """
+  try:
+    os.fspath(workdir).encode("utf-8")
+  except UnicodeEncodeError:
+    raise ValueError(f"workdir {os.fspath(workdir)!r} is not a valid UTF-8 name; "
+                     f"choose a --workdir whose name is.") from None
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -205,6 +215,134 @@ LATER_OPTIONS = {"local_crops": int, "local_crop_size": int, "global_crop_scale"
                  "views_in_one_pass": bool, "average_weights": float}
 
 
+def is_writable(path: str | os.PathLike) -> bool:
+  """Whether this process may create files in the directory ``path``."""
+  return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def read_config_json(workdir: str | os.PathLike) -> dict | None:
+  """A run directory's ``config.json`` as a dict; None if there is none.
+
+  Raises:
+    ConfigError: the file is there but is not a JSON object (torn or foreign),
+      naming the file.
+  """
+  path = os.path.join(os.fspath(workdir), "config.json")
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    return None
+  except IsADirectoryError:
+    raise config_lib.ConfigError(f"{path} is a directory, not a run's config.json.") \
+        from None
+  try:
+    stored = json.loads(data.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise config_lib.ConfigError(
+        f"{path} is not a run's config.json (not valid JSON: {e}); it is torn or not "
+        f"sslit's. A run's config.json is restored by running `sslit train` with its "
+        f"config again.") from None
+  if not isinstance(stored, dict):
+    raise config_lib.ConfigError(f"{path} is not a run's config.json (it holds a "
+                                 f"{type(stored).__name__}, not an object).")
+  return stored
+
+
+# What makes a stored config.json a run's (every run config has these fields).
+_RUN_CONFIG_KEYS = ("objective", "model", "dataset")
+
+
+def check_run_directory(workdir: str | os.PathLike) -> None:
+  """Refuse a ``workdir`` that exists, is not empty and holds no sslit run.
+
+  A run directory is one whose ``config.json`` is a run config, or (its
+  ``config.json`` missing or torn) one with a ``checkpoints/`` directory; a
+  directory holding only a lock file left by a refused command counts as empty.
+  So sslit never writes its ``config.json`` and ``metrics.jsonl`` over a user's
+  files of the same name.
+
+  Raises:
+    ConfigError: ``workdir`` is a file, or a non-empty directory without a run.
+  """
+  workdir = os.fspath(workdir)
+  if not os.path.exists(workdir):
+    return
+  if not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory; "
+                                 f"choose a new or empty directory.")
+  entries = set(os.listdir(workdir))
+  if entries <= {".lock"}:
+    return
+  try:
+    stored = read_config_json(workdir)
+  except config_lib.ConfigError:
+    stored = "torn"
+  if isinstance(stored, dict) and all(k in stored for k in _RUN_CONFIG_KEYS):
+    return
+  if stored in (None, "torn") and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return  # a run whose config.json was lost or damaged: its checkpoints say whose
+  what = ("its config.json is not a run's" if "config.json" in entries else
+          f"it holds {', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}")
+  raise config_lib.ConfigError(
+      f"--workdir {workdir} is not empty and holds no sslit run ({what}); sslit "
+      f"would write config.json, metrics.jsonl and checkpoints/ there. Choose a new "
+      f"or empty directory.")
+
+
+# A run directory's own records, which no output (``--out``, ``--results``) replaces.
+_RUN_RECORDS = ("config.json", "config_history.jsonl", "metrics.jsonl", "timings.json",
+                ".lock")
+
+
+def _run_directory_of(path: str) -> str | None:
+  """The run directory that holds ``path`` (at any depth), or None."""
+  directory = os.path.dirname(path)
+  while True:
+    if os.path.isfile(os.path.join(directory, "config.json")) and (
+        os.path.isdir(os.path.join(directory, "checkpoints"))
+        or os.path.isfile(os.path.join(directory, "metrics.jsonl"))):
+      return directory
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return None
+    directory = parent
+
+
+def check_output_path(path: str | os.PathLike, *, suffix: str,
+                      option: str = "--out") -> str:
+  """Check a command's output file before anything is computed; its absolute path.
+
+  Refused: a directory, a name without ``suffix``, a directory that does not exist
+  or cannot be written, and any record or checkpoint of a run directory
+  (``config.json``, ``metrics.jsonl``, ... , ``checkpoints/``). An existing file
+  of the right kind (an earlier output) is replaced.
+
+  Raises:
+    ConfigError: naming ``option``, the path and what to do.
+  """
+  path = os.path.abspath(os.fspath(path))
+  def refuse(why):
+    raise config_lib.ConfigError(f"{option} {path} {why}; give a new {suffix} file "
+                                 f"in a writable directory.")
+  if os.path.isdir(path):
+    refuse("is a directory")
+  if not path.endswith(suffix):
+    refuse(f"does not end in {suffix}")
+  if os.path.lexists(path) and not os.path.isfile(path):
+    refuse("exists and is not a regular file")
+  run = _run_directory_of(path)
+  if run is not None and (os.path.basename(path) in _RUN_RECORDS or "checkpoints" in
+                          os.path.relpath(path, run).split(os.sep)[:-1]):
+    refuse(f"is a record of the run directory {run}")
+  parent = os.path.dirname(path)
+  if not os.path.isdir(parent):
+    refuse(f"is in a directory that does not exist")
+  if not is_writable(parent):
+    refuse(f"is in a directory this process cannot write")
+  return path
+
+
 def prepare_workdir(workdir: str, config: ConfigDict, *,
                     resume_with_changes: bool = False, write: bool = True) -> dict:
   """Create ``workdir``, check it is writable and holds no other run; write config.json.
@@ -215,49 +353,65 @@ def prepare_workdir(workdir: str, config: ConfigDict, *,
   clipping, number of steps). Each accepted change of the latter is appended to
   ``config_history.jsonl`` (old and new values), so nothing is lost.
 
-  ``write=False`` (processes other than 0 of a multi-host run) checks only.
+  ``write=False`` checks only (processes other than 0 of a multi-host run, and
+  ``sslit.runs.train``, which writes with :func:`write_config` once training is
+  set up and its checkpoint accepted). A ``config.json`` missing or torn is not
+  compared (the checkpoints' signature is, by ``fit``).
 
   Returns:
     ``{field: (old, new)}`` of the optimisation settings that changed.
 
   Raises:
-    ConfigError: ``workdir`` holds a run whose other fields differ.
+    ConfigError: ``workdir`` holds a run whose other fields differ, or is a
+      non-empty directory that holds no run (:func:`check_run_directory`).
   """
+  check_run_directory(workdir)
   ensure_writable(workdir)
   resolved = config_lib.to_dict(config)
-  path = os.path.join(workdir, "config.json")
   changed = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        previous = json.load(f)
-      except json.JSONDecodeError:
-        previous = None
-    if previous is not None:
-      previous = _with_absent_defaults(previous, resolved)
-      differ = sorted(k for k in set(previous) | set(resolved)
-                      if previous.get(k) != resolved.get(k)
-                      and k not in config_lib.RESUMABLE_FIELDS)
-      changeable = [k for k in differ if k in config_lib.CHANGEABLE_ON_REQUEST]
-      fixed = [k for k in differ if k not in config_lib.CHANGEABLE_ON_REQUEST]
-      if fixed or (changeable and not resume_with_changes):
-        hint = ("" if fixed else " To resume this run with these optimisation "
-                "settings, add --resume_with_changes.")
-        raise config_lib.ConfigError(
-            f"workdir {workdir} holds a run with a different config (fields "
-            f"{', '.join(differ)} differ); use another --workdir, or the same config "
-            f"to resume that run.{hint}")
-      changed = {k: (previous.get(k), resolved.get(k)) for k in changeable}
-  if not write:
-    return changed
+  try:
+    previous = read_config_json(workdir)
+  except config_lib.ConfigError:
+    previous = None  # torn: the checkpoints' signature decides
+  if previous is not None:
+    previous = _with_absent_defaults(previous, resolved)
+    differ = sorted(k for k in set(previous) | set(resolved)
+                    if previous.get(k) != resolved.get(k)
+                    and k not in config_lib.RESUMABLE_FIELDS)
+    changeable = [k for k in differ if k in config_lib.CHANGEABLE_ON_REQUEST]
+    fixed = [k for k in differ if k not in config_lib.CHANGEABLE_ON_REQUEST]
+    if fixed or (changeable and not resume_with_changes):
+      hint = ("" if fixed else " To resume this run with these optimisation "
+              "settings, add --resume_with_changes.")
+      raise config_lib.ConfigError(
+          f"workdir {workdir} holds a run with a different config (fields "
+          f"{', '.join(differ)} differ); use another --workdir, or the same config "
+          f"to resume that run.{hint}")
+    changed = {k: (previous.get(k), resolved.get(k)) for k in changeable}
+  if write:
+    write_config(workdir, config, changed)
+  return changed
+
+
+def write_config(workdir: str, config: ConfigDict | dict,
+                 changed: Mapping[str, Any]) -> None:
+  """Write ``config.json`` (atomically) and append ``changed`` to config_history.jsonl.
+
+  ``changed``: the ``{field: (old, new)}`` of :func:`prepare_workdir`, recorded
+  only here, once the run goes on with them.
+  """
   if changed:
     with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
-      f.write(json.dumps({"time": time.time(), "changed": changed}) + "\n")
+      f.write(json.dumps({"time": time.time(), "changed": dict(changed)}) + "\n")
+  path = os.path.join(workdir, "config.json")
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-  return changed
+  try:
+    with open(tmp, "w") as f:
+      json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _with_absent_defaults(stored: dict, current: dict) -> dict:
@@ -330,8 +484,15 @@ def config_signature(config: ConfigDict) -> dict:
   """What a run's checkpoints must agree on besides ``FitOptions``: model and data.
 
   The ``extra`` of :func:`run_signature` for a run of ``sslit.runs.train``.
+  The dtype mode is part of it when 64-bit types are on (``JAX_ENABLE_X64``): a
+  float32 run does not continue in float64, nor the reverse. Call it after JAX
+  started (``sslit.runs.start_devices``).
   """
+  import jax  # pylint: disable=g-import-not-at-top  (read once the config set JAX up)
   model = {k: v for k, v in config_lib.to_dict(config.model).items()
            if not (k in LATER_MODEL_FIELDS and not v)}
-  return {"model": model, "dataset": config.dataset,
-          "cpu_devices": config.get("cpu_devices", 0)}
+  sig = {"model": model, "dataset": config.dataset,
+         "cpu_devices": config.get("cpu_devices", 0)}
+  if jax.config.read("jax_enable_x64"):  # absent when off: earlier runs still resume
+    sig["jax_enable_x64"] = True
+  return sig

@@ -249,6 +249,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   """
   log = log or (lambda m: print(m, file=sys.stderr))
   workdir = os.path.abspath(os.fspath(workdir))
+  _check_fields(config)
+  config_lib.check_values(config)
+  rundir.check_run_directory(workdir)
   from sslit import metrics as metrics_lib
   clock = metrics_lib.PhaseClock()
   start_devices(config)
@@ -286,11 +289,15 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   # one's pid (every process of a multi-host run enters; process 0 holds it).
   with rundir.RunLock(workdir):
     changed = rundir.prepare_workdir(workdir, config,
-                                     resume_with_changes=resume_with_changes, write=chief)
+                                     resume_with_changes=resume_with_changes, write=False)
     options = dataclasses.replace(options, accept_changes=tuple(changed))
-    if changed:
-      log("sslit train: resuming with changed settings: " + ", ".join(
-          f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+
+    def on_ready():  # checks passed, checkpoint accepted: config.json is this run's
+      if chief:
+        rundir.write_config(workdir, config, changed)
+      if changed:
+        log("sslit train: resuming with changed settings: " + ", ".join(
+            f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
     evaluators = []
     if int(config.eval_every):
       evaluators.append(_every(int(config.eval_every), options.num_steps,
@@ -307,7 +314,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     clock.lap("setup_s")
     result = train_lib.fit(model=model, dataset=train_ds, workdir=workdir, mesh=mesh,
                            evaluators=evaluators, options=options, lock=False,
-                           signature=rundir.config_signature(config))
+                           signature=rundir.config_signature(config), on_ready=on_ready)
     clock.lap("fit_s")
     compile_s = [h["compile_s"] for h in result.history if "compile_s" in h]
     if compile_s:
@@ -329,8 +336,27 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   return TrainResult(result, results, report)
 
 
+# Fields a training config may lack: read with a default (``config.get``), or
+# FitOptions fields that configs gained over time (``rundir.LATER_OPTIONS``).
+_OPTIONAL_FIELDS = ("name", "cpu_devices", "data_dir", "monitor_every", "monitor_examples",
+                    "augment_options", "analysis", "report")
+
+
+def _check_fields(config: ConfigDict) -> None:
+  """A training config has every field of the default config that training reads."""
+  default = config_lib.load_config(config_lib.DEFAULT_CONFIG)
+  missing = sorted(k for k in default if k not in config and k not in _OPTIONAL_FIELDS
+                   and k not in rundir.LATER_OPTIONS)
+  if missing:
+    raise config_lib.ConfigError(
+        f"the config lacks the fields {', '.join(missing)}; start from the default "
+        f"config (from sslit.configs import default; c = default.get_config()) and "
+        f"change what differs.")
+
+
 def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, step: int,
-                 workdir: str, write: bool = True, target: Any = None) -> dict:
+                 workdir: str, write: bool = True, target: Any = None,
+                 path: str | os.PathLike | None = None) -> dict:
   """Linear probe (+ kNN) of the network and of the baselines; ``results.json``.
 
   With ``config.eval.calibrate``, the network's BatchNorm statistics are first
@@ -342,7 +368,9 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   target, DINO's teacher, or the weight average of ``average_weights``), its
   BatchNorm statistics calibrated as the random-init baseline's.
   The results are also appended to ``metrics.jsonl`` as ``eval/<name>/<metric>``
-  (``write=False``: returned only, as on processes other than 0).
+  (``write=False``: returned only, as on processes other than 0). ``path``: write
+  the results there instead (a JSON file outside the run directory, e.g. of a
+  read-only run), and nothing into the run directory.
   """
   import jax
   from sslit import evaluate, features, metrics, models
@@ -379,8 +407,9 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   results["step"] = step
   if not write:
     return results
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  _write_json(path or os.path.join(workdir, "results.json"), results)
+  if path is not None:
+    return results
   record = {"step": step}
   for name, res in results.items():
     if isinstance(res, dict):
@@ -461,17 +490,23 @@ def target_variables(config: ConfigDict, model, variables: dict, target: Any,
                                        num_batches=int(config.eval.calibration_batches))
 
 
-def _restore_state(workdir, step: int | None) -> tuple[dict, int]:
-  """The raw train state (nested dicts of host arrays) of a checkpoint, and its step."""
+def _restore_state(workdir, step: int | None, signature: dict | None = None
+                   ) -> tuple[dict, int]:
+  """The raw train state (nested dicts of host arrays) of a checkpoint, and its step.
+
+  Read-only (a train may be saving beside it). With ``signature`` (the run's, see
+  :func:`_reader_signature`), a checkpoint of another run is refused in one line.
+  """
   from sslit import checkpoint
   directory = os.path.join(os.fspath(workdir), "checkpoints")
   if not os.path.isdir(directory) or not any(
       name.isdigit() for name in os.listdir(directory)):
     # Checked before orbax opens the directory: nothing to restore, nothing started.
     raise FileNotFoundError(f"no checkpoint in {directory}; run sslit train first.")
-  manager = checkpoint.CheckpointManager(directory, max_to_keep=None)
+  manager = checkpoint.CheckpointManager(directory, max_to_keep=None, read_only=True)
   try:
-    restored = manager.restore_raw(step=step)
+    restored = manager.restore_raw(step=step, signature=signature,
+                                   ignore=_READER_IGNORES)
   finally:
     manager.close()
   if restored is None:
@@ -484,7 +519,10 @@ def _restore_state(workdir, step: int | None) -> tuple[dict, int]:
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """The steps of the complete checkpoints kept in a run directory, ascending."""
   from sslit import checkpoint
-  manager = checkpoint.CheckpointManager(os.path.join(os.fspath(workdir), "checkpoints"))
+  directory = os.path.join(os.fspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  manager = checkpoint.CheckpointManager(directory, max_to_keep=None, read_only=True)
   try:
     return sorted(manager.all_steps())
   finally:
@@ -503,14 +541,32 @@ class Run(NamedTuple):
   target: Any = None  # parameters of the target network (target_of), if any
 
 
+# Signature fields a reader does not compare: what a run may resume with changed
+# (its older checkpoints keep the old values) and how the reader's host runs it.
+_READER_IGNORES = config_lib.CHANGEABLE_ON_REQUEST + ("cpu_devices", "jax_enable_x64")
+
+
+def _reader_signature(config: ConfigDict) -> dict | None:
+  """The run signature a run's checkpoints carry, from its stored config (or None
+  where the config is too old to rebuild it: then the checkpoint is not compared)."""
+  try:
+    return rundir.run_signature(fit_options(config), rundir.config_signature(config))
+  except (ValueError, TypeError, KeyError, AttributeError):
+    return None
+
+
 def load_run_config(workdir: str | os.PathLike, overrides: Any = ()) -> ConfigDict:
-  """A run directory's ``config.json`` (groups it predates filled in) + overrides."""
-  path = os.path.join(os.fspath(workdir), "config.json")
-  if not os.path.exists(path):
+  """A run directory's ``config.json`` (groups it predates filled in) + overrides.
+
+  The evaluation and analysis fields (``eval.*``, ``analysis.*``) are checked
+  (:func:`sslit.config.check_values`).
+  """
+  stored = rundir.read_config_json(workdir)
+  if stored is None:
     raise config_lib.ConfigError(f"{workdir} has no config.json: not a run directory.")
-  with open(path) as f:
-    config = config_lib.with_defaults(json.load(f))
-  return config_lib.apply_overrides(config, overrides)
+  config = config_lib.apply_overrides(config_lib.with_defaults(stored), overrides)
+  config_lib.check_values(config, groups=("eval", "analysis"))
+  return config
 
 
 def open_run(workdir: str | os.PathLike, *, step: int | None = None,
@@ -530,9 +586,10 @@ def open_run(workdir: str | os.PathLike, *, step: int | None = None,
   workdir = os.path.abspath(os.fspath(workdir))
   config = load_run_config(workdir, overrides)
   start_devices(config)
+  signature = _reader_signature(load_run_config(workdir))  # the run's, not overridden
   train_ds, test_ds = load_datasets(config)
   model = build_model(config)
-  state, step = _restore_state(workdir, step)
+  state, step = _restore_state(workdir, step, signature)
   return Run(config, workdir, train_ds, test_ds, model, _variables_of(state), step,
              target_of(config, state.get("ema_params")))
 
@@ -552,6 +609,12 @@ def open_torch_run(path: str | os.PathLike, *, workdir: str | os.PathLike,
   """
   from sslit import torch_weights
   workdir = os.path.abspath(os.fspath(workdir))
+  config_lib.check_values(config, groups=("eval", "analysis"))
+  rundir.check_run_directory(workdir)
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise config_lib.ConfigError(
+        f"--workdir {workdir} holds a trained run, whose config.json a PyTorch "
+        f"checkpoint's evaluation would replace; choose another --workdir.")
   start_devices(config)
   train_ds, test_ds = load_datasets(config)
   model, variables = torch_weights.load_torch_resnet(
@@ -560,8 +623,7 @@ def open_torch_run(path: str | os.PathLike, *, workdir: str | os.PathLike,
   stored = config_lib.to_dict(config)
   stored["torch_checkpoint"] = {"path": os.path.abspath(os.fspath(path)), "arch": arch,
                                 "stem": stem, "stem_padding": stem_padding}
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(stored, f, indent=2, sort_keys=True)
+  rundir.write_config(workdir, stored, {})
   return Run(config, workdir, train_ds, test_ds, model, variables, 0)
 
 
@@ -579,11 +641,13 @@ def make_monitor(run: Run, *, num_examples: int | None = None, cpa: bool = False
                   cpa=cpa)
 
 
-def analyze(run: Run, *, num_examples: int | None = None) -> dict:
+def analyze(run: Run, *, num_examples: int | None = None,
+            path: str | os.PathLike | None = None) -> dict:
   """Every monitor quantity of a run's checkpoint, CPA included; ``analysis.json``.
 
   Computed at the highest matmul precision on every backend (GPUs default to TF32),
-  written to ``<workdir>/analysis.json`` and appended to ``metrics.jsonl``.
+  written to ``<workdir>/analysis.json`` and appended to ``metrics.jsonl``, or
+  written to ``path`` only (nothing in the run directory).
   """
   import jax
   from sslit import metrics
@@ -592,10 +656,23 @@ def analyze(run: Run, *, num_examples: int | None = None) -> dict:
     measured = dict(monitor(run.step, run.variables))
   result = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in measured.items()}
   result["step"] = run.step
-  with open(os.path.join(run.workdir, "analysis.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  metrics.append(run.workdir, result)
+  _write_json(path or os.path.join(run.workdir, "analysis.json"), result)
+  if path is None:
+    metrics.append(run.workdir, result)
   return result
+
+
+def _write_json(path: str | os.PathLike, value: Any) -> None:
+  """``value`` as JSON at ``path``, atomically (no temporary left behind)."""
+  path = os.fspath(path)
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
@@ -632,6 +709,8 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
   from sslit import features, models, parallel
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+  if path is not None:  # checked before the work: never onto a run's records
+    path = rundir.check_output_path(path, suffix=".npz")
   dataset = run.train_ds if split == "train" else run.test_ds
   variables = (target_variables(run.config, run.model, run.variables, run.target,
                                 run.train_ds) if target else
@@ -652,9 +731,13 @@ def embed(run: Run, *, split: str = "test", outputs: tuple[str, ...] = ("rep",),
   path = os.fspath(path or os.path.join(
       run.workdir, f"embeddings-{split}-step{run.step}{'-target' if target else ''}.npz"))
   if jax.process_index() == 0:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, labels=labels, step=np.int64(run.step), **arrays)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    try:
+      np.savez(tmp, labels=labels, step=np.int64(run.step), **arrays)
+      os.replace(tmp, path)
+    finally:  # no temporary left behind, whatever happened
+      if os.path.exists(tmp):
+        os.remove(tmp)
   return path
 
 

@@ -57,11 +57,18 @@ __all__ = [
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; training stopped, checkpoints kept."""
 
-  def __init__(self, step: int, last_checkpoint: int | None, workdir: str | None):
+  def __init__(self, step: int, last_checkpoint: int | None, workdir: str | None,
+               diverged: Sequence[tuple[int, float, str]] = (), median: float = 0.0):
     self.step = step
     self.last_checkpoint = last_checkpoint
+    self.diverged = tuple(diverged)
     where = (f"the last good checkpoint (step {last_checkpoint}) is kept in {workdir}"
              if last_checkpoint is not None else "no checkpoint had been written yet")
+    if self.diverged:
+      where += (" (checkpoints of " + ", ".join(
+          f"step {s} (loss {l:.3g}) moved to {p}" for s, l, p in self.diverged) +
+          f": their loss was more than {_SANE_FACTOR:g} times the running median, "
+          f"{median:.3g}, away from it, so the run resumes before them)")
     super().__init__(
         f"the loss became non-finite at step {step}; training stopped and {where}. "
         f"Lower the learning rate or add warm-up steps and resume from it: the same "
@@ -304,7 +311,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
         workdir: str | os.PathLike | None = None, mesh: Any = None,
         evaluators: Sequence[Callable] = (),
         data_iterator_fn: Callable | None = None,
-        signature: Mapping[str, Any] | None = None, lock: bool = True) -> FitResult:
+        signature: Mapping[str, Any] | None = None, lock: bool = True,
+        on_ready: Callable[[], None] | None = None) -> FitResult:
   """Pretrain ``model`` with a self-supervised objective on ``dataset``.
 
   A short loop: the jitted step, then the hooks that are due (log, evaluate,
@@ -327,6 +335,10 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     signature: extra signature fields (see :func:`sslit.rundir.run_signature`).
     lock: hold ``rundir.RunLock(workdir)`` while training (False: the caller
       holds it, as ``sslit.runs.train`` does).
+    on_ready: called once everything is checked and the state restored (its
+      checkpoint's signature accepted) or initialised, before the first step and
+      before ``metrics.jsonl`` is opened: ``sslit.runs.train`` writes
+      ``config.json`` there, so a refused run leaves it as it was.
 
   Returns:
     A ``FitResult`` (final state, eval variables, logged history, final step,
@@ -342,10 +354,12 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     with rundir.RunLock(workdir):
       return fit(model=model, dataset=dataset, options=options, workdir=workdir,
                  mesh=mesh, evaluators=evaluators, data_iterator_fn=data_iterator_fn,
-                 signature=signature, lock=False)
+                 signature=signature, lock=False, on_ready=on_ready)
   o = options
   sig = run_signature(o, signature)
   run = _setup(model, dataset, o, workdir, mesh, sig)
+  if on_ready is not None:
+    on_ready()
   state, start, manager = run.state, run.start, run.manager
   is_chief = jax.process_index() == 0
   writer = metrics_lib.MetricsWriter(
@@ -361,7 +375,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
   batches = _prefetch(iter(_batches(dataset, o, start, data_iterator_fn)))
   bar = _progress_bar(o, start) if o.progress and is_chief else None
   timer = _Timer(o.batch_size)
-  last_saved = manager.latest_step() if manager is not None else None
+  losses: list = []  # the loss of every step checked, host floats (the sane bound)
+  saved: dict = {}  # step saved -> (its loss, the median of the losses until then)
 
   def record(rec):
     writer.write(rec)
@@ -383,12 +398,17 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     record(rec)
 
   def save(step, state, metrics):
-    nonlocal last_saved
     del metrics
     manager.save(step, state, meta={"step": step, "data_step": step, "seed": o.seed,
                                     "batch_size": o.batch_size,
                                     "num_steps": o.num_steps}, signature=sig)
-    last_saved = step
+    if losses:  # every pending loss was checked before the hooks: the last is step's
+      saved[step] = (losses[-1], float(np.median(losses)))
+
+  def diverged(step):
+    kept, moved = _keep_sane_checkpoint(manager, saved)
+    median = float(np.median(losses)) if losses else 0.0
+    raise NonFiniteLossError(step, kept, workdir, moved, median)
 
   hooks = [_Hook(o.log_every, log)]
   if evaluators:
@@ -412,7 +432,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       due = [h for h in hooks if _due(h, step, final)]
       if not due:
         continue
-      _check_finite(pending, last_saved, workdir)
+      _check_finite(pending, losses, diverged)
       for hook in due:
         hook.run(step, state, metrics)
       if out_of_time and step < o.num_steps:
@@ -554,13 +574,37 @@ def _next_batch(batches: Iterator, step: int, num_steps: int) -> dict:
   return {k: batch[k] for k in ("image", "label", "mask") if k in batch}
 
 
-def _check_finite(pending: list, last_saved: int | None, workdir) -> None:
-  """Raise NonFiniteLossError at the first non-finite pending loss; clear them."""
-  losses = jax.device_get([l for _, l in pending])
-  for (s, _), l in zip(pending, losses):
+def _check_finite(pending: list, losses: list, diverged: Callable[[int], None]) -> None:
+  """Call ``diverged(step)`` (it raises) at the first non-finite pending loss; else
+  append them to ``losses`` and clear them."""
+  values = jax.device_get([l for _, l in pending])
+  for (s, _), l in zip(pending, values):
     if not np.isfinite(l):
-      raise NonFiniteLossError(s, last_saved, workdir)
+      diverged(s)
+    losses.append(float(l))
   pending.clear()
+
+
+# A checkpoint's loss this many times the running median (at least 1) away from it
+# marks the run as diverged there: finite, but not a state to resume from.
+_SANE_FACTOR = 100.0
+
+
+def _keep_sane_checkpoint(manager, saved: Mapping[int, tuple[float, float]]
+                          ) -> tuple[int | None, list]:
+  """After a non-finite loss: the newest checkpoint whose loss was sane, and the
+  newer ones moved aside (``<step>.diverged``, never deleted) so a resume starts
+  from it. A step saved before this process started (its loss unknown) is kept."""
+  if manager is None:
+    return None, []
+  moved = []
+  for step in reversed(manager.all_steps()):
+    loss, median = saved.get(step, (None, None))
+    if loss is not None and abs(loss - median) > _SANE_FACTOR * max(abs(median), 1.0):
+      moved.append((step, loss, manager.move_aside(step, reason="diverged")))
+      continue
+    return step, moved
+  return None, moved
 
 
 class _Timer:
