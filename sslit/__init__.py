@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "objectives", "estimators", "cpa", "bound", "mixture", "models", "augment",
     "sources", "data", "parallel", "checkpoint", "metrics", "optim", "step", "train",
-    "features", "evaluate", "monitor", "report", "config", "runs", "cli",
+    "features", "evaluate", "monitor", "figures", "report", "config", "runs", "cli",
     "torch_weights",
 )
 

@@ -134,7 +134,8 @@ def cmd_train(args, overrides) -> int:
   result = runs.train(config, workdir, log=_log,
                       resume_with_changes=args.resume_with_changes)
   if result.results is not None:
-    print("sslit train: linear probe on the test split\n" + runs.summary(result.results))
+    print("sslit train: linear probe on the test split\n" + runs.summary(result.results,
+                                                                        workdir))
   if result.report:
     print(f"sslit train: report written to {result.report}")
   return 0
@@ -173,7 +174,8 @@ def cmd_eval(args, overrides) -> int:
   results = runs.offline_eval(run.config, run.model, run.variables, run.train_ds,
                               run.test_ds, step=run.step, workdir=run.workdir,
                               target=run.target, path=path)
-  print(f"sslit eval: step {run.step}\n" + runs.summary(results))
+  print(f"sslit eval: step {run.step}\n" + runs.summary(
+      results, None if path is not None else run.workdir))
   if path is not None:
     print(f"sslit eval: results written to {path}")
   elif run.config.get("report", True):
@@ -192,6 +194,8 @@ def cmd_analyze(args, overrides) -> int:
     print(f"CPA model z = f(x + sigma eps) + tau eta: sigma = {a.sigma}, output noise "
           f"tau = {result['monitor/cpa/output_noise']:.4g} (= "
           f"{a.relative_output_noise} x sigma x RMS slope)")
+  if path is None and run.config.get("report", True):
+    runs.write_report(run.workdir)  # its figures now include this analysis
   return 0
 
 

@@ -188,7 +188,8 @@ def fit_logistic_regression(x: Array, y: Array, *, num_classes: int,
 def linear_probe(train_x: Array, train_y: Array, test_x: Array, test_y: Array, *,
                  num_classes: int, l2: float = 1e-4, steps: int = 300,
                  standardize: bool = True, tol: float = 1e-6,
-                 memory_size: int = 10, return_params: bool = False) -> dict:
+                 memory_size: int = 10, return_params: bool = False,
+                 return_correct: bool = False) -> dict:
   """Linear-probe accuracy: logistic regression on frozen features.
 
   Features are standardised with the *training* mean and std (constant features left
@@ -208,6 +209,8 @@ def linear_probe(train_x: Array, train_y: Array, test_x: Array, test_y: Array, *
     tol: gradient-norm stopping tolerance.
     memory_size: L-BFGS history length.
     return_params: also return ``"params": (W, b)`` (in standardised units).
+    return_correct: also return ``"correct"``: ``[m]`` booleans, the probe right on
+      test example i (for paired intervals between probes on the same examples).
 
   Returns:
     ``{"top1", "train_top1"}`` in percent, ``"loss"`` (final training objective),
@@ -225,6 +228,9 @@ def linear_probe(train_x: Array, train_y: Array, test_x: Array, test_y: Array, *
          **info, "l2": float(l2)}
   if return_params:
     out["params"] = params
+  if return_correct:
+    w, b = params
+    out["correct"] = np.asarray(jnp.argmax(te @ w + b, axis=-1) == jnp.asarray(test_y))
   return out
 
 
@@ -389,7 +395,8 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
                             max_train: int | None = None,
                             max_test: int | None = None,
                             output: str | None = "rep",
-                            sharding: jax.sharding.Sharding | None = None) -> dict:
+                            sharding: jax.sharding.Sharding | None = None,
+                            return_correct: bool = False) -> dict:
   """Linear probe and kNN of a frozen network: the standard offline protocol.
 
   Features of both splits are extracted in eval mode with the *training* set's
@@ -411,6 +418,7 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
     output: which output of a dict-returning ``apply_fn``.
     sharding: input-batch sharding for the extraction (see
       :func:`extract_features`).
+    return_correct: also return ``"linear_correct"`` (see :func:`evaluate_features`).
 
   Returns:
     ``{"linear_top1", "linear_train_top1", "linear_l2", "knn{k}_top1", ...,
@@ -422,7 +430,8 @@ def evaluate_representation(apply_fn: ApplyFn, variables: Variables,
       max_train=max_train, max_test=max_test, output=output, sharding=sharding)
   return evaluate_features(tr_x, tr_y, te_x, te_y,
                            num_classes=num_classes or features.infer_num_classes(train_src, tr_y),
-                           l2=l2, steps=steps, ks=ks, temperature=temperature)
+                           l2=l2, steps=steps, ks=ks, temperature=temperature,
+                           return_correct=return_correct)
 
 
 def representation_features(apply_fn: ApplyFn, variables: Variables, train_data: Any,
@@ -445,8 +454,12 @@ def representation_features(apply_fn: ApplyFn, variables: Variables, train_data:
 def evaluate_features(train_x, train_y, test_x, test_y, *, num_classes: int,
                       l2: float | str = 1e-4, steps: int = 300,
                       ks: Sequence[int] = (20, 200),
-                      temperature: float = 0.07) -> dict:
+                      temperature: float = 0.07,
+                      return_correct: bool = False) -> dict:
   """Linear probe (optionally with :func:`select_l2`) and kNN on given features.
+
+  With ``return_correct``, also ``"linear_correct"``: ``[m]`` booleans, the linear
+  probe right on test example i.
 
   Returns:
     ``{"linear_top1", "linear_train_top1", "linear_l2", "knn{k}_top1", ...}``.
@@ -456,9 +469,11 @@ def evaluate_features(train_x, train_y, test_x, test_y, *, num_classes: int,
   elif isinstance(l2, str):
     raise ValueError(f"l2 must be a number or 'select', got {l2!r}.")
   lin = linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                     l2=l2, steps=steps)
+                     l2=l2, steps=steps, return_correct=return_correct)
   out = {"linear_top1": lin["top1"], "linear_train_top1": lin["train_top1"],
          "linear_l2": float(l2), "feature_dim": int(np.shape(train_x)[1])}
+  if return_correct:
+    out["linear_correct"] = lin["correct"]
   ks = [k for k in ks if k <= np.shape(train_x)[0]]
   if ks:
     out.update(knn_evaluate(train_x, train_y, test_x, test_y,

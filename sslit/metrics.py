@@ -15,6 +15,9 @@ same name and step (written with tensorboard's own event writer, no TensorFlow).
   cut short by a kill are skipped and reported, never fatal).
 - :class:`PhaseClock`: the wall-clock seconds of a command's phases and the CPU
   model (``timings.json`` of ``sslit train``).
+- :func:`write_probe_correct`, :func:`read_probe_correct`: the offline probes'
+  per-example correctness on the test split (``probe_correct.npz``), from which the
+  report computes paired intervals.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import numpy as np
 
 __all__ = ["MetricsWriter", "TensorBoardWriter", "open_tensorboard", "append",
            "read_records", "read_series", "series", "flatten", "is_number",
-           "METRICS_FILE", "PhaseClock", "cpu_model"]
+           "METRICS_FILE", "PhaseClock", "cpu_model", "PROBE_CORRECT",
+           "write_probe_correct", "read_probe_correct"]
 
 METRICS_FILE = "metrics.jsonl"
+PROBE_CORRECT = "probe_correct.npz"
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -229,6 +234,49 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
   return records, problems
 
 
+def write_probe_correct(workdir: str | os.PathLike,
+                        correct: Mapping[str, Any]) -> pathlib.Path:
+  """Writes the probes' per-example correctness as ``<workdir>/probe_correct.npz``.
+
+  Args:
+    workdir: the run directory.
+    correct: ``{network: [N] bool}`` (e.g. ``trained``, ``random_init``,
+      ``raw_pixels``), each on the same ``N`` test examples in the same order.
+
+  Returns:
+    The path written (atomically: a temporary file, then renamed).
+  """
+  arrays = {k: np.asarray(v, dtype=bool).reshape(-1) for k, v in correct.items()}
+  sizes = {k: v.size for k, v in arrays.items()}
+  if len(set(sizes.values())) > 1:
+    raise ValueError(f"correct: every network must be scored on the same examples, "
+                     f"got sizes {sizes}.")
+  path = pathlib.Path(workdir) / PROBE_CORRECT
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+  return path
+
+
+def read_probe_correct(workdir: str | os.PathLike
+                       ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+  """``({network: [N] bool}, None)`` from ``probe_correct.npz``, or ``(None, why)``.
+
+  A missing file gives ``(None, None)``; an unreadable one ``(None, reason)``.
+  """
+  path = pathlib.Path(workdir) / PROBE_CORRECT
+  if not path.exists():
+    return None, None
+  try:
+    with np.load(path) as f:
+      out = {k: np.asarray(f[k], dtype=bool) for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except  (truncated, not a zip, ...)
+    return None, f"{PROBE_CORRECT}: unreadable ({type(e).__name__}: {e})"
+  if len({v.size for v in out.values()}) > 1:
+    return None, f"{PROBE_CORRECT}: networks scored on different numbers of examples"
+  return out, None
+
+
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int],
                                                                       list[float]]:
   """``(steps, values)`` of one numeric metric over a run's records, in file order."""
@@ -252,11 +300,14 @@ class PhaseClock:
     now = time.perf_counter()
     self.laps[name], self.mark = now - self.mark, now
 
-  def write(self, path: str, *, steps: int) -> None:
-    """The laps, ``total_s``, ``steps_trained``, ``cpu`` and ``machine`` as JSON."""
+  def write(self, path: str, *, steps: int, device: str | None = None) -> None:
+    """The laps, ``total_s``, ``steps_trained``, ``cpu``, ``machine`` (and
+    ``device``, e.g. ``"1 x cpu"``, when given) as JSON."""
     import platform  # pylint: disable=g-import-not-at-top
     record = {**self.laps, "total_s": time.perf_counter() - self.t0,
               "steps_trained": steps, "cpu": cpu_model(), "machine": platform.machine()}
+    if device:
+      record["device"] = device
     with open(path, "w") as f:
       json.dump(record, f, indent=2)
 

@@ -26,7 +26,7 @@ Array = Any
 Variables = Any
 Evaluator = Callable[[int, Variables], dict]
 
-__all__ = ["make_monitor"]
+__all__ = ["make_monitor", "write_random_init_values"]
 
 
 def _as_output_map(apply_fn_map: Any) -> Callable[[Variables, Array], dict]:
@@ -281,3 +281,26 @@ def make_monitor(apply_fn_map: Any, dataset: Any, *, num_examples: int = 1024,
     return result
 
   return monitor
+
+
+def write_random_init_values(path: str, monitor_fn: Evaluator, model: Any, dataset: Any, *,
+                             seed: int = 0, num_batches: int = 10) -> dict:
+  """A monitor's values for the network at random initialisation, as JSON at ``path``.
+
+  The network is ``features.random_init_variables(model, jax.random.key(seed),
+  dataset)`` (BatchNorm
+  statistics calibrated on ``num_batches`` training batches): the probe's random-init
+  baseline. A run report draws these values at step 0 as the reference.
+
+  Returns:
+    The record written: ``{"step": 0, "network": ..., name: value, ...}``.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  variables = features.random_init_variables(model, jax.random.key(seed), dataset,
+                                             num_batches=num_batches)
+  record = {"step": 0, "network": "random init (BatchNorm statistics calibrated)"}
+  record.update({k: (float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v)
+                 for k, v in dict(monitor_fn(0, variables)).items()})
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  return record

@@ -256,7 +256,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   clock = metrics_lib.PhaseClock()
   start_devices(config)
   import jax
-  from sslit import evaluate, models, objectives, parallel
+  from sslit import evaluate, models, monitor, objectives, parallel
   from sslit import step as step_lib
   from sslit import train as train_lib
   # Everything that can be checked is checked before anything is written.
@@ -304,11 +304,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
                                evaluate.make_probe_evaluator(
           models.make_apply_fn(model, "rep"), train_ds, test_ds, num_train=5000,
           num_test=1000)))
-    if int(config.get("monitor_every", 0)):
-      evaluators.append(_every(int(config.monitor_every), options.num_steps,
-                               _monitor(config, model, train_ds, test_ds,
-                                        num_examples=int(config.get("monitor_examples",
-                                                                    512)))))
+    monitor_fn = _monitor(config, model, train_ds, test_ds, num_examples=int(
+        config.get("monitor_examples", 512))) if int(config.get("monitor_every", 0)) else None
+    if monitor_fn is not None:
+      evaluators.append(_every(int(config.monitor_every), options.num_steps, monitor_fn))
     log(f"sslit train: {config.objective} on {config.dataset}, {options.num_steps} steps "
         f"of {options.batch_size} on {mesh.devices.size} device(s); workdir {workdir}")
     clock.lap("setup_s")
@@ -322,17 +321,25 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     if result.resumed_from is not None:
       log(f"sslit train: resumed from step {result.resumed_from}")
     results = report = None
+    if monitor_fn is not None and config.get("report", True) and chief:
+      monitor.write_random_init_values(  # the report's step 0: the random-init network
+          os.path.join(workdir, "monitor_init.json"), monitor_fn, model, train_ds,
+          seed=int(config.seed), num_batches=int(config.eval.calibration_batches))
+      clock.lap("monitor_init_s")
     if config.eval.enabled:
       results = offline_eval(config, model, result.variables, train_ds, test_ds,
                              step=result.step, workdir=workdir, write=chief,
                              target=step_lib.target_params(kind, result.state.ema_params))
       clock.lap("eval_s")
+    timings = dict(path=os.path.join(workdir, "timings.json"),
+                   device=f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+                   steps=result.step - int(result.resumed_from or 0))
     if config.get("report", True) and chief:
+      clock.write(**timings)  # the report states the run's time
       report = write_report(workdir)
       clock.lap("report_s")
     if chief:
-      clock.write(os.path.join(workdir, "timings.json"), steps=result.step - int(
-          result.resumed_from or 0))
+      clock.write(**timings)
   return TrainResult(result, results, report)
 
 
@@ -378,7 +385,7 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   apply_fn = models.make_apply_fn(model, "rep")
   common = dict(num_classes=int(train_ds.num_classes), batch_size=int(ev.batch_size),
                 l2=float(ev.l2), steps=int(ev.steps), ks=tuple(int(k) for k in ev.knn_k),
-                max_train=int(ev.max_train) or None)
+                max_train=int(ev.max_train) or None, return_correct=True)
   results = {}
   t0 = time.perf_counter()
   if ev.get("target", False) and target is None:
@@ -402,7 +409,8 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
     te = features.raw_pixel_features(test_ds, mean=mean, std=std)
     results["raw_pixels"] = evaluate.evaluate_features(
         *tr, *te, num_classes=common["num_classes"], l2=common["l2"],
-        steps=common["steps"], ks=common["ks"])
+        steps=common["steps"], ks=common["ks"], return_correct=True)
+  correct = {k: r.pop("linear_correct") for k, r in results.items()}  # paired intervals
   results["eval_seconds"] = time.perf_counter() - t0
   results["step"] = step
   if not write:
@@ -410,6 +418,7 @@ def offline_eval(config: ConfigDict, model, variables, train_ds, test_ds, *, ste
   _write_json(path or os.path.join(workdir, "results.json"), results)
   if path is not None:
     return results
+  metrics.write_probe_correct(workdir, correct)
   record = {"step": step}
   for name, res in results.items():
     if isinstance(res, dict):
@@ -425,16 +434,10 @@ def write_report(workdir: str) -> str:
   return str(report.write_report(workdir))
 
 
-def summary(results: dict) -> str:
-  """The offline results as a few lines of text (one per network probed)."""
-  lines = []
-  for name in ("trained", "target", "random_init", "raw_pixels"):
-    if name in results:
-      r = results[name]
-      knn = "  ".join(f"{k}={v:.2f}" for k, v in r.items()
-                      if k.startswith("knn") and isinstance(v, float))
-      lines.append(f"  {name:12s} linear top-1 {r['linear_top1']:.2f}  {knn}")
-  return "\n".join(lines)
+def summary(results: dict, workdir: str | None = None) -> str:
+  """The probes' answer as a few lines of text (``sslit.report.summary``)."""
+  from sslit import report
+  return report.summary(results, workdir)
 
 
 def restore_variables(workdir: str | os.PathLike, step: int | None = None

@@ -256,7 +256,7 @@ def test_smoke_train_end_to_end_then_eval_and_resume(tmp_path, capsys):
         l["monitor/rep/entropy_pairwise_kl"] + 1e-4)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
   assert "trained" in out and "raw_pixels" in out
-  assert "monitor/rep/entropy_logdet" in (workdir / "report.md").read_text()
+  assert "monitor/rep/entropy_logdet" in (workdir / "metrics.csv").read_text()
 
   # The same command again: resumes at the end, trains nothing, keeps everything
   # (evaluation settings may change on resume).

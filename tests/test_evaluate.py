@@ -159,7 +159,7 @@ def test_linear_probe_matches_sklearn(x64, rng, standardize):
   xt, yt = _blobs(np.random.default_rng(5), 90, 5, 3)
   l2 = 3e-3
   res = ev.linear_probe(x, y, xt, yt, num_classes=3, l2=l2, steps=500, tol=1e-10,
-                        standardize=standardize, return_params=True)
+                        standardize=standardize, return_params=True, return_correct=True)
   if standardize:
     mu, sd = x.mean(0), x.std(0)
     xs, xts = (x - mu) / sd, (xt - mu) / sd
@@ -173,6 +173,8 @@ def test_linear_probe_matches_sklearn(x64, rng, standardize):
                              atol=1e-6)
   assert res["top1"] == pytest.approx(100 * clf.score(xts, yt))
   assert res["train_top1"] == pytest.approx(100 * clf.score(xs, y))
+  # Per-example correctness: sklearn's predictions on each test example.
+  np.testing.assert_array_equal(res["correct"], clf.predict(xts) == yt)
   # The reported loss is sklearn's objective divided by C·n.
   p = clf.predict_proba(xs)
   want_loss = -np.mean(np.log(p[np.arange(len(y)), y])) + 0.5 * l2 * np.sum(
