@@ -170,7 +170,9 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
       ``"steps"`` ``[t]``, ``"mi_lower"`` ``[t]``, ``"mi_upper"`` ``[t]`` (nats),
       and optionally ``"ceiling"`` (float, ``log n``), ``"init"`` (``{"mi_lower":
       v, "mi_upper": v}`` at step 0, the network at random initialisation),
-      ``"entropies"`` (``{name: (steps [s], values [s])}``, nats).
+      ``"entropies"`` (``{name: (steps [s], values [s])}``, nats), and
+      ``"entropy_reference"`` (what their first value is, for the axis label;
+      default ``"first step"``).
     title: the figure's title.
 
   Returns:
@@ -212,7 +214,8 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
       ax2.axhline(0.0, color="#000000", linewidth=0.8)
       ax2.set_title(f"{name}: entropy estimates", fontsize=_FONT + 1)
       ax2.set_xlabel("training step", fontsize=_FONT)
-      ax2.set_ylabel("change since first step (nats)", fontsize=_FONT)
+      ax2.set_ylabel(f"change since {spec.get('entropy_reference', 'first step')} "
+                     "(nats)", fontsize=_FONT)
   _legend_outside(fig, axes.flat)
   return fig
 

@@ -347,6 +347,7 @@ def _information_spec(series: Series, config: Mapping, init: Mapping) -> dict:
       spec["entropies"] = {
           e: (np.concatenate([[0.0], c[0]]), np.concatenate([[init[p + e]], c[1]]))
           if p + e in init else c for e, c in spec["entropies"].items()}
+      spec["entropy_reference"] = "random init"
     elif steps.size and steps[0] == 0:
       spec["init"] = {"mi_lower": spec["mi_lower"][0], "mi_upper": spec["mi_upper"][0]}
     specs[o] = spec

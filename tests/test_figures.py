@@ -30,7 +30,8 @@ def test_information_plane_draws_bounds_ceiling_init_and_entropy_changes(tmp_pat
   fig = figures.information_plane({
       "rep": {"steps": steps, "mi_lower": lower, "mi_upper": upper,
               "ceiling": math.log(n), "init": {"mi_lower": 0.5, "mi_upper": 2.5},
-              "entropies": {"entropy_pairwise_kl": h_kl}},
+              "entropies": {"entropy_pairwise_kl": h_kl},
+              "entropy_reference": "random init"},
       "proj": {"steps": steps, "mi_lower": lower, "mi_upper": upper}})
   assert fig.get_suptitle() == "Did training add information?"
   axes = fig.axes
@@ -46,7 +47,8 @@ def test_information_plane_draws_bounds_ceiling_init_and_entropy_changes(tmp_pat
   # Entropies as changes from their first value (never 1,800 nats on the MI axes).
   x, y = _lines(axes[1])["H upper (KL)"]
   np.testing.assert_allclose(y, h_kl[1] - h_kl[1][0])
-  assert "nats" in axes[1].get_ylabel() and "nats" in axes[0].get_ylabel()
+  assert axes[1].get_ylabel() == "change since random init (nats)"
+  assert "nats" in axes[0].get_ylabel()
   assert all(ax.get_xlabel() == "training step" for ax in axes)
   # No ceiling for an output without n; legend outside the axes.
   assert not any(l.startswith("ceiling") for l in _lines(axes[2]))
