@@ -574,7 +574,7 @@ def byol_information_loss(p_a: Array, p_b: Array, t_a: Array, t_b: Array,
 
 
 # What the training step must carry and feed for each kind of objective (see
-# Objective): "ema" = a momentum copy of the online parameters, "predictor" = a
+# Objective; each kind is a method of sslit.methods, which owns the behaviour): "ema" = a momentum copy of the online parameters, "predictor" = a
 # predictor head on the online branch, "center" = DINO's [K] centre, "prototypes" =
 # SwAV's [P, k] prototype matrix, "multi_crop" = stacked views [m, n, ...].
 KIND_STATE: dict[str, tuple[str, ...]] = {
@@ -584,6 +584,7 @@ KIND_STATE: dict[str, tuple[str, ...]] = {
     "moco": ("ema", "predictor"),
     "dino": ("ema", "center", "multi_crop"),
     "swav": ("prototypes", "multi_crop"),
+    "views": ("multi_crop",),
 }
 
 
@@ -600,6 +601,7 @@ class Objective(NamedTuple):
   ``kind == "dino"``: ``fn(student [m, n, K], teacher [g, n, K], center [K],
   teacher_temperature=...)``; ``aux["center"]`` is the next centre.
   ``kind == "swav"``: ``fn(z [m, n, k], prototypes [P, k])``.
+  ``kind == "views"``: ``fn(z [m, n, k], *, key)`` (all views, global first).
   """
   name: str
   kind: str

@@ -91,7 +91,7 @@ def build_model(config: ConfigDict):
   projector (the objective sees the representation).
   """
   import jax.numpy as jnp
-  from sslit import models, objectives
+  from sslit import methods, models, objectives
   m = config.model
   projector, predictor = m.projector, m.predictor
   if isinstance(projector, (list, tuple)) and len(projector) == 1 and isinstance(
@@ -110,22 +110,20 @@ def build_model(config: ConfigDict):
     objective = objectives.get_objective(config.objective)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  kind = objective.kind
+  method = methods.get_method(objective.kind)
   if objective.name == "wmse" and isinstance(projector, tuple):
     group = int(config_lib.plain(config.objective_kwargs).get("whitening_size") or
                 config.batch_size)
     if projector[-1] >= group:
       projector = projector[:-1] + (max(1, group // 2),)
-  needs = objectives.KIND_STATE.get(kind, ())
-  if "predictor" in needs and predictor is False:
-    predictor = True
-    if kind == "simsiam" and isinstance(projector, tuple):
-      predictor = (max(1, projector[-1] // 4), projector[-1])
+  heads = method.heads(projector)  # the heads the method needs
+  if heads.get("predictor") and predictor is False:
+    predictor = heads["predictor"]
   prototypes = 0
-  if "prototypes" in needs:
+  if heads.get("prototypes"):
     prototypes = int(m.get("prototypes", 0) or 0) or min(
         3000, max(2, int(config.batch_size) // 2))
-  dino_head = int(m.get("dino_head", 0) or 0) if kind == "dino" else 0
+  dino_head = int(m.get("dino_head", 0) or 0) if heads.get("dino_head") else 0
   dino_head_gain = bool(m.get("dino_head_gain", False)) and bool(dino_head)
   dtype = m.get("dtype", "float32")
   try:
@@ -256,13 +254,12 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
   clock = metrics_lib.PhaseClock()
   start_devices(config)
   import jax
-  from sslit import evaluate, models, monitor, objectives, parallel
+  from sslit import evaluate, models, monitor, parallel
   from sslit import step as step_lib
   from sslit import train as train_lib
   # Everything that can be checked is checked before anything is written.
-  kind = objectives.get_objective(config.objective,
-                                  **config_lib.plain(config.objective_kwargs)).kind
-  if (config.eval.get("target", False) and "ema" not in objectives.KIND_STATE[kind]
+  method = method_of(config)
+  if (config.eval.get("target", False) and not method.momentum
       and not float(config.get("average_weights", 0.0))):
     raise ValueError(_NO_TARGET.format(config.objective))
   periods = [p for p in (int(config.eval_every), int(config.get("monitor_every", 0)))
@@ -329,7 +326,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, *, progress: bool = Tr
     if config.eval.enabled:
       results = offline_eval(config, model, result.variables, train_ds, test_ds,
                              step=result.step, workdir=workdir, write=chief,
-                             target=step_lib.target_params(kind, result.state.ema_params))
+                             target=step_lib.target_params(method, result.state.ema_params))
       clock.lap("eval_s")
     timings = dict(path=os.path.join(workdir, "timings.json"),
                    device=f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
@@ -461,10 +458,15 @@ def _variables_of(state: dict) -> dict:
 
 def target_of(config: ConfigDict, ema_params: Any) -> Any:
   """A run's target network's parameters (:func:`sslit.step.target_params`), or None."""
-  from sslit import objectives, step
-  kind = objectives.get_objective(config.objective,
-                                  **config_lib.plain(config.objective_kwargs)).kind
-  return step.target_params(kind, ema_params)
+  from sslit import step
+  return step.target_params(method_of(config), ema_params)
+
+
+def method_of(config: ConfigDict):
+  """The ``sslit.methods.Method`` of ``config.objective`` (with its keyword overrides)."""
+  from sslit import methods, objectives
+  return methods.get_method(objectives.get_objective(
+      config.objective, **config_lib.plain(config.objective_kwargs)).kind)
 
 
 def probed_variables(config: ConfigDict, model, variables: dict, train_ds) -> dict:

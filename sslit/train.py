@@ -1,10 +1,10 @@
 """Self-supervised pretraining: ``FitOptions`` and ``fit``, the host loop.
 
 The step itself is ``sslit.step.make_train_step`` (re-exported here with
-``TrainState``): views made on device, the model, an objective called as its kind
-says (pair, byol, simsiam, moco, dino, swav), an Optax update, the kind's state (the
-EMA target of BYOL, MoCo and DINO, DINO's centre, SwAV's unit-norm prototypes) and
-an online linear probe. Swapping the objective, the optimiser or the augmentation
+``TrainState``): views made on device, the model, an objective called by its method
+(``sslit.methods``: pair, byol, simsiam, moco, dino, swav, views), an Optax update,
+the method's state (the EMA target of BYOL, MoCo and DINO, DINO's centre, SwAV's
+queue) and an online linear probe. Swapping the objective, the optimiser or the augmentation
 is a change of argument.
 
 ``fit`` runs the loop: initialisation through ``jax.eval_shape``, replicated
@@ -38,6 +38,7 @@ from sslit import checkpoint as checkpoint_lib
 from sslit import data as data_lib
 from sslit import metrics as metrics_lib
 from sslit import models
+from sslit import methods as methods_lib
 from sslit import objectives as objectives_lib
 from sslit import parallel
 from sslit import rundir
@@ -465,7 +466,10 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   parallel.check_batch_size(o.batch_size, mesh)
   obj = (objectives_lib.get_objective(o.objective, **dict(o.objective_kwargs or {}))
          if isinstance(o.objective, str) else o.objective)
-  check_average_momentum(o.average_weights, obj.kind)
+  method = methods_lib.get_method(obj.kind)  # resolved once, asked from here on
+  check_average_momentum(o.average_weights, method)
+  _check_method_options(obj, method, o)
+  settings = methods_lib.settings_for(method, obj.fn, o)
   augment_fn = _make_augment_fn(o, dataset)
   if o.normalize:
     augment_fn = _normalized(augment_fn, dataset)
@@ -476,9 +480,6 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   tx = make_optimizer(o.optimizer, learning_rate=schedule, weight_decay=o.weight_decay,
                       momentum=o.momentum, grad_clip=o.grad_clip or None)
   probe_tx = optax.adam(o.probe_learning_rate)
-  needs = objectives_lib.KIND_STATE.get(obj.kind, ())
-  ema_fn = (ema_momentum_schedule(base=o.ema_momentum, num_steps=o.num_steps)
-            if "ema" in needs else None)
 
   def train_apply(variables, x):
     return model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -488,11 +489,7 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
   init_vars = lambda k: _init_variables(model, k, jnp.zeros(view.shape, view.dtype))
   abstract_vars = jax.eval_shape(init_vars, jax.random.key(0))
   outputs = jax.eval_shape(lambda v, x: train_apply(v, x)[0], abstract_vars, view)
-  _check_outputs(obj, outputs)
-  for field in ("queue_length", "freeze_prototypes_steps"):
-    if getattr(o, field) and obj.kind != "swav":
-      raise ValueError(f"{field} is SwAV's (its queue and prototypes); objective "
-                       f"{obj.name!r} has neither: leave it at 0.")
+  _check_outputs(obj, method, outputs)
   _check_input_sizes(model, abstract_vars, outputs["rep"], view, local_view,
                      dataset.image_shape)
   rep_dim = outputs["rep"].shape[-1]
@@ -507,8 +504,8 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-        ema_params=init_ema_params(obj.kind, params, outputs, queue_length=o.queue_length,
-                             average=bool(o.average_weights)),
+        ema_params=init_ema_params(method, params, outputs, settings=settings,
+                                   average=bool(o.average_weights)),
         probe_params=probe_params,
         probe_opt_state=probe_tx.init(probe_params) if o.probe else {},
         key=k_train)
@@ -542,13 +539,10 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
     state = jax.jit(init_state, out_shardings=state_sharding)(root_key)
 
   step_fn = make_train_step(
-      train_apply, obj.fn, tx, kind=obj.kind, augment_fn=augment_fn,
-      learning_rate_fn=schedule, ema_momentum_fn=ema_fn,
-      teacher_temperature_fn=_teacher_temperature_fn(obj, o),
-      probe_optimizer=probe_tx, stats_every=o.log_every,
-      queue_start_step=o.queue_start_step,
-      freeze_prototypes_steps=o.freeze_prototypes_steps,
-      views_in_one_pass=o.views_in_one_pass, average_momentum=o.average_weights)
+      train_apply, obj.fn, tx, method=method, augment_fn=augment_fn,
+      learning_rate_fn=schedule, probe_optimizer=probe_tx, stats_every=o.log_every,
+      views_in_one_pass=o.views_in_one_pass, average_momentum=o.average_weights,
+      **settings._asdict())
   jstep = jax.jit(step_fn, donate_argnums=0,
                   out_shardings=(state_sharding, replicated),
                   compiler_options=parallel.step_compiler_options(mesh))
@@ -673,23 +667,28 @@ def _init_variables(model: Any, key: jax.Array, x: jax.Array) -> dict:
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-# What each kind needs from the model's outputs (KIND_STATE's heads).
-_KIND_OUTPUTS = {"predictor": ("proj", "pred"), "ema": ("proj",), "center": ("proj",),
-                 "prototypes": ("proj", "prototypes")}
-_KIND_HINTS = {"pred": "a predictor (build_model(..., predictor=True))",
+# How to give a model an output a method needs.
+_OUTPUT_HINTS = {"pred": "a predictor (build_model(..., predictor=True))",
                "proj": "a projector",
                "prototypes": "prototypes (build_model(..., prototypes=P))"}
 
 
-def _check_outputs(obj: Any, outputs: Mapping) -> None:
-  """The model has the heads ``obj``'s kind needs (a ValueError naming them)."""
-  needs = objectives_lib.KIND_STATE.get(obj.kind, ())
-  want = sorted({o for n in needs for o in _KIND_OUTPUTS.get(n, ())})
-  missing = [o for o in want if o not in outputs]
+def _check_outputs(obj: Any, method: methods_lib.Method, outputs: Mapping) -> None:
+  """The model has the heads ``obj``'s method needs (a ValueError naming them)."""
+  missing = [o for o in sorted(method.outputs) if o not in outputs]
   if missing:
     raise ValueError(f"objective {obj.name!r} needs a model with "
-                     f"{' and '.join(_KIND_HINTS[o] for o in missing)}; the model "
-                     f"outputs {sorted(outputs)}.")
+                     f"{' and '.join(_OUTPUT_HINTS.get(o, repr(o)) for o in missing)}; "
+                     f"the model outputs {sorted(outputs)}.")
+
+
+def _check_method_options(obj: Any, method: methods_lib.Method, o: FitOptions) -> None:
+  """The options that belong to another method are left at 0."""
+  for field, owners in methods_lib.option_fields().items():
+    if getattr(o, field) and method.name not in owners:
+      raise ValueError(f"{field} is an option of the {' and '.join(owners)} method "
+                       f"only; objective {obj.name!r} uses method {method.name!r}: "
+                       f"leave it at 0.")
 
 
 def _check_input_sizes(model: Any, variables: Any, rep: Any, view: Any, local_view: Any,
@@ -717,15 +716,6 @@ def _check_input_sizes(model: Any, variables: Any, rep: Any, view: Any, local_vi
         f"the full images. Use a backbone that pools to a fixed size (ConvNet with "
         f"final_pool '2x2' or 'gap', ResNet) or views of the images' size "
         f"(augment_options.image_size).")
-
-
-def _teacher_temperature_fn(obj: Any, o: FitOptions) -> Callable | None:
-  """DINO's teacher temperature schedule, unless the objective fixes one."""
-  if obj.kind != "dino" or "teacher_temperature" in getattr(obj.fn, "keywords", {}):
-    return None
-  warmup = o.teacher_temperature_warmup_steps
-  warmup = o.num_steps * 3 // 10 if warmup is None else int(warmup)
-  return lambda step: objectives_lib.dino_teacher_temperature(step, warmup_steps=warmup)
 
 
 def _view_shapes(augment_fn: Callable | None, image_shape: Sequence[int]):

@@ -68,12 +68,13 @@ class DigitsDataset:
 def tiny_model(objective: str = "vicreg", *, widths=(32, 16), projector=(32, 32)):
   """A tiny MLP with a projector and the heads ``objective`` needs (a predictor for
   BYOL, SimSiam and MoCo v3, 16 prototypes for SwAV)."""
-  from sslit import models, objectives  # pylint: disable=g-import-not-at-top
-  needs = objectives.KIND_STATE[objectives.get_objective(objective).kind]
-  predictor = (16, projector[-1]) if "predictor" in needs else False
+  from sslit import methods, models, objectives  # pylint: disable=g-import-not-at-top
+  heads = methods.get_method(objectives.get_objective(objective).kind).heads(
+      tuple(projector))
+  predictor = (16, projector[-1]) if heads.get("predictor") else False
   return models.build_model("mlp", backbone_kwargs={"widths": tuple(widths)},
                             projector=tuple(projector), predictor=predictor,
-                            prototypes=16 if "prototypes" in needs else 0)
+                            prototypes=16 if heads.get("prototypes") else 0)
 
 
 FIT_KWARGS = dict(objective="vicreg", batch_size=32, num_steps=16, optimizer="adamw",

@@ -42,7 +42,7 @@ def test_weight_average_equals_a_float64_average_of_each_steps_params(digits,
       probe_params={}, probe_opt_state={}, key=jax.random.key(1))
   fn = jax.jit(train.make_train_step(
       lambda v, xs: model.apply(v, xs, train=True, mutable=["batch_stats"]), obj.fn, tx,
-      kind=obj.kind, average_momentum=m))
+      method=obj.kind, average_momentum=m))
   want = _leaves(params)  # the average starts at the initial parameters
   for _ in range(3):
     state, _ = fn(state, batch)

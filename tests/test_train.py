@@ -162,7 +162,7 @@ def test_views_in_one_pass_share_batchnorm_statistics(name, digits, fast_compile
                                1.0 - train.images_to_float(images))
   state = _init(model, tx, None, jax.random.key(0), x, byol=name == "byol")
   apply = _train_apply(model)
-  kw = dict(kind=obj.kind, augment_fn=views)
+  kw = dict(method=obj.kind, augment_fn=views)
   if name == "byol":
     kw["ema_momentum_fn"] = train.ema_momentum_schedule(base=0.9, num_steps=10)
   joint, m_joint = jax.jit(train.make_train_step(apply, obj.fn, tx, views_in_one_pass=True,
@@ -195,7 +195,7 @@ def test_target_is_the_ema_of_the_online_params(name, digits, fast_compile):
   x = train.images_to_float(jnp.asarray(batch["image"]))
   state0 = _init(model, tx, None, jax.random.key(0), x, byol=True)
   ema_fn = train.ema_momentum_schedule(base=0.9, num_steps=10)
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind,
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, method=obj.kind,
                                        ema_momentum_fn=ema_fn))
   state1, metrics = step(state0, batch)
   tau = 0.9  # tau at step 0 is the base
@@ -206,7 +206,7 @@ def test_target_is_the_ema_of_the_online_params(name, digits, fast_compile):
   assert not np.allclose(_flat(state1.params)["backbone/dense0/kernel"],
                          _flat(state0.params)["backbone/dense0/kernel"])
   with pytest.raises(ValueError, match="ema_momentum_fn"):
-    train.make_train_step(_train_apply(model), obj.fn, tx, kind=obj.kind)
+    train.make_train_step(_train_apply(model), obj.fn, tx, method=obj.kind)
 
 
 def test_sharded_on_two_devices_equals_single_device(digits, fast_compile):
@@ -540,7 +540,7 @@ def test_simsiam_has_no_ema_state_and_its_targets_get_no_gradient(digits, fast_c
   batch = _batch(digits)
   x = train.images_to_float(jnp.asarray(batch["image"]))
   state0 = _init(model, tx, None, jax.random.key(0), x)
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="simsiam"))
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, method="simsiam"))
   state1, _ = step(state0, batch)
   assert state1.ema_params == {}
 
@@ -597,7 +597,7 @@ def test_swav_queue_fills_with_the_global_projections_and_joins_sinkhorn_once_fu
   n, length = 16, 32  # the queue holds two batches
   batches = [_batch(digits, n, n * i) for i in range(4)]
   apply = _train_apply(model)
-  make = lambda **kw: jax.jit(train.make_train_step(apply, obj.fn, tx, kind="swav", **kw))
+  make = lambda **kw: jax.jit(train.make_train_step(apply, obj.fn, tx, method="swav", **kw))
   step, plain_step = make(queue_start_step=1), make()
   plain = _init(model, tx, None, jax.random.key(0), train.images_to_float(
       jnp.asarray(batches[0]["image"])))
@@ -639,7 +639,7 @@ def test_swav_prototypes_frozen_for_the_first_steps_then_trained(digits, fast_co
   state = _init(model, tx, None, jax.random.key(0), train.images_to_float(
       jnp.asarray(batches[0]["image"])))
   start = np.asarray(state.params["prototypes"])
-  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, kind="swav",
+  step = jax.jit(train.make_train_step(_train_apply(model), obj.fn, tx, method="swav",
                                        freeze_prototypes_steps=2))
   for t, b in enumerate(batches):
     before = _flat(state.params)
@@ -669,10 +669,10 @@ def test_swav_queue_from_the_options_resumes_and_is_refused_elsewhere(
                               atol=1e-6)
   with pytest.raises(ValueError, match="queue_length must be >= 0 and a multiple"):
     train.FitOptions(objective="swav", batch_size=32, num_steps=4, queue_length=48)
-  with pytest.raises(ValueError, match="queue_length is SwAV's"):
+  with pytest.raises(ValueError, match="queue_length is an option of the swav method"):
     run_fit(**{**kw, "model": tiny_model("vicreg"), "objective": "vicreg"},
             num_steps=1)
-  with pytest.raises(ValueError, match="freeze_prototypes_steps is SwAV's"):
+  with pytest.raises(ValueError, match="freeze_prototypes_steps is an option of the swav method"):
     run_fit(**{**kw, "model": tiny_model("vicreg"), "objective": "vicreg",
                "queue_length": 0}, freeze_prototypes_steps=3, num_steps=1)
 
@@ -685,7 +685,7 @@ def test_swav_prototypes_stay_unit_norm_and_two_devices_equal_one(digits, fast_c
   tx = optax.sgd(0.1, momentum=0.9)
   batches = [_batch(digits, 32, 32 * i) for i in range(3)]
   x = train.images_to_float(jnp.asarray(batches[0]["image"]))
-  step = train.make_train_step(_train_apply(model), obj.fn, tx, kind="swav")
+  step = train.make_train_step(_train_apply(model), obj.fn, tx, method="swav")
   finals = []
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = parallel.make_mesh(devices)
