@@ -14,6 +14,7 @@ import errno
 import os
 import subprocess
 import sys
+import warnings
 from typing import Sequence
 
 from sslit import config as config_lib
@@ -229,6 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``sslit`` command; returns the exit status."""
   argv = sys.argv[1:] if argv is None else list(argv)
   verbose = "--verbose" in argv
+  previous = warnings.formatwarning
+  if not verbose:  # a warning is one line, without the source line it came from
+    warnings.formatwarning = _one_line_warning
+  try:
+    return _main(argv, verbose)
+  finally:
+    warnings.formatwarning = previous
+
+
+def _main(argv: list[str], verbose: bool) -> int:
   try:
     command, args, overrides = _parse(argv)
     if command == "reproduce":
@@ -257,6 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       expected = False
     _report(e, verbose, expected=expected)
     return 1
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+  del filename, lineno, line
+  return f"sslit: {category.__name__}: {message}\n"
 
 
 def _report(e: Exception, verbose: bool, expected: bool = True) -> None:
