@@ -520,7 +520,7 @@ def test_registry_errors():
 
 
 # ---------------------------------------------------------------------------------
-# SimSiam, MoCo v3, DINO, SwAV, W-MSE, MMCR (sslit.objectives_extra).
+# SimSiam, MoCo v3, DINO, SwAV, W-MSE, MMCR.
 
 
 def _extra_inputs(rng, n, k, num_views=3, num_protos=6):
