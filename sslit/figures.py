@@ -173,6 +173,9 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
       ``"entropies"`` (``{name: (steps [s], values [s])}``, nats), and
       ``"entropy_reference"`` (what their first value is, for the axis label;
       default ``"first step"``).
+      ``"points"``: ``{label: {"step", "mi_lower", "mi_upper", "ceiling"}}`` single
+      measurements on another subset (e.g. ``sslit analyze``'s, of another ``n``),
+      drawn as stars with their own ceiling (optional).
     title: the figure's title.
 
   Returns:
@@ -186,8 +189,9 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
                          panel=(4.2, 2.8), title=title)
   for row, (name, spec) in enumerate(outputs.items()):
     ax = axes[row, 0]
-    steps = spec["steps"]
-    lo, hi = _curve((steps, spec["mi_lower"])), _curve((steps, spec["mi_upper"]))
+    steps = spec.get("steps", ())
+    lo = _curve((steps, spec.get("mi_lower", ())))
+    hi = _curve((steps, spec.get("mi_upper", ())))
     _line(ax, lo, "mi_lower")
     _line(ax, hi, "mi_upper")
     if len(lo[0]) == len(hi[0]) and np.array_equal(lo[0], hi[0]):
@@ -202,6 +206,13 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
         ax.plot([0.0], [float(init[key])], linestyle="none", marker="D", markersize=7,
                 color=color("random_init"),
                 label="random init (step 0)")
+    for i, (label, point) in enumerate((spec.get("points") or {}).items()):
+      c = _CYCLE[(i + 4) % len(_CYCLE)]
+      ax.plot([float(point["step"])] * 2, [point["mi_lower"], point["mi_upper"]],
+              linestyle="none", marker="*", markersize=11, color=c, label=label)
+      if point.get("ceiling") is not None:
+        ax.axhline(float(point["ceiling"]), color=c, linestyle=":", linewidth=1.2,
+                   label=f"ceiling log n = {float(point['ceiling']):.2f} ({label})")
     ax.set_title(f"{name}: information about the example", fontsize=_FONT + 1)
     ax.set_xlabel("training step", fontsize=_FONT)
     ax.set_ylabel("I(Z; example) (nats)\nhigher = more kept", fontsize=_FONT)

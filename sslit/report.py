@@ -323,17 +323,34 @@ def _monitor_examples(config: Mapping) -> int | None:
 # --------------------------------------------------------------------------- #
 
 
-def _information_spec(series: Series, config: Mapping, init: Mapping) -> dict:
+def _information_spec(series: Series, n: int | None, init: Mapping,
+                      analysis: Mapping | None = None, n_a: int | None = None) -> dict:
   """Per output: the MI bounds over steps, ``log n``, entropies, random-init values.
 
   ``init``: the monitor's values of the random-init network (``monitor_init.json``),
   drawn at step 0; else a record at step 0 in the series counts as it.
+  ``analysis``: ``analysis.json`` (``sslit analyze``, on ``analysis.num_examples``
+  images), drawn as a point with its own ceiling.
   """
-  n = _monitor_examples(config)
+  analysis = analysis or {}
   specs = {}
-  for o in _outputs(series, "mi_pairwise_kl"):
+  names = set(_outputs(series, "mi_pairwise_kl")) | {
+      k.split("/")[1] for k in analysis if k.endswith("/mi_pairwise_kl")}
+  for o in sorted(names, key=lambda o: (o != "rep", o != "proj", o)):
     p = f"monitor/{o}/"
-    if p + "mi_pairwise_bhattacharyya" not in series:
+    point = {}
+    if metrics_lib.is_number(analysis.get(p + "mi_pairwise_kl")) and \
+        metrics_lib.is_number(analysis.get(p + "mi_pairwise_bhattacharyya")):
+      label = f"sslit analyze (n = {n_a})" if n_a else "sslit analyze"
+      point = {label: {"step": analysis.get("step", 0),
+                       "mi_lower": analysis[p + "mi_pairwise_bhattacharyya"],
+                       "mi_upper": analysis[p + "mi_pairwise_kl"],
+                       "ceiling": math.log(n_a) if n_a and n_a != n else None}}
+    if p + "mi_pairwise_bhattacharyya" not in series or p + "mi_pairwise_kl" not in series:
+      if point:
+        specs[o] = {"steps": np.zeros(0), "mi_lower": np.zeros(0),
+                    "mi_upper": np.zeros(0), "ceiling": None, "entropies": {},
+                    "points": point}
       continue
     steps, v = _aligned(series, [p + "mi_pairwise_bhattacharyya", p + "mi_pairwise_kl"])
     spec = {"steps": steps, "mi_lower": v[p + "mi_pairwise_bhattacharyya"],
@@ -350,6 +367,7 @@ def _information_spec(series: Series, config: Mapping, init: Mapping) -> dict:
       spec["entropy_reference"] = "random init"
     elif steps.size and steps[0] == 0:
       spec["init"] = {"mi_lower": spec["mi_lower"][0], "mi_upper": spec["mi_upper"][0]}
+    spec["points"] = point
     specs[o] = spec
   return specs
 
@@ -403,19 +421,50 @@ def run_figures(run_dir: str | pathlib.Path) -> dict:
   return _figures(_read_run(pathlib.Path(run_dir), []))
 
 
+def _series(records) -> Series:
+  """Per-metric ``(steps, values)`` of records, sorted by step (as ``read_series``)."""
+  points: dict[str, list[tuple[float, float]]] = {}
+  for record in records:
+    for key, value in metrics_lib.flatten(record).items():
+      if key != "step" and metrics_lib.is_number(value):
+        points.setdefault(key, []).append((float(record["step"]), float(value)))
+  return {k: tuple(np.asarray(sorted(p), dtype=np.float64).T) for k, p in points.items()}
+
+
+def _is_analysis(record: Mapping, analysis: Mapping) -> bool:
+  """Whether ``record`` is ``sslit analyze``'s (appended to metrics.jsonl)."""
+  keys = [k for k, v in analysis.items() if k.startswith("monitor/") and
+          metrics_lib.is_number(v)]
+  return bool(keys) and record.get("step") == analysis.get("step") and all(
+      record.get(k) == analysis[k] for k in keys)
+
+
 def _read_run(run_dir: pathlib.Path, problems: list[str]) -> dict:
   config = _read_json(run_dir / "config.json", problems)
   results = _read_json(run_dir / "results.json", problems)
-  series, metric_problems = metrics_lib.read_series(run_dir / "metrics.jsonl")
+  records, metric_problems = metrics_lib.read_records(run_dir / "metrics.jsonl")
   problems += metric_problems
+  # sslit analyze's record is on another subset (analysis.num_examples): kept apart.
+  analysis = _read_json(run_dir / "analysis.json", problems)
+  rest = [r for r in records if not _is_analysis(r, analysis)]
   correct, problem = metrics_lib.read_probe_correct(run_dir)
   if problem:
     problems.append(problem)
+  # The monitors' subsets: the configured sizes, capped at the test split's size (the
+  # probes' example count) when known.
+  num_test = len(next(iter(correct.values()))) if correct else None
+  n, n_a = _monitor_examples(config), (config.get("analysis") or {}).get("num_examples")
+  n, n_a = ((min(int(v), num_test) if num_test else int(v))
+            if metrics_lib.is_number(v) and v else None for v in (n, n_a))
+  if not any(k.startswith("monitor/") for r in rest for k in r):
+    rest, analysis, n = records, {}, n_a if analysis else n  # only analyze's record
+  series = _series(rest)
   timings = _read_json(run_dir / "timings.json", problems)
   init = {k: v for k, v in _read_json(run_dir / "monitor_init.json", problems).items()
           if metrics_lib.is_number(v)}
   return dict(config=config, results=results, series=series, correct=correct,
-              timings=timings, init=init)
+              timings=timings, init=init, analysis=analysis,
+              n=n, n_analysis=n_a)
 
 
 def _figures(run: Mapping) -> dict:
@@ -425,7 +474,8 @@ def _figures(run: Mapping) -> dict:
   if answer["accuracy"]:
     out["fig_probes.png"] = figures.probe_comparison(
         answer["accuracy"], {k: v for k, v in answer["margins"].items()})
-  info = _information_spec(series, config, run["init"])
+  info = _information_spec(series, run["n"], run["init"], run["analysis"],
+                           run["n_analysis"])
   if info:
     out["fig_information.png"] = figures.information_plane(info)
   bound = _bound_spec(series)
@@ -649,8 +699,8 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
           if answer["num_test"] else ["", f"Intervals: {answer['method']}."]
           if answer["margins"] else [])),
       ("Training", _training_table(series, timings)),
-      ("Information (held-out subset)", _information_table(
-          _information_spec(series, config, run["init"]))),
+      ("Information (held-out subset)", _information_table(_information_spec(
+          series, run["n"], run["init"], run["analysis"], run["n_analysis"]))),
       ("Generalization bound (held-out subset)", _bound_table(_bound_spec(series))),
   ]
   for title, body in sections:

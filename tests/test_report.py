@@ -131,6 +131,38 @@ def test_report_figures_by_content(tmp_path, rng):
   assert titles[0] == "rep: invariance" and "rep: LogDet entropy" in titles
 
 
+def test_analyze_record_is_a_point_with_its_own_ceiling(tmp_path, rng):
+  _write_run(tmp_path, rng)
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"monitor_examples": 64, "analysis": {"num_examples": 256}}))
+  analysis = {"step": 40, "monitor/rep/mi_pairwise_kl": 5.0,
+              "monitor/rep/mi_pairwise_bhattacharyya": 4.0}
+  (tmp_path / "analysis.json").write_text(json.dumps(analysis))
+  metrics.append(tmp_path, analysis, tensorboard=False)
+  ax = report.run_figures(tmp_path)["fig_information.png"].axes[0]
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  # The line is the training monitor's alone (n = 64), without analyze's record.
+  np.testing.assert_allclose(lines["upper bound (KL)"].get_ydata(),
+                             3.0 + np.arange(0, 50, 10) / 100)
+  star = lines["sslit analyze (n = 256)"]
+  assert list(star.get_xdata()) == [40, 40] and list(star.get_ydata()) == [4.0, 5.0]
+  np.testing.assert_allclose(lines[f"ceiling log n = {math.log(64):.2f}"].get_ydata(),
+                             math.log(64))
+  np.testing.assert_allclose(
+      lines[f"ceiling log n = {math.log(256):.2f} (sslit analyze (n = 256))"].get_ydata(),
+      math.log(256))
+  # A run analysed but never monitored: the analysis is the series, its n the ceiling.
+  only = tmp_path / "only"
+  only.mkdir()
+  (only / "config.json").write_text(json.dumps({"analysis": {"num_examples": 256}}))
+  (only / "analysis.json").write_text(json.dumps(analysis))
+  metrics.append(only, analysis, tensorboard=False)
+  ax = report.run_figures(only)["fig_information.png"].axes[0]
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  assert list(lines["upper bound (KL)"].get_ydata()) == [5.0]
+  assert f"ceiling log n = {math.log(256):.2f}" in lines
+
+
 def test_report_single_network_states_what_is_missing(tmp_path):
   (tmp_path / "results.json").write_text(json.dumps(
       {"trained": {"linear_top1": 88.25}, "step": 3}))
