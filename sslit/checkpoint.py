@@ -50,6 +50,7 @@ import shutil
 import sys
 import threading
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -384,7 +385,7 @@ class CheckpointManager:
     absl.addFilter(_drop_read_only_note)
     try:
       return ocp.CheckpointManager(self.directory, options=options,
-                                   item_names=("state", "meta"))
+                                   item_names=("state", "meta", "data"))
     finally:
       absl.removeFilter(_drop_read_only_note)
 
@@ -398,7 +399,8 @@ class CheckpointManager:
     return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, *, meta: dict[str, Any] | None = None,
-           signature: dict[str, Any] | None = None) -> None:
+           signature: dict[str, Any] | None = None,
+           data_state: bytes | None = None) -> None:
     """Save ``state`` and ``meta`` as checkpoint ``step`` (blocking, atomic).
 
     Every process must call this (multi-host); replicated arrays are written once.
@@ -413,6 +415,8 @@ class CheckpointManager:
       signature: small JSON dict of the settings that define the run (see
         :func:`check_signature`), stored with the step and checked by
         ``restore(..., signature=...)``.
+      data_state: this process's data iterator state (grain's JSON bytes): the
+        step's item ``data``, one file per process (grain's orbax handler).
     """
     if self.read_only:
       raise ValueError(f"this manager of {self.directory} is read-only; open it with "
@@ -431,13 +435,13 @@ class CheckpointManager:
     # Only process 0 writes ``meta``: the others need not hash.
     info["checksums"] = _checksums(data) if jax.process_index() == 0 else {}
     meta[_RESERVED] = info
+    items = {"state": ocp.args.StandardSave(data), "meta": ocp.args.JsonSave(meta)}
+    if data_state is not None:
+      import grain.python as grain
+      items["data"] = grain.PyGrainCheckpointSave(SimpleNamespace(get_state=lambda: data_state))
     try:
       with _HeldSaveNoise():
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(data),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True)
+        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       if not _is_no_space(e):

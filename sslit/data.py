@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 NAMES = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagenet2012",
-         "tiny_imagenet", "folder:<path>")
+         "jpeg_set", "tiny_imagenet", "folder:<path>")
 # Splits whose pixels fit in this many bytes are cached in memory on first use.
 MEMORY_LIMIT_BYTES = 1 << 30
 # Mean/std of data sets that are not cached in memory use this many train images.
@@ -83,6 +83,8 @@ class Dataset:
     image_shape: ``(H, W, C)`` of every image.
     class_names: the class names, index = label.
     files: the files the split is read from (named in error messages).
+    records: None or picklable ``(source, decode)``: ``source[i]`` a raw record,
+      ``decode(record) -> (image, label)`` as ``get``, for worker processes.
   """
 
   def __init__(self, *, name: str, split: str, num_classes: int,
@@ -90,8 +92,10 @@ class Dataset:
                read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                files: Sequence[str], class_names: Sequence[str] | None = None,
                in_memory: bool | None = None,
-               stats: Callable[[Dataset], tuple[np.ndarray, np.ndarray]] | None = None):
+               stats: Callable[[Dataset], tuple[np.ndarray, np.ndarray]] | None = None,
+               records: tuple[Any, Callable] | None = None):
     self.name = name
+    self.records = records
     self.split = split
     self.num_classes = int(num_classes)
     self.image_shape = tuple(int(d) for d in image_shape)
@@ -461,8 +465,13 @@ def batch_iterator(dataset: Dataset, batch_size: int, *, seed: int = 0,
 
 def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
                   in_memory: bool | None, stats=None,
-                  raw_tensor: bool = False) -> Dataset:
-  """A :class:`Dataset` over a prepared tfds builder's array_record data source."""
+                  raw_tensor: bool = False, encoded: bool = False) -> Dataset:
+  """A :class:`Dataset` over a prepared tfds builder's array_record data source.
+
+  ``raw_tensor``: sslit's own raw-pixel records; ``encoded``: records whose image is
+  an encoded JPEG/PNG, read raw and decoded by ``sources.DecodeExample`` (PIL).
+  Both can also be read by worker processes (``Dataset.records``).
+  """
   info = builder.info
   available = sorted(info.splits.keys())
   if split.split("[")[0] not in available:
@@ -478,7 +487,7 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
         f"machine with network with `tfds build {name} --file_format=array_record` "
         f"and copy the directory.")
   try:
-    if raw_tensor:
+    if raw_tensor or encoded:
       from tensorflow_datasets.core import decode
       source = builder.as_data_source(
           split=split, deserialize_method=decode.DeserializeMethod.RAW_BYTES)
@@ -515,14 +524,35 @@ def _tfds_dataset(name: str, builder, split: str, *, image_size: int | None,
     labels = np.asarray([r["label"] for r in records], np.int64)
     return np.stack(images).astype(np.uint8, copy=False), labels
 
-  read = sources.raw_tensor_reader(source, shape, files) if raw_tensor else decode_read
+  records = None
+  if raw_tensor or encoded:
+    records = (sources.ExampleRecords(builder.data_dir, split),
+               sources.DecodeExample(shape, raw=raw_tensor, resize=image_size is not None,
+                                     where=", ".join(files)))
+  if raw_tensor:
+    read = sources.raw_tensor_reader(source, shape, files)
+  elif encoded:
+    read = _records_reader(source, records[1], files,
+                           fix=f"delete {builder.data_dir} and prepare {name!r} again")
+  else:
+    read = decode_read
   return Dataset(name=name, split=split, num_classes=num_classes, image_shape=shape,
                  size=size, read=read, files=files, class_names=label_feature.names,
-                 in_memory=in_memory, stats=stats)
+                 in_memory=in_memory, stats=stats, records=records)
 
 
-def _prepared_builder(name: str, data_dir: str | os.PathLike | None):
-  """The newest prepared version of tfds data set ``name`` in the data dir."""
+def _records_reader(source, decode: Callable, files: list[str], *, fix: str):
+  """Reads raw records with one ``data_source`` call and decodes them one by one."""
+  def read(idx: np.ndarray):
+    decoded = [decode(r) for r in sources.get_records(source, idx, files, fix=fix)]
+    return (np.stack([im for im, _ in decoded]),
+            np.asarray([label for _, label in decoded], np.int64))
+  return read
+
+
+def _prepared_builder(name: str, data_dir: str | os.PathLike | None, *,
+                      fix: str | None = None):
+  """The newest prepared version of tfds data set ``name`` (``fix``: what makes it)."""
   import tensorflow_datasets as tfds
   root = default_data_dir(data_dir)
   base = root / name
@@ -539,6 +569,9 @@ def _prepared_builder(name: str, data_dir: str | os.PathLike | None):
       extra = (" ImageNet needs the manual files ILSVRC2012_img_train.tar and "
                "ILSVRC2012_img_val.tar in the tfds manual dir "
                "(<data_dir>/downloads/manual) first.")
+    if fix is not None:
+      raise DatasetNotFoundError(f"data set {name!r} is not in {root}: make it with "
+                                 f"`{fix}` and pass data_dir=<dir>.")
     raise DatasetNotFoundError(
         f"tfds data set {name!r} is not prepared in {root} (no {base}/<version>/"
         f"dataset_info.json). sslit never downloads: on a machine with network run "
@@ -579,14 +612,17 @@ def _files_dataset(name: str, split: str, paths: Sequence[str], labels: np.ndarr
   resize = image_size is not None
   paths = list(paths)
 
+  decode = sources.DecodeFile(shape, resize=resize)
+
   def read(idx: np.ndarray):
-    images = np.stack([sources.decode_image(paths[i], shape, resize) for i in idx])
+    images = np.stack([decode((paths[i], 0))[0] for i in idx])
     return images, labels[idx]
 
   return Dataset(name=name, split=split, num_classes=len(class_names),
                  image_shape=shape, size=len(paths), read=read,
                  files=[os.fspath(where)], class_names=class_names,
-                 in_memory=in_memory, stats=stats)
+                 in_memory=in_memory, stats=stats,
+                 records=(sources.FileRecords(paths, labels, os.fspath(where)), decode))
 
 
 def _folder_split(root: pathlib.Path, split: str):
@@ -677,7 +713,8 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
 
   Args:
     name: ``"fashion_mnist"``, ``"digits"``, ``"cifar10"``, ``"cifar100"``,
-      ``"imagenet2012"``, ``"tiny_imagenet"`` or ``"folder:<path>"`` (``<path>/
+      ``"imagenet2012"``, ``"jpeg_set"`` (made by ``bench/make_jpeg_set.py``; ImageNet's
+      mean/std), ``"tiny_imagenet"`` or ``"folder:<path>"`` (``<path>/
       <split>/<class>/*.png|jpg``; classes are the sorted subdirectories of
       ``<path>/train``).
     split: ``"train"``, ``"test"`` (``"validation"`` for imagenet2012,
@@ -737,6 +774,13 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
       stats = _train_stats(key, lambda: again("train"))
     return _tfds_dataset(name, builder, split, image_size=image_size,
                          in_memory=in_memory, stats=stats)
+  if name == "jpeg_set":
+    builder = _prepared_builder(sources.JPEG_SET_NAME, root,
+                                fix="python bench/make_jpeg_set.py --data-dir <dir>")
+    mean_std = (np.asarray(_IMAGENET_MEAN, np.float32), np.asarray(_IMAGENET_STD, np.float32))
+    return _tfds_dataset(name, builder, split, image_size=image_size or 224,
+                         in_memory=in_memory, encoded=True,
+                         stats=lambda ds: mean_std)
   if name == "tiny_imagenet":
     base = pathlib.Path(source_dir) if source_dir else root / "tiny-imagenet-200"
     paths, labels, classes = _tiny_imagenet_split(base, split)

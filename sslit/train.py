@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import sys
-import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 from sslit import augment as augment_lib
 from sslit import checkpoint as checkpoint_lib
 from sslit import data as data_lib
+from sslit import loader
 from sslit import metrics as metrics_lib
 from sslit import models
 from sslit import methods as methods_lib
@@ -96,42 +95,6 @@ class FitResult(NamedTuple):
 
 # ----------------------------------------------------------------------------
 # Host side.
-
-
-def _prefetch(iterator: Iterator, size: int = 2) -> Iterator:
-  """Run ``iterator`` in a background thread, ``size`` items ahead."""
-  q: queue.Queue = queue.Queue(maxsize=size)
-  sentinel = object()
-  stop = threading.Event()
-
-  def worker():
-    try:
-      for item in iterator:
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
-          return
-    except BaseException as e:  # re-raised in the consumer
-      q.put(e)
-      return
-    q.put(sentinel)
-
-  thread = threading.Thread(target=worker, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is sentinel:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
 
 
 def _to_python(tree: Mapping[str, Any]) -> dict:
@@ -214,6 +177,8 @@ class FitOptions:
       (e.g. ``("learning_rate",)`` to resume after a non-finite loss).
     progress: show a tqdm progress bar (process 0 only).
     tensorboard: also write TensorBoard events when tensorboard is importable.
+    data_workers: grain worker processes decoding a data set read from disk
+      (``sslit.loader``; 0: in this process; None: the cores less one).
   """
   objective: Any
   batch_size: int
@@ -252,6 +217,7 @@ class FitOptions:
   accept_changes: tuple[str, ...] = ()
   progress: bool = True
   tensorboard: bool = True
+  data_workers: int | None = None
 
   def __post_init__(self):
     checks = (
@@ -373,7 +339,7 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
       manager.close()
     return FitResult(state, _variables(state), history, start, run.resumed_from)
 
-  batches = _prefetch(iter(_batches(dataset, o, start, data_iterator_fn)))
+  batches = loader.Prefetch(_batches(dataset, o, start, data_iterator_fn, manager))
   bar = _progress_bar(o, start) if o.progress and is_chief else None
   timer = _Timer(o.batch_size)
   losses: list = []  # the loss of every step checked, host floats (the sane bound)
@@ -402,7 +368,8 @@ def fit(*, model: Any, dataset: Any, options: FitOptions,
     del metrics
     manager.save(step, state, meta={"step": step, "data_step": step, "seed": o.seed,
                                     "batch_size": o.batch_size,
-                                    "num_steps": o.num_steps}, signature=sig)
+                                    "num_steps": o.num_steps}, signature=sig,
+                 data_state=batches.state)
     if losses:  # every pending loss was checked before the hooks: the last is step's
       saved[step] = (losses[-1], float(np.median(losses)))
 
@@ -550,13 +517,13 @@ def _setup(model, dataset, o: FitOptions, workdir, mesh, sig: dict) -> _Setup:
                 metrics_path, tensorboard_dir)
 
 
-def _batches(dataset, o: FitOptions, start: int, data_iterator_fn):
+def _batches(dataset, o: FitOptions, start: int, data_iterator_fn, manager):
   if data_iterator_fn is not None:
     return data_iterator_fn(start)
-  return data_lib.batch_iterator(
-      dataset, o.batch_size, seed=o.seed, shuffle=True, drop_remainder=True,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start)
+  return loader.host_batches(
+      dataset, o.batch_size, seed=o.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), start_step=start, num_steps=o.num_steps,
+      workers=o.data_workers, state=manager and loader.saved_state(manager.directory, start))
 
 
 def _next_batch(batches: Iterator, step: int, num_steps: int) -> dict:
