@@ -59,7 +59,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 __all__ = ["CheckpointManager", "CheckpointError", "ChecksumMismatchError",
-           "SignatureMismatchError", "StructureMismatchError", "abstract_like", "silence_shutdown_noise", "check_signature", "check_structure"]
+           "SignatureMismatchError", "StructureMismatchError", "abstract_like",
+           "check_signature", "check_structure", "silence_shutdown_noise"]
 
 _log = logging.getLogger(__name__)
 

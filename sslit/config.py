@@ -356,7 +356,7 @@ def check_values(config: ml_collections.ConfigDict, *,
           bad(field, value, "a finite number")
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _INT_LIMIT \
             and field != "seed":
-          bad(field, value, f"a whole number of magnitude below 2**31")
+          bad(field, value, "a whole number of magnitude below 2**31")
       rule = _RANGES.get(field)
       leaf = key.lower()
       if rule is None and prefix == "objective_kwargs.":

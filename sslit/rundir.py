@@ -337,9 +337,9 @@ def check_output_path(path: str | os.PathLike, *, suffix: str,
     refuse(f"is a record of the run directory {run}")
   parent = os.path.dirname(path)
   if not os.path.isdir(parent):
-    refuse(f"is in a directory that does not exist")
+    refuse("is in a directory that does not exist")
   if not is_writable(parent):
-    refuse(f"is in a directory this process cannot write")
+    refuse("is in a directory this process cannot write")
   return path
 
 
@@ -467,8 +467,9 @@ def run_signature(options: Any, extra: Mapping[str, Any] | None = None) -> dict:
 
   ``SIGNATURE_FIELDS`` of ``options`` (a ``sslit.train.FitOptions``; an objective
   or augmentation given as an object is named by its ``name`` or ``repr``), the
-  ``LATER_SIGNATURE_FIELDS`` that differ from their default, plus ``extra`` (e.g. the model and data set of a
-  config). Stored with every checkpoint and compared on resume.
+  ``LATER_SIGNATURE_FIELDS`` that differ from their default, plus ``extra`` (e.g.
+  the model and data set of a config). Stored with every checkpoint and compared
+  on resume.
   """
   def plain(v):
     return json.loads(json.dumps(v, default=lambda x: getattr(x, "name", repr(x))))

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from sslit import checkpoint, cli, data, objectives, rundir, train
-from sslit import config as config_lib
 from tests.fit_utils import run_fit
 from tests.multihost_worker import DigitsDataset, tiny_model
 
