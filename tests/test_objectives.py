@@ -266,6 +266,8 @@ def _call(o, a, b):
   if o.kind == "dino":
     return o.fn(jnp.stack([a, b, 0.5 * a]), jnp.stack([b, a]),
                 jnp.zeros(a.shape[1], a.dtype))
+  if o.kind == "views":
+    return o.fn(jnp.stack([a, b, 0.5 * a]), key=jax.random.key(0))
   assert o.kind == "swav", o.kind
   return o.fn(jnp.stack([a, b, 0.5 * a]), _prototypes(6, a.shape[1], a.dtype))
 

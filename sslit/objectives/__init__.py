@@ -17,6 +17,7 @@ here, so ``sslit.objectives.vicreg_loss`` and the rest stay where they were):
 * :mod:`~sslit.objectives.clustering`: SwAV and Sinkhorn-Knopp;
 * :mod:`~sslit.objectives.information`: invariance minus an entropy estimate
   (LogDet, pairwise, KoLeo), BYOL plus entropy, MMCR;
+* :mod:`~sslit.objectives.lejepa`: LeJEPA, SIGReg (a sketched Gaussianity test);
 * :mod:`~sslit.objectives.registry`: ``get_objective``, ``list_objectives``;
 * :mod:`~sslit.objectives.common`: helpers shared by the topics (not re-exported).
 
@@ -35,6 +36,8 @@ from sslit.objectives.information import (DEFAULT_BYOL_ENTROPY_COEFF,
                                           DEFAULT_ENTROPY_COEFF, ENTROPY_ESTIMATORS,
                                           INVARIANCES, byol_information_loss,
                                           information_loss, mmcr_loss)
+from sslit.objectives.lejepa import (epps_pulley, lejepa_loss, sigreg,
+                                     sigreg_directions)
 from sslit.objectives.registry import (KIND_STATE, Objective, get_objective,
                                        list_objectives)
 from sslit.objectives.variance_covariance import (barlow_twins_loss, vicreg_loss,
@@ -46,5 +49,6 @@ __all__ = [
     "dino_loss", "dino_teacher_temperature", "sinkhorn_knopp", "swav_loss",
     "information_loss", "byol_information_loss", "mmcr_loss", "ENTROPY_ESTIMATORS",
     "INVARIANCES", "DEFAULT_ENTROPY_COEFF", "DEFAULT_BYOL_ENTROPY_COEFF",
+    "epps_pulley", "sigreg_directions", "sigreg", "lejepa_loss",
     "KIND_STATE", "Objective", "get_objective", "list_objectives",
 ]

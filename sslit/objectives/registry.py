@@ -19,6 +19,7 @@ from sslit.objectives.contrastive import infonce_loss, moco_v3_loss
 from sslit.objectives.distillation import byol_pair_loss, dino_loss, simsiam_loss
 from sslit.objectives.information import (ENTROPY_ESTIMATORS, byol_information_loss,
                                           information_loss, mmcr_loss)
+from sslit.objectives.lejepa import lejepa_loss
 from sslit.objectives.variance_covariance import (barlow_twins_loss, vicreg_loss,
                                                   vicreg_paper_loss, wmse_loss)
 
@@ -91,6 +92,7 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Any], dict[str, Any]]] = {
     "swav": ("swav", swav_loss, {}),
     "wmse": ("pair", wmse_loss, {}),
     "mmcr": ("pair", mmcr_loss, {}),
+    "lejepa": ("views", lejepa_loss, {}),
 }
 _ALIASES = {"infonce": "simclr", "barlow": "barlow_twins", "mocov3": "moco_v3",
             "w_mse": "wmse"}

@@ -364,3 +364,47 @@ def spec_views():
   i = np.arange(8)[:, None]
   j = np.arange(4)[None, :]
   return np.sin(0.7 * i + 1.3 * j) + 0.1 * j, np.cos(0.5 * i - 0.9 * j)
+
+
+# ---------------------------------------------------------------------------------
+# LeJEPA / SIGReg (Balestriero & LeCun 2025, arXiv 2511.08544), from the formulas:
+# T = n * int |phi_n(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt on [-t_max, t_max], trapezoids.
+
+
+def epps_pulley(x, *, num_points=17, t_max=5.0):
+  """Per column of ``x [n, M]``, with the complex empirical characteristic function
+  and the trapezoidal rule written out interval by interval."""
+  x = np.asarray(x, np.float64)
+  n, m = x.shape
+  t = np.array([-t_max + 2.0 * t_max * j / (num_points - 1) for j in range(num_points)])
+  out = np.zeros(m)
+  for col in range(m):
+    f = []
+    for tj in t:
+      ecf = np.mean(np.exp(1j * tj * x[:, col]))
+      gauss = np.exp(-tj * tj / 2)
+      f.append(abs(ecf - gauss) ** 2 * gauss)
+    integral = sum((t[j + 1] - t[j]) * (f[j] + f[j + 1]) / 2
+                   for j in range(num_points - 1))
+    out[col] = n * integral
+  return out
+
+
+def sigreg(z, directions, *, num_points=17, t_max=5.0):
+  z, a = np.asarray(z, np.float64), np.asarray(directions, np.float64)
+  return float(np.mean(epps_pulley(z @ a, num_points=num_points, t_max=t_max)))
+
+
+def lejepa(z, directions, *, num_global=2, lambd=0.05, num_points=17, t_max=5.0):
+  """``(loss, invariance, sigreg)`` of stacked views ``z [m, n, k]``, loops over views
+  and samples."""
+  z = np.asarray(z, np.float64)
+  m, n, _ = z.shape
+  inv = 0.0
+  for i in range(n):
+    c = sum(z[g, i] for g in range(num_global)) / num_global
+    inv += sum(np.mean((c - z[v, i]) ** 2) for v in range(m))
+  inv /= m * n
+  reg = np.mean([sigreg(z[v], directions, num_points=num_points, t_max=t_max)
+                 for v in range(m)])
+  return (1 - lambd) * inv + lambd * reg, inv, reg
