@@ -17,6 +17,8 @@ here, so ``sslit.objectives.vicreg_loss`` and the rest stay where they were):
 * :mod:`~sslit.objectives.clustering`: SwAV and Sinkhorn-Knopp;
 * :mod:`~sslit.objectives.information`: invariance minus an entropy estimate
   (LogDet, pairwise, KoLeo), BYOL plus entropy, MMCR;
+* :mod:`~sslit.objectives.alignment_uniformity`: Wang & Isola's alignment and
+  uniformity on the sphere;
 * :mod:`~sslit.objectives.lejepa`: LeJEPA, SIGReg (a sketched Gaussianity test);
 * :mod:`~sslit.objectives.registry`: ``get_objective``, ``list_objectives``;
 * :mod:`~sslit.objectives.common`: helpers shared by the topics (not re-exported).
@@ -28,6 +30,8 @@ Read in the information-theoretic view (SPEC.md section 3), each loss is an
 This package imports only jax, numpy and the math modules of sslit.
 """
 
+from sslit.objectives.alignment_uniformity import (alignment_uniformity_loss,
+                                                   uniformity)
 from sslit.objectives.clustering import sinkhorn_knopp, swav_loss
 from sslit.objectives.contrastive import infonce_loss, moco_v3_loss
 from sslit.objectives.distillation import (byol_loss, byol_pair_loss, dino_loss,
@@ -49,6 +53,6 @@ __all__ = [
     "dino_loss", "dino_teacher_temperature", "sinkhorn_knopp", "swav_loss",
     "information_loss", "byol_information_loss", "mmcr_loss", "ENTROPY_ESTIMATORS",
     "INVARIANCES", "DEFAULT_ENTROPY_COEFF", "DEFAULT_BYOL_ENTROPY_COEFF",
-    "epps_pulley", "sigreg_directions", "sigreg", "lejepa_loss",
+    "alignment_uniformity_loss", "uniformity", "epps_pulley", "sigreg_directions", "sigreg", "lejepa_loss",
     "KIND_STATE", "Objective", "get_objective", "list_objectives",
 ]

@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 import sslit._validate as _validate
+from sslit.objectives.alignment_uniformity import alignment_uniformity_loss
 from sslit.objectives.clustering import swav_loss
 from sslit.objectives.contrastive import infonce_loss, moco_v3_loss
 from sslit.objectives.distillation import byol_pair_loss, dino_loss, simsiam_loss
@@ -93,6 +94,7 @@ _REGISTRY: dict[str, tuple[str, Callable[..., Any], dict[str, Any]]] = {
     "wmse": ("pair", wmse_loss, {}),
     "mmcr": ("pair", mmcr_loss, {}),
     "lejepa": ("views", lejepa_loss, {}),
+    "align_uniform": ("pair", alignment_uniformity_loss, {}),
 }
 _ALIASES = {"infonce": "simclr", "barlow": "barlow_twins", "mocov3": "moco_v3",
             "w_mse": "wmse"}

@@ -408,3 +408,24 @@ def lejepa(z, directions, *, num_global=2, lambd=0.05, num_points=17, t_max=5.0)
   reg = np.mean([sigreg(z[v], directions, num_points=num_points, t_max=t_max)
                  for v in range(m)])
   return (1 - lambd) * inv + lambd * reg, inv, reg
+
+
+# ---------------------------------------------------------------------------------
+# Alignment and uniformity (Wang & Isola 2020), from the paper's definitions.
+
+
+def uniformity(u, *, t=2.0):
+  """``log`` of the mean over pairs ``i < j`` of ``exp(-t |u_i - u_j|^2)``."""
+  u = np.asarray(u, np.float64)
+  n = u.shape[0]
+  vals = [np.exp(-t * np.sum((u[i] - u[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]
+  return float(np.log(np.mean(vals)))
+
+
+def alignment_uniformity(z_a, z_b, *, alpha=2.0, t=2.0, uniformity_weight=1.0):
+  """``(loss, alignment, uniformity)`` on unit-norm rows, loops over samples."""
+  unit = lambda z: np.stack([r / np.linalg.norm(r) for r in np.asarray(z, np.float64)])
+  u_a, u_b = unit(z_a), unit(z_b)
+  align = np.mean([np.linalg.norm(u_a[i] - u_b[i]) ** alpha for i in range(len(u_a))])
+  unif = (uniformity(u_a, t=t) + uniformity(u_b, t=t)) / 2
+  return align + uniformity_weight * unif, align, unif
