@@ -14,6 +14,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from typing import Sequence
 
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   previous = warnings.formatwarning
   if not verbose:  # a warning is one line, without the source line it came from
     warnings.formatwarning = _one_line_warning
+    _quiet_full_disk_threads()
   try:
     return _main(argv, verbose)
   finally:
@@ -268,6 +270,22 @@ def _main(argv: list[str], verbose: bool) -> int:
       expected = False
     _report(e, verbose, expected=expected)
     return 1
+
+
+def _quiet_full_disk_threads() -> None:
+  """Background writers (TensorBoard's event thread) that die of a full disk report
+  it (about 35 lines) while the command's own one line says it: their report is
+  dropped. Installed for the whole command, since the thread may report before
+  the command's error reaches ``main``."""
+  previous = threading.excepthook
+  if getattr(previous, "sslit_full_disk", False):
+    return
+
+  def hook(args):
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno == errno.ENOSPC):
+      previous(args)
+  hook.sslit_full_disk = True
+  threading.excepthook = hook
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

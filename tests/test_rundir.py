@@ -338,6 +338,21 @@ def test_another_run_s_checkpoint_planted_as_the_newest_is_one_line(copy, tmp_pa
     assert code == 1 and "written by a run with other settings (model" in line, out
 
 
+# A command's process where background threads die (as TensorBoard's event writer
+# does on a full disk, while the command reports the same error in one line).
+FULL_DISK_THREADS = """
+import errno, sys, threading
+from sslit import cli
+assert cli.main(["eval", "--workdir", sys.argv[1] + "/none"]) == 2
+def die(error):
+  raise error
+for error in (OSError(errno.ENOSPC, "No space left on device"), ValueError("not a full disk")):
+  thread = threading.Thread(target=die, args=(error,))
+  thread.start()
+  thread.join()
+"""
+
+
 def test_dtype_mode_platform_interrupt_and_damage_in_fresh_processes(copy, run,
                                                                      tmp_path):
   """Four fresh interpreters side by side: a float32 run resumed with 64-bit
@@ -351,6 +366,8 @@ def test_dtype_mode_platform_interrupt_and_damage_in_fresh_processes(copy, run,
     f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])  # the array data truncated
   damaged_tree = _tree(damaged / "checkpoints")
   reader = _sslit("embed", "--workdir", str(damaged), "--out", str(tmp_path / "e.npz"))
+  threads = subprocess.Popen([sys.executable, "-c", FULL_DISK_THREADS, str(tmp_path)],
+                             cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
   x64 = _sslit("train", "--config", "smoke", "--workdir", str(copy), *SAME, *QUICK,
                JAX_ENABLE_X64="1")
   gpu = _sslit("eval", "--workdir", str(copy), JAX_PLATFORMS="cuda")
@@ -365,12 +382,12 @@ def test_dtype_mode_platform_interrupt_and_damage_in_fresh_processes(copy, run,
         and any(n.isdigit() for n in os.listdir(interrupted / "checkpoints"))):
       time.sleep(0.05)
     sigint.send_signal(signal.SIGINT)
-    outs = [p.communicate(timeout=300) for p in (x64, gpu, sigint, reader)]
+    outs = [p.communicate(timeout=300) for p in (x64, gpu, sigint, reader, threads)]
   finally:
-    for p in (x64, gpu, sigint, reader):
+    for p in (x64, gpu, sigint, reader, threads):
       if p.poll() is None:
         p.kill()
-  (_, x64_err), (_, gpu_err), (_, sigint_err), (_, reader_err) = outs
+  (_, x64_err), (_, gpu_err), (_, sigint_err), (_, reader_err), (_, threads_err) = outs
   assert x64.returncode == 1, x64_err
   assert "jax_enable_x64" in _one_error_line(x64_err), x64_err
   assert gpu.returncode == 1 and "JAX_PLATFORMS=cuda" in _one_error_line(gpu_err)
@@ -383,6 +400,10 @@ def test_dtype_mode_platform_interrupt_and_damage_in_fresh_processes(copy, run,
   assert "Event loop is closed" not in reader_err and "Traceback" not in reader_err
   assert "warnings.warn" not in reader_err and "restore_raw(" not in reader_err
   assert _tree(damaged / "checkpoints") == damaged_tree  # a reader moves nothing
+  # A background writer dying of a full disk is not reported again; another error is.
+  assert threads.returncode == 0, threads_err
+  assert "ENOSPC" not in threads_err and "No space left" not in threads_err, threads_err
+  assert "Exception in thread" in threads_err and "not a full disk" in threads_err
 
 
 # ------------------------------------------------ a NaN stop keeps a sane checkpoint
