@@ -38,6 +38,7 @@ import numpy as np
 
 from sslit import _validate
 from sslit import mixture
+from sslit import parallel
 from sslit.mixture import (ConditionalEntropy, _check_sigma,  # noqa: F401
                            conditional_entropy, output_covariance, separation_ratio)
 
@@ -128,21 +129,6 @@ def _map(f: Callable, xs: Any, chunk_size: int | None) -> Any:
   return _map_batched(jax.vmap(f), xs, chunk_size)
 
 
-def _over_mesh(body: Callable, mesh: Any, n: int) -> Callable:
-  """``body`` run per device on its shard of the batch (axis 0 of every argument)."""
-  if mesh is None:
-    return body
-  size = math.prod(mesh.shape.values())
-  if n % size:
-    raise ValueError(
-        f"x's batch size {n} must be divisible by the mesh size {size} "
-        f"(mesh shape {dict(mesh.shape)}) to split it across devices.")
-  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
-  # check_vma=False: the chunk loop carries a fresh (unvarying) zeros buffer.
-  return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec,
-                       check_vma=False)
-
-
 def _flat_fn(fn: Callable, item_shape: tuple[int, ...]) -> Callable:
   def g(v):
     return fn(v.reshape(item_shape))
@@ -221,7 +207,8 @@ def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
   def local(x):
     return _map(jac, x.reshape(x.shape[0], d), chunk_size)
 
-  return _jit_call(_over_mesh(local, mesh, n), x, owner=fn)
+  return _jit_call(lambda x: parallel.shard_rows(local, mesh, x, name="x"), x,
+                   owner=fn)
 
 
 def local_affine(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
@@ -780,15 +767,17 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   g = _flat_fn(fn, tuple(x.shape[1:]))
   jac = jax.jacfwd(g) if mode == "fwd" else jax.jacrev(g)
 
-  def per_sample(v):
-    a = jac(v)
-    return g(v), a @ a.T, jnp.linalg.svd(a, compute_uv=False)
+  def per_chunk(v):  # v [m, d]: means, A Aᵀ and the singular values of A
+    a = jax.vmap(jac)(v)
+    # One SVD at a time (parallel.per_matrix: a batched one can deadlock XLA:CPU).
+    s = parallel.per_matrix(lambda a1: jnp.linalg.svd(a1, compute_uv=False), a)
+    return jax.vmap(g)(v), jax.vmap(lambda a1: a1 @ a1.T)(a), s
 
-  local = _over_mesh(
-      lambda x: _map(per_sample, x.reshape(x.shape[0], d), chunk_size), mesh, n)
+  def local(x):
+    return _map_batched(per_chunk, x.reshape(x.shape[0], d), chunk_size)
 
-  def body(x, sigma, tau_abs, rho):  # local(x): means, A Aᵀ, singular values
-    stats = local(x)
+  def body(x, sigma, tau_abs, rho):  # means, A Aᵀ, singular values
+    stats = parallel.shard_rows(local, mesh, x, name="x")
     one = functools.partial(mixture._slope_information, *stats, tau_abs=tau_abs,
                             rho=rho, d=d, method=method,
                             exact_neighbors=exact_neighbors, mesh=mesh)

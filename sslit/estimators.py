@@ -17,7 +17,8 @@ dimensions). Mixture covariances ``covs`` are given in one of three forms:
 
 Every function is pure, jittable and differentiable, works in float32 and float64
 and checks shapes and dtypes statically before tracing. This module imports only
-jax, jax.numpy and numpy (the dependency rule of the project).
+jax, jax.numpy, numpy and ``sslit.parallel`` (for ``per_matrix``: batches of matrices
+are factored one at a time, see there), the dependency rule of the project.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
+from sslit import parallel
 from sslit._validate import (check_batch, check_choice, check_float, check_positive,
                              shape_of)
 
@@ -137,8 +139,17 @@ def _result_dtype(means: Any, covs: Any) -> Any:
 
 
 def _chol_half_logdet(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Cholesky factor and ½ log det of a (batch of) positive-definite matrices."""
-  chol = jnp.linalg.cholesky(cov)
+  """Cholesky factor and ½ log det of a (batch of) positive-definite matrices.
+
+  A batch is factored one matrix at a time (``parallel.per_matrix``: batched LAPACK
+  calls can deadlock XLA:CPU on jaxlib 0.10); do not ``vmap`` a caller.
+  """
+  if cov.ndim > 2:
+    k = cov.shape[-1]
+    chol = parallel.per_matrix(jnp.linalg.cholesky, cov.reshape((-1, k, k)))
+    chol = chol.reshape(cov.shape)
+  else:
+    chol = jnp.linalg.cholesky(cov)
   half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
   return chol, half_logdet
 
@@ -408,18 +419,14 @@ def _isotropic_divergences(means, var, distance, alpha):
           + 0.5 * k * (jnp.log(v_alpha) - (1.0 - alpha) * log_vi - alpha * log_vj))
 
 
-def _rows_per_step(n: int, elements_per_row: int) -> int:
-  """Rows of pairs evaluated at once: all of them while that stays below 16M elements."""
-  return max(1, min(n, (1 << 24) // max(1, elements_per_row)))
-
-
 def _full_divergences(means, covs, distance, alpha):
   """``D(p_i‖p_j)`` ``[n, n]`` for full covariances, one row/column at a time."""
   n, k = means.shape
   chol, half_logdet = _chol_half_logdet(covs)
   if distance == "kl":
     eye = jnp.broadcast_to(jnp.eye(k, dtype=covs.dtype), covs.shape)
-    prec = jax.vmap(lambda c, e: jax.scipy.linalg.cho_solve((c, True), e))(chol, eye)
+    prec = parallel.per_matrix(
+        lambda c, e: jax.scipy.linalg.cho_solve((c, True), e), chol, eye)
     trace = jnp.einsum("jab,iab->ij", prec, covs)  # tr(Σ_j⁻¹ Σ_i)
 
     def column(args):  # (μ_i − μ_j)ᵀ Σ_j⁻¹ (μ_i − μ_j) for all i, one j
@@ -427,21 +434,22 @@ def _full_divergences(means, covs, distance, alpha):
       y = solve_triangular(chol_j, (means - mu_j).T, lower=True)
       return jnp.sum(jnp.square(y), axis=0)
 
-    quad = jax.lax.map(column, (means, chol),
-                       batch_size=_rows_per_step(n, n * k)).T  # [i, j]
+    # One column at a time (a vmapped block would batch its triangular solves).
+    quad = jax.lax.map(column, (means, chol)).T  # [i, j]
     return 0.5 * (trace + quad - k) + (half_logdet[None, :] - half_logdet[:, None])
 
   def row(args):  # C_α(p_i‖p_j) for one i, all j
     mu_i, cov_i, hld_i = args
     cov_alpha = (1.0 - alpha) * cov_i + alpha * covs
     chol_a, hld_a = _chol_half_logdet(cov_alpha)
-    y = jax.vmap(lambda c, d: solve_triangular(c, d, lower=True))(chol_a, means - mu_i)
+    y = parallel.per_matrix(lambda c, d: solve_triangular(c, d, lower=True), chol_a,
+                            means - mu_i)
     quad = jnp.sum(jnp.square(y), axis=-1)
     return (0.5 * alpha * (1.0 - alpha) * quad + hld_a
             - (1.0 - alpha) * hld_i - alpha * half_logdet)
 
-  return jax.lax.map(row, (means, covs, half_logdet),
-                     batch_size=_rows_per_step(n, n * k * k))
+  # One row at a time: a vmapped block of rows would batch the factorisations again.
+  return jax.lax.map(row, (means, covs, half_logdet))
 
 
 def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
@@ -462,9 +470,9 @@ def pairwise_entropy(means: Any, covs: Any, *, distance: str = "kl",
   Cost: scalar / ``[n]`` covariances: time ``O(n²k)``, memory ``O(n² + nk)``
   (squared distances from ``‖μ_i‖² + ‖μ_j‖² − 2μ_i·μ_j``, never ``[n, n, k]``).
   Full ``[n, k, k]``: KL time ``O(n²k² + nk³)``; Chernoff/Bhattacharyya time
-  ``O(n²k³)`` (one Cholesky per pair); both memory ``O(n² + nk²)``: rows of
-  pairs are evaluated in blocks of at most 16M intermediate elements
-  (``b·n·k²`` for Chernoff, ``b·n·k`` for KL), one block after the other.
+  ``O(n²k³)`` (one Cholesky per pair); both memory ``O(n² + nk²)``: one row
+  (Chernoff, ``n·k²`` intermediate elements) or column (KL, ``n·k``) of pairs at a
+  time, each factorisation on one matrix (``sslit.parallel.per_matrix``).
 
   Args:
     means: component means ``[n, k]``, float, ``n >= 1``.
@@ -618,8 +626,15 @@ def _mc_core(key, means, covs, *, num_samples, chunk_size, form):
       log_n = -0.5 * (k * (_LOG_2PI + jnp.log(var)) + quad)
       return jax.nn.logsumexp(log_n) - math.log(n)
 
-  log_p = jax.lax.map(log_density, samples.reshape(n * num_samples, k),
-                      batch_size=chunk_size)
+  flat = samples.reshape(n * num_samples, k)
+  total = flat.shape[0]
+  if total > chunk_size and total % chunk_size:
+    # Padded to whole chunks (rows of means[0], dropped after): lax.map's remainder
+    # would run beside its loop, two batched triangular solves in flight at once,
+    # which can deadlock XLA:CPU on jaxlib 0.10 (see sslit.parallel.per_matrix).
+    flat = jnp.concatenate(
+        [flat, jnp.broadcast_to(means[0], (chunk_size - total % chunk_size, k))])
+  log_p = jax.lax.map(log_density, flat, batch_size=chunk_size)[:total]
   return -jnp.mean(log_p)
 
 

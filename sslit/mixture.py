@@ -32,6 +32,7 @@ from jax.scipy.linalg import solve_triangular
 
 from sslit import _validate
 from sslit import estimators
+from sslit import parallel
 
 Array = jax.Array
 
@@ -144,7 +145,9 @@ def conditional_entropy(A: Array, sigma: Any, *,
 def _conditional_entropy(A: Array, sigma: Array, rtol: float | None
                          ) -> ConditionalEntropy:
   k, d = A.shape[-2:]
-  s = jnp.linalg.svd(A, compute_uv=False)
+  flat = A.reshape((-1, k, d))
+  s = parallel.per_matrix(lambda a: jnp.linalg.svd(a, compute_uv=False), flat)
+  s = s.reshape(A.shape[:-2] + s.shape[-1:])
   return _entropy_from_singular_values(s, k, d, sigma, rtol)
 
 
@@ -216,7 +219,7 @@ def _separation_ratio(means: Array, var_max: Array) -> Array:
 
 @jax.jit
 def _max_eigenvalue(covs: Array) -> Array:
-  return jnp.max(jnp.linalg.eigvalsh(covs)[..., -1])
+  return jnp.max(parallel.per_matrix(jnp.linalg.eigvalsh, covs)[..., -1])
 
 
 def _check_sigma(sigma: Any, name: str = "sigma") -> None:
@@ -306,22 +309,6 @@ def _raise_unless_positive_definite(ok: Array, covs: Any) -> None:
         f"isotropic noise τ² I to the covariances.")
 
 
-def _on_devices(body, mesh: Any, index: Any, *replicated: Array) -> Any:
-  """``body(index, *replicated)`` with axis 0 of the ``index`` arrays split over
-  the devices of ``mesh`` (padded with component 0, the padding dropped after)."""
-  if mesh is None:
-    return body(index, *replicated)
-  size = math.prod(mesh.shape.values())
-  m = jax.tree.leaves(index)[0].shape[0]
-  index = jax.tree.map(
-      lambda a: jnp.concatenate([a, jnp.zeros(-m % size, a.dtype)]), index)
-  spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
-  none = jax.sharding.PartitionSpec()
-  run = jax.shard_map(body, mesh=mesh, in_specs=(spec,) + (none,) * len(replicated),
-                      out_specs=spec, check_vma=False)
-  return jax.tree.map(lambda a: a[:m], run(index, *replicated))
-
-
 def _lmap(f, xs: Any, batch_size: int) -> Any:
   """``jax.lax.map`` in steps of ``batch_size``; one ``vmap`` when that is all."""
   if batch_size >= jax.tree.leaves(xs)[0].shape[0]:
@@ -346,19 +333,41 @@ def _log_max_eigenvalue(m: Array, squarings: int = 4) -> Array:
   return log_norm / 2**squarings
 
 
+def _blocks(f, xs: Any, size: int) -> Any:
+  """``f`` on consecutive blocks of at most ``size`` rows of ``xs`` (axis 0), stacked.
+
+  Unlike ``_lmap``, ``f`` receives a whole block (no ``vmap`` around it), so the
+  linear algebra inside can go through ``parallel.per_matrix``.
+  """
+  m = jax.tree.leaves(xs)[0].shape[0]
+  if size >= m:
+    return f(xs)
+  full = m // size * size
+  head = jax.lax.map(f, jax.tree.map(
+      lambda a: a[:full].reshape((m // size, size) + a.shape[1:]), xs))
+  head = jax.tree.map(lambda a: a.reshape((full,) + a.shape[2:]), head)
+  if full == m:
+    return head
+  tail = f(jax.tree.map(lambda a: a[full:], xs))
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, tail)
+
+
 def _factor(covs: Array, chunk: int) -> tuple[Array, Array, Array, Array]:
   """``½ log det Σ_i``, ``Σ_i⁻¹ = L_i⁻ᵀ L_i⁻¹`` and upper bounds on ``log λ_max(Σ_i)``
   and ``−log λ_min(Σ_i) = log λ_max(Σ_i⁻¹)``, ``[n]`` / ``[n, k, k]``, chunked."""
   eye = jnp.eye(covs.shape[-1], dtype=covs.dtype)
 
-  def one(cov):
+  def factor(cov):
     chol = jnp.linalg.cholesky(cov)
-    inv = solve_triangular(chol, eye, lower=True)
-    prec = _matmul(inv.T, inv)
-    return (jnp.sum(jnp.log(jnp.diagonal(chol))), prec, _log_max_eigenvalue(cov),
-            _log_max_eigenvalue(prec))
+    return chol, solve_triangular(chol, eye, lower=True)
 
-  return _lmap(one, covs, batch_size=chunk)
+  def block(cov):  # [m, k, k]; one Cholesky factor at a time (parallel.per_matrix)
+    chol, inv = parallel.per_matrix(factor, cov)
+    prec = jax.vmap(lambda v: _matmul(v.T, v))(inv)
+    return (jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1), prec,
+            jax.vmap(_log_max_eigenvalue)(cov), jax.vmap(_log_max_eigenvalue)(prec))
+
+  return _blocks(block, covs, chunk)
 
 
 def _pair_pass(cols: Array, means: Array, covs: Array, prec: Array, *,
@@ -388,14 +397,17 @@ def _pair_pass(cols: Array, means: Array, covs: Array, prec: Array, *,
 def _bhattacharyya_pairs(pairs: tuple[Array, Array], means: Array, covs: Array,
                          half_logdet: Array, *, chunk: int) -> Array:
   """Exact ``D_B(p_i, p_j)`` for the pairs ``(rows, cols)``, one Cholesky each."""
-  def one(pair):
+  def solve(cov, delta):
+    chol = jnp.linalg.cholesky(cov)
+    y = solve_triangular(chol, delta, lower=True)
+    return 0.125 * jnp.sum(jnp.square(y)) + jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+  def block(pair):  # one Cholesky factor at a time (parallel.per_matrix)
     i, j = pair
-    chol = jnp.linalg.cholesky(0.5 * (covs[i] + covs[j]))
-    y = solve_triangular(chol, means[i] - means[j], lower=True)
-    return (0.125 * jnp.sum(jnp.square(y)) + jnp.sum(jnp.log(jnp.diagonal(chol)))
+    return (parallel.per_matrix(solve, 0.5 * (covs[i] + covs[j]), means[i] - means[j])
             - 0.5 * (half_logdet[i] + half_logdet[j]))
 
-  return _lmap(one, pairs, batch_size=chunk)
+  return _blocks(block, pairs, chunk)
 
 
 def _chunks(n: int, k: int, chunk_size: int | None) -> tuple[int, int]:
@@ -414,8 +426,8 @@ def _kl_terms(means: Array, covs: Array, chunk_size: int | None, mesh: Any):
   col_chunk, mat_chunk = _chunks(n, k, chunk_size)
   half_logdet, prec, log_max, log_inv_min = _factor(covs, mat_chunk)
   body = functools.partial(_pair_pass, chunk=col_chunk, trace_chunk=mat_chunk)
-  trace, mahal, spread, sq = (a.T for a in _on_devices(
-      body, mesh, jnp.arange(n), means, covs, prec))
+  trace, mahal, spread, sq = (a.T for a in parallel.shard_rows(
+      body, mesh, jnp.arange(n), means, covs, prec, pad=True))
   kl = 0.5 * (trace + mahal - k) + half_logdet[None, :] - half_logdet[:, None]
   kl = jnp.where(jnp.eye(n, dtype=bool), 0.0, kl)
   # log of a bound on the spread of the eigenvalues of Σ_j⁻¹ Σ_i (both ways).
@@ -498,7 +510,8 @@ def _pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int,
     rows, cols = flat // n, flat % n
     _, mat_chunk = _chunks(n, k, chunk_size)
     body = functools.partial(_bhattacharyya_pairs, chunk=mat_chunk)
-    exact = _on_devices(body, mesh, (rows, cols), means, covs, half_logdet)
+    exact = parallel.shard_rows(body, mesh, (rows, cols), means, covs, half_logdet,
+                                pad=True)
     lower = lower.at[rows, cols].set(exact).at[cols, rows].set(exact)
     upper = upper.at[rows, cols].set(exact).at[cols, rows].set(exact)
   h_cond = 0.5 * k * _LOG_2PI_E + jnp.mean(half_logdet)

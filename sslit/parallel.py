@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -32,7 +33,8 @@ __all__ = [
     "DATA_AXIS", "initialize", "make_mesh", "data_sharding", "replicated_sharding",
     "shard_batch", "replicate", "process_index", "process_count",
     "process_local_batch_size", "check_batch_size", "to_host", "set_cpu_device_count",
-    "serialize_cpu_lapack", "step_compiler_options", "CPU_STEP_LIBRARY_FUSIONS",
+    "serialize_cpu_lapack", "per_matrix", "shard_rows", "step_compiler_options",
+    "CPU_STEP_LIBRARY_FUSIONS",
 ]
 
 
@@ -71,8 +73,11 @@ def serialize_cpu_lapack() -> bool:
   (2 on a 2-core machine), every worker waits and the program hangs (seen in
   ``cpa.representation_information`` and ``estimators.mixture_entropy_mc``).
   ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` selects XLA's
-  depth-first, memory-minimising schedule instead, under which they do not run
-  side by side. ``import sslit`` already applies it (``sslit.SERIAL_LAPACK_FLAG``);
+  depth-first, memory-minimising schedule instead, under which they run side by
+  side less often, but not never: XLA:CPU still runs independent instructions at
+  once (``representation_information`` hung with the flag in effect), so the math
+  modules also hand LAPACK one matrix at a time (``per_matrix``), which cannot
+  block. ``import sslit`` already applies it (``sslit.SERIAL_LAPACK_FLAG``);
   this function is for code that rebuilt ``XLA_FLAGS`` since. Like
   ``set_cpu_device_count``, only effective before the backend starts; a no-op on
   jaxlib >= 0.11, and when ``XLA_FLAGS`` already names the option (the user's
@@ -89,6 +94,84 @@ def serialize_cpu_lapack() -> bool:
     return False
   os.environ["XLA_FLAGS"] = (flags + " " + sslit.SERIAL_LAPACK_FLAG).strip()
   return True
+
+
+def per_matrix(f: Callable[..., Any], *xs: Any) -> Any:
+  """``vmap(f)(*xs)`` computed one item at a time: each LAPACK call sees one matrix.
+
+  Why: on jaxlib 0.10 a LAPACK kernel (Cholesky, eigh, SVD, triangular solve)
+  called on a batch whose work exceeds about 2·10⁵ flops schedules ALL its pieces
+  on XLA's CPU intra-op thread pool and blocks its own pool thread until they are
+  done (``ParallelBatchMap`` in jaxlib's ``cpu/lapack_kernels.cc``). Two such calls
+  in flight at once (independent branches of one program, a loop beside its
+  remainder, the programs of several CPU devices under ``shard_map``) occupy both
+  threads of a 2-core machine's pool, and nothing is left to run the pieces they
+  wait for: the program never returns, at 0 % CPU. XLA's scheduler option
+  (``serialize_cpu_lapack``) changes the order of instructions, not which of them
+  run side by side, so it does not exclude this. A call on one matrix runs inline
+  on its thread and never waits for the pool, whatever else runs beside it.
+
+  ``f`` is traced once for one item (``jax.lax.map``, a loop over axis 0), so keep
+  it to the linear algebra and do the rest batched around it; differentiable. Do
+  not ``vmap`` a function that calls this: under ``vmap`` the loop body is batched
+  again. Used by ``cpa``, ``mixture`` and ``estimators`` for every decomposition of
+  a batch of matrices.
+
+  Args:
+    f: function of one item of each of ``xs`` (their slices ``x[i]``).
+    *xs: arrays (or pytrees) with a common leading axis ``[m, ...]``.
+
+  Returns:
+    ``f``'s outputs stacked along a new leading axis ``[m, ...]``.
+  """
+  return jax.lax.map(lambda args: f(*args), xs)
+
+
+def shard_rows(body: Callable[..., Any], mesh: Mesh | None, rows: Any,
+               *replicated: Any, pad: bool = False, name: str = "rows") -> Any:
+  """``body(rows, *replicated)`` with axis 0 of ``rows`` split over ``mesh``'s devices.
+
+  The per-device form of the math modules' batch work (per-sample slopes over an
+  evaluation set, the pair passes of the mixture bounds): ``shard_map`` over all
+  mesh axes, each device running ``body`` on its own consecutive rows of every leaf
+  of ``rows`` and a full copy of ``replicated``; the results (axis 0 of every
+  output leaf) are concatenated in device order, so ``body`` must treat rows
+  independently. ``check_vma=False``: a body may carry fresh (unvarying) buffers
+  through a loop, e.g. a chunked map's preallocated result.
+
+  Args:
+    body: ``body(rows_block, *replicated)`` -> pytree with rows along axis 0.
+    mesh: a ``jax.sharding.Mesh``, or None to call ``body`` as it is.
+    rows: pytree of arrays sharing axis 0, ``[m, ...]``.
+    *replicated: arrays every device receives whole.
+    pad: if True, ``m`` need not divide the mesh size: the rows are padded with
+      zeros (so index arrays pad with index 0) and the padding's results dropped.
+    name: what ``rows`` is called in the error for an indivisible ``m``.
+
+  Returns:
+    ``body``'s output, ``[m, ...]`` leaves.
+
+  Raises:
+    ValueError: ``m`` not divisible by the mesh size and ``pad`` is False.
+  """
+  if mesh is None:
+    return body(rows, *replicated)
+  size = mesh.devices.size
+  m = jax.tree.leaves(rows)[0].shape[0]
+  if m % size and not pad:
+    raise ValueError(
+        f"{name}'s batch size {m} must be divisible by the mesh size {size} "
+        f"(mesh shape {dict(mesh.shape)}) to split it across devices.")
+  if m % size:
+    rows = jax.tree.map(
+        lambda a: jnp.concatenate([a, jnp.zeros((-m % size,) + a.shape[1:], a.dtype)]),
+        rows)
+  spec = PartitionSpec(tuple(mesh.axis_names))
+  run = jax.shard_map(body, mesh=mesh,
+                      in_specs=(spec,) + (PartitionSpec(),) * len(replicated),
+                      out_specs=spec, check_vma=False)
+  out = run(rows, *replicated)
+  return jax.tree.map(lambda a: a[:m], out) if m % size else out
 
 
 # XLA:CPU hands parts of a program to the YNNPACK library ("library fusions"). For

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sslit import cpa, mixture
+from tests.reference import hlo
 from tests.reference import mixture as ref
 
 _TOL = 1e-9  # relative rounding allowance of float64 comparisons
@@ -184,3 +185,22 @@ def test_bad_input_errors(x64):
     cpa.representation_information(lambda v: v, x, sigma=0.1, method="fast")
   with pytest.raises(ValueError, match="exact_neighbors"):
     cpa.representation_information(lambda v: v, x, sigma=0.1, exact_neighbors=-2)
+
+
+def test_every_factorisation_sees_one_matrix(rng):
+  # jaxlib 0.10's batched LAPACK kernels can deadlock XLA:CPU (parallel.per_matrix):
+  # no compiled program here hands a LAPACK kernel more than one matrix.
+  means, covs = (jnp.asarray(a, jnp.float32) for a in heteroscedastic(rng))
+  a = jnp.asarray(rng.normal(size=(2, 3, K, 5)), jnp.float32)
+  calls = {
+      "pairwise_bounds": lambda: mixture.pairwise_bounds(
+          means, covs, exact_neighbors=NEIGHBORS, chunk_size=4),
+      "pairwise_bounds_exact": lambda: mixture.pairwise_bounds_exact(means, covs),
+      "kl_divergences": lambda: mixture.kl_divergences(means, covs, chunk_size=4),
+      "conditional_entropy": lambda: mixture.conditional_entropy(a, 0.5),
+      "separation_ratio": lambda: mixture.separation_ratio(means, covs),
+  }
+  for name, call in calls.items():
+    text = jax.jit(call).lower().compile().as_text()
+    assert "lapack_" in text, name
+    assert hlo.batched_lapack_calls(text) == [], name
