@@ -39,6 +39,7 @@ _SEARCH = (CONFIG_DIR, os.path.join("experiments", "configs"))
 # training trajectory ("name" is a label: a renamed config with the same fields resumes).
 RESUMABLE_FIELDS = ("name", "eval", "report", "max_train_seconds", "log_every",
                     "checkpoint_every", "keep_checkpoints", "eval_every", "data_dir",
+                    "data_workers",
                     "monitor_every", "monitor_examples", "analysis")
 
 # Optimisation settings that a run may resume with when asked explicitly
@@ -302,6 +303,7 @@ _RANGES = {
     "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "cpu_devices": (lambda v: v >= 0, ">= 0 (0: leave the CPU as it is)"),
     "max_train_seconds": (lambda v: v >= 0, ">= 0 (0: no cap)"),
+    "data_workers": (lambda v: v >= -1, ">= -1 (-1: the usable cores less one; 0: none)"),
     "monitor_every": (lambda v: v >= 0, ">= 0 (0: no monitor)"),
     "eval.l2": (lambda v: v >= 0, ">= 0"),
     "eval.steps": (lambda v: v >= 1, ">= 1"),

@@ -212,7 +212,8 @@ def ensure_writable(workdir: str) -> None:
 LATER_OPTIONS = {"local_crops": int, "local_crop_size": int, "global_crop_scale": tuple,
                  "local_crop_scale": tuple, "queue_length": int,
                  "queue_start_step": int, "freeze_prototypes_steps": int,
-                 "views_in_one_pass": bool, "average_weights": float}
+                 "views_in_one_pass": bool, "average_weights": float,
+                 "data_workers": lambda v: None if int(v) < 0 else int(v)}
 
 
 def is_writable(path: str | os.PathLike) -> bool:

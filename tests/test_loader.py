@@ -150,3 +150,16 @@ def test_fit_through_grain_resumes_bitwise_and_equals_the_in_memory_run(jpeg_dir
                     **kw)
   assert resumed.resumed_from == 4 and resumed.step == 10
   chex.assert_trees_all_equal(resumed.state.params, cached.state.params)
+
+
+def test_config_data_workers_reach_fit_options():
+  from sslit import config as config_lib
+  from sslit import runs
+  config = config_lib.load_config("smoke")
+  assert config.data_workers == -1 and runs.fit_options(config).data_workers is None
+  config.data_workers = 2
+  assert runs.fit_options(config).data_workers == 2
+  config.data_workers = -2
+  with pytest.raises(ValueError, match="data_workers"):
+    config_lib.check_values(config)
+  assert loader.default_workers() == max(1, len(os.sched_getaffinity(0)) - 1)

@@ -102,6 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
   # kept for evaluation only (eval.target probes it; 0 = none).
   c.average_weights = 0.0
   c.max_train_seconds = 0.0  # wall-clock cap in seconds (0 = none: the step budget rules)
+  # grain worker processes decoding a data set read from disk (-1: usable cores less one).
+  c.data_workers = -1
   c.seed = 0
   # Bookkeeping.
   c.log_every = 25
