@@ -237,6 +237,32 @@ def t_vicreg_koleo(z_a, z_b, coeff=2.5, eps=1e-8):
   return 25 * inv - coeff * (-koleo(z_a) - koleo(z_b)) / 2
 
 
+def _sigreg_directions(k, m=256):
+  """The directions ``lejepa_loss`` draws from ``jax.random.key(0)``, for the peer."""
+  return np.array(objectives.sigreg_directions(jax.random.key(0), k, m))  # writable
+
+
+def t_lejepa(a, b, directions, lambd=0.05, num_points=17, t_max=5.0):
+  z = torch.stack([a, b])
+  a_dir = torch.from_numpy(directions)
+  t = torch.linspace(-t_max, t_max, num_points)
+  phi = torch.exp(-0.5 * t * t)
+  inv = torch.mean((z.mean(0, keepdim=True) - z) ** 2)
+
+  def sigreg(x):
+    xt = (x @ a_dir)[:, :, None] * t
+    err = ((torch.cos(xt).mean(0) - phi) ** 2 + torch.sin(xt).mean(0) ** 2) * phi
+    return torch.mean(torch.trapezoid(err, t, dim=-1) * x.shape[0])
+  return (1 - lambd) * inv + lambd * (sigreg(a) + sigreg(b)) / 2
+
+
+def t_align_uniform(a, b, t=2.0):
+  u_a, u_b = _t_normalize(a), _t_normalize(b)
+  align = torch.mean(torch.sum((u_a - u_b) ** 2, 1))
+  unif = lambda u: torch.log(torch.mean(torch.exp(-t * torch.pdist(u) ** 2)))
+  return align + (unif(u_a) + unif(u_b)) / 2
+
+
 def _prototypes(k, p=100):
   c = np.random.default_rng(1).normal(size=(p, k)).astype(np.float32)
   return c / np.linalg.norm(c, axis=1, keepdims=True)
@@ -282,6 +308,10 @@ def _cases():
       ("mmcr", first(objectives.mmcr_loss), t_mmcr),
       ("vicreg+koleo", first(objectives.get_objective("vicreg+koleo").fn),
        t_vicreg_koleo),
+      ("lejepa", lambda a, b: objectives.lejepa_loss(
+          jnp.stack([a, b]), key=jax.random.key(0))[0],
+       lambda a, b: t_lejepa(a, b, _sigreg_directions(a.shape[1]))),
+      ("align_uniform", first(objectives.alignment_uniformity_loss), t_align_uniform),
       ("kozachenko_leonenko",
        lambda a, b: estimators.kozachenko_leonenko_entropy(a),
        lambda a, b: t_kozachenko_leonenko(a)),
