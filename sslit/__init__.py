@@ -15,7 +15,7 @@ import warnings
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "objectives", "estimators", "cpa", "bound", "mixture", "models", "augment",
+    "objectives", "methods", "estimators", "cpa", "bound", "mixture", "models", "augment",
     "sources", "data", "parallel", "checkpoint", "metrics", "optim", "step", "train",
     "features", "evaluate", "monitor", "figures", "report", "config", "runs", "cli",
     "torch_weights",
