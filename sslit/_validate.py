@@ -86,3 +86,24 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
   """Raise ``ValueError`` listing the valid choices for a string option."""
   if value not in choices:
     raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(choices)}.")
+
+
+def check_count(value: Any, name: str, *, minimum: int) -> None:
+  """Raise ``ValueError`` unless ``value`` is a Python/NumPy integer ``>= minimum``."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < minimum):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_sigma(sigma: Any, name: str = "sigma") -> None:
+  """Raise ``ValueError`` for a concrete noise standard deviation that is not > 0.
+
+  Traced values are let through (they cannot be inspected at trace time).
+  """
+  try:
+    v = float(sigma)
+  except Exception:  # a tracer or an array: cannot check statically
+    return
+  if not np.isfinite(v) or v <= 0:
+    raise ValueError(f"{name} must be > 0 and finite (a standard deviation), got "
+                     f"{sigma}.")

@@ -18,8 +18,11 @@ max-pool argmax indices; it may also return a pair ``(z, pre)`` with ``pre`` a
 mapping (the form of ``sslit.models.preactivation_fn``). Entropies are in nats.
 
 The mixture math is in ``sslit.mixture`` (its ``output_covariance``,
-``conditional_entropy`` and ``separation_ratio`` are re-exported here). This module
-imports only jax, numpy, scipy (host-side, normality tests) and ``sslit.mixture``.
+``conditional_entropy`` and ``separation_ratio`` are re-exported here;
+``representation_information`` computes the slope statistics here and hands them to
+``mixture.information_from_slopes``). This module imports only jax, numpy, scipy
+(host-side, normality tests), ``sslit.mixture``, ``sslit._validate`` and
+``sslit.parallel`` (per-device work and one-matrix-at-a-time LAPACK calls).
 Calls on a batch-sharded ``x`` give the single-device result; ``jacobian`` and
 ``representation_information`` take an optional ``mesh`` to work per device.
 """
@@ -39,8 +42,8 @@ import numpy as np
 from sslit import _validate
 from sslit import mixture
 from sslit import parallel
-from sslit.mixture import (ConditionalEntropy, _check_sigma,  # noqa: F401
-                           conditional_entropy, output_covariance, separation_ratio)
+from sslit.mixture import (ConditionalEntropy, conditional_entropy,  # noqa: F401
+                           output_covariance, separation_ratio)
 
 Array = jax.Array
 
@@ -65,7 +68,7 @@ def _check_x(x: Any, name: str = "x") -> None:
 
 def _check_chunk_size(chunk_size: Any) -> None:
   if chunk_size is not None:
-    mixture._check_count(chunk_size, "chunk_size", minimum=1)
+    _validate.check_count(chunk_size, "chunk_size", minimum=1)
 
 
 def _output_shape(fn: Callable, x: Any, name: str = "fn") -> tuple[int, ...]:
@@ -92,6 +95,12 @@ def _is_tracing(tree: Any) -> bool:
   return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
+# Compiled programs per user fn, keyed on the printed jaxpr: each call builds a new
+# ``body`` closure, so ``jax.jit(body)``'s cache (keyed on the function object) and a
+# static-jaxpr ``jit`` (a ``Jaxpr`` hashes by identity) would recompile every time;
+# jitting ``fn`` itself would make its parameters compile-time constants. The text
+# names every primitive, parameter, shape and dtype: equal text, equal program of
+# (consts, args). Entries die with ``fn`` (weak keys), at most 16 each.
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict[str, Callable]]" = (
     weakref.WeakKeyDictionary())
 
@@ -655,8 +664,8 @@ def noise_model_check(key: Array, fn: Callable[[Array], Array], x: Array, *,
   if sig.ndim != 1 or sig.size == 0:
     raise ValueError(f"sigmas must be a non-empty 1-D sequence, got {sigmas!r}.")
   for s in sig:
-    _check_sigma(s, "sigmas")
-  mixture._check_count(num_samples, "num_samples", minimum=20)
+    _validate.check_sigma(s, "sigmas")
+  _validate.check_count(num_samples, "num_samples", minimum=20)
   if pre_fn is not None:
     _check_pre_fn(pre_fn, x)
   n = x.shape[0]
@@ -754,8 +763,9 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
   _check_x(x)
   grid = np.ndim(sigma) == 1
   for v in np.atleast_1d(sigma) if grid else (sigma,):
-    mixture._check_model(v, output_noise, relative_output_noise, method,
-                         exact_neighbors)
+    mixture.check_noise_model(v, output_noise=output_noise,
+                              relative_output_noise=relative_output_noise,
+                              method=method, exact_neighbors=exact_neighbors)
   _validate.check_choice(mode, _MODES, "mode")
   _check_chunk_size(chunk_size)
   (k,) = _output_shape(fn, x)
@@ -778,9 +788,9 @@ def representation_information(fn: Callable[[Array], Array], x: Array, *,
 
   def body(x, sigma, tau_abs, rho):  # means, A Aᵀ, singular values
     stats = parallel.shard_rows(local, mesh, x, name="x")
-    one = functools.partial(mixture._slope_information, *stats, tau_abs=tau_abs,
-                            rho=rho, d=d, method=method,
-                            exact_neighbors=exact_neighbors, mesh=mesh)
+    one = functools.partial(mixture.information_from_slopes, *stats, d=d,
+                            output_noise=tau_abs, relative_output_noise=rho,
+                            method=method, exact_neighbors=exact_neighbors, mesh=mesh)
     return jax.lax.map(one, sigma) if grid else one(sigma)
 
   return _jit_call(body, x, jnp.asarray(sigma, x.dtype),

@@ -45,11 +45,15 @@ __all__ = [
     "pairwise_bounds",
     "pairwise_bounds_exact",
     "kl_divergences",
+    "check_noise_model",
+    "information_from_slopes",
 ]
 
 _LOG_2PI_E = math.log(2 * math.pi) + 1.0
-_METHODS = ("auto", "exact", "scalable")
-# representation_information(method="auto") uses the exact O(n² k³) bounds up to
+# The values of ``method`` in ``information_from_slopes`` (and so in
+# ``cpa.representation_information``).
+METHODS = ("auto", "exact", "scalable")
+# information_from_slopes(method="auto") uses the exact O(n² k³) bounds up to
 # this many inputs (the sizes the package computed them for before), the scalable
 # ones above.
 AUTO_EXACT_MAX_N = 128
@@ -222,15 +226,6 @@ def _max_eigenvalue(covs: Array) -> Array:
   return jnp.max(parallel.per_matrix(jnp.linalg.eigvalsh, covs)[..., -1])
 
 
-def _check_sigma(sigma: Any, name: str = "sigma") -> None:
-  try:
-    v = float(sigma)
-  except Exception:
-    return
-  if not np.isfinite(v) or v <= 0:
-    raise ValueError(f"{name} must be > 0 and finite (a standard deviation), got "
-                     f"{sigma}.")
-
 def _shifted_gaussian_entropy(cov: Array, tau: Array) -> Array:
   """``½ log det(2πe (M + τ² I))`` for a PSD ``M``, from the eigenvalues of ``M``.
 
@@ -288,12 +283,6 @@ def _check_mixture(means: Any, covs: Any) -> None:
     raise ValueError(
         f"covs must be full covariances [n, k, k] = {(n, k, k)} for means of shape "
         f"{(n, k)}, got covs of shape {_validate.shape_of(covs)}.")
-
-
-def _check_count(value: Any, name: str, *, minimum: int) -> None:
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < minimum):
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _raise_unless_positive_definite(ok: Array, covs: Any) -> None:
@@ -584,9 +573,9 @@ def pairwise_bounds(means: Array, covs: Array, *, exact_neighbors: int = 8,
     in the order).
   """
   _check_mixture(means, covs)
-  _check_count(exact_neighbors, "exact_neighbors", minimum=0)
+  _validate.check_count(exact_neighbors, "exact_neighbors", minimum=0)
   if chunk_size is not None:
-    _check_count(chunk_size, "chunk_size", minimum=1)
+    _validate.check_count(chunk_size, "chunk_size", minimum=1)
   dtype = jnp.result_type(means, covs)
   bounds, ok = _pairwise_bounds(jnp.asarray(means, dtype), jnp.asarray(covs, dtype),
                                 exact_neighbors=exact_neighbors,
@@ -614,7 +603,7 @@ def kl_divergences(means: Array, covs: Array, *, chunk_size: int | None = None,
   """
   _check_mixture(means, covs)
   if chunk_size is not None:
-    _check_count(chunk_size, "chunk_size", minimum=1)
+    _validate.check_count(chunk_size, "chunk_size", minimum=1)
   dtype = jnp.result_type(means, covs)
   kl, ok = _kl_divergences(jnp.asarray(means, dtype), jnp.asarray(covs, dtype),
                            chunk_size=chunk_size, mesh=mesh)
@@ -668,16 +657,31 @@ def pairwise_bounds_exact(means: Array, covs: Array) -> PairwiseBounds:
 
 
 # ----------------------------------------------------------------------------
-# From per-input slopes to the information quantities (``cpa``'s
-# ``representation_information``).
+# From per-input slopes to the information quantities (what
+# ``cpa.representation_information`` returns).
 
 
-def _check_model(sigma: Any, output_noise: Any, relative_output_noise: Any,
-                 method: str, exact_neighbors: Any) -> None:
-  """The noise and method arguments of ``cpa.representation_information``."""
-  _check_sigma(sigma)
-  _validate.check_choice(method, _METHODS, "method")
-  _check_count(exact_neighbors, "exact_neighbors", minimum=0)
+def check_noise_model(sigma: Any, *, output_noise: Any = 0.0,
+                      relative_output_noise: Any = 0.0, method: str = "auto",
+                      exact_neighbors: Any = 8) -> None:
+  """The argument checks of ``information_from_slopes``, on their own.
+
+  For callers that check before computing the slopes (``cpa``). Concrete values
+  only: traced ones are let through.
+
+  Args:
+    sigma: input-noise standard deviation, > 0 and finite.
+    output_noise: ``τ ≥ 0``.
+    relative_output_noise: ``ρ ≥ 0``; at most one of the two > 0.
+    method: one of ``METHODS``.
+    exact_neighbors: integer ``≥ 0``.
+
+  Raises:
+    ValueError: naming the argument.
+  """
+  _validate.check_sigma(sigma)
+  _validate.check_choice(method, METHODS, "method")
+  _validate.check_count(exact_neighbors, "exact_neighbors", minimum=0)
   _validate.check_positive(output_noise, "output_noise", allow_zero=True)
   _validate.check_positive(relative_output_noise, "relative_output_noise",
                            allow_zero=True)
@@ -692,13 +696,57 @@ def _check_model(sigma: Any, output_noise: Any, relative_output_noise: Any,
         f"relative_output_noise={relative_output_noise}.")
 
 
-def _slope_information(means: Array, aat: Array, s: Array, sigma: Array,
-                       tau_abs: Array, rho: Array, *, d: int, method: str,
-                       exact_neighbors: int, mesh: Any) -> dict[str, Array]:
-  """The dict of ``representation_information`` from ``μ_n`` ``[n, k]``,
-  ``A_n A_nᵀ`` ``[n, k, k]`` and the singular values of ``A_n`` ``[n, min(k, d)]``."""
-  n, k = means.shape
-  sigma, tau_abs, rho = (v.astype(aat.dtype) for v in (sigma, tau_abs, rho))
+def information_from_slopes(means: Array, slope_gram: Array, singular_values: Array,
+                            sigma: Any, *, d: int, output_noise: Any = 0.0,
+                            relative_output_noise: Any = 0.0, method: str = "auto",
+                            exact_neighbors: int = 8,
+                            mesh: Any = None) -> dict[str, Array]:
+  """The information quantities of SPEC §2–3 from per-input slope statistics.
+
+  The mixture ``(1/n) Σ_n N(μ_n, Σ_n)``, ``Σ_n = σ² A_n A_nᵀ + τ² I_k``, given
+  only ``μ_n``, ``A_n A_nᵀ`` and the singular values of ``A_n`` (``[k, d]``), so a
+  caller that has the slopes (or computes them per device, as
+  ``cpa.representation_information`` does) never passes ``[n, k, d]``.
+  ``τ = output_noise + relative_output_noise · σ · s̄``,
+  ``s̄² = (1/(n k)) Σ_n ‖A_n‖_F²``. The keys and their meaning are those of
+  ``cpa.representation_information`` (docs/cpa.md). Jittable and differentiable;
+  the values may be traced.
+
+  Args:
+    means: ``μ_n = f(x_n)``, ``[n, k]``, n ≥ 2.
+    slope_gram: ``A_n A_nᵀ``, ``[n, k, k]``.
+    singular_values: of each ``A_n``, descending, ``[n, min(k, d)]``.
+    sigma: input-noise standard deviation (> 0), a scalar.
+    d: the input dimension (columns of ``A_n``): the rank tolerance
+      ``max(k, d)·eps`` and the number of zero eigenvalues of ``A_n A_nᵀ``.
+    output_noise: ``τ ≥ 0``, absolute.
+    relative_output_noise: ``ρ ≥ 0``; at most one of the two > 0.
+    method: ``"auto"`` (exact up to ``AUTO_EXACT_MAX_N`` inputs), ``"exact"``
+      (``pairwise_bounds_exact``) or ``"scalable"`` (``pairwise_bounds``).
+    exact_neighbors: for ``"scalable"``, as in ``pairwise_bounds``.
+    mesh: for ``"scalable"``, as in ``pairwise_bounds``.
+
+  Returns:
+    dict of scalars: ``h_cond``, ``h_lower``, ``h_upper``, ``mi_lower``,
+    ``mi_upper``, ``gaussian_surrogate``, ``separation_ratio``, ``min_rank``,
+    ``full_rank``, ``sigma``, ``output_noise`` (``τ``), ``exact_pairs``,
+    ``num_pairs``, ``lower_slack``.
+  """
+  _validate.check_batch(means, "means")
+  n, k = _validate.shape_of(means)
+  m = min(k, d)
+  if (_validate.shape_of(slope_gram) != (n, k, k)
+      or _validate.shape_of(singular_values) != (n, m)):
+    raise ValueError(
+        f"slope_gram must be [n, k, k] = {(n, k, k)} and singular_values "
+        f"[n, min(k, d)] = {(n, m)} for means {(n, k)} and d = {d}; got "
+        f"{_validate.shape_of(slope_gram)} and {_validate.shape_of(singular_values)}.")
+  check_noise_model(sigma, output_noise=output_noise,
+                    relative_output_noise=relative_output_noise, method=method,
+                    exact_neighbors=exact_neighbors)
+  aat, s = slope_gram, singular_values
+  sigma, tau_abs, rho = (jnp.asarray(v).astype(aat.dtype)
+                         for v in (sigma, output_noise, relative_output_noise))
   slope_scale = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(s), axis=-1)) / k)
   tau = tau_abs + rho * sigma * slope_scale
   noisy = tau > 0

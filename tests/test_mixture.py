@@ -204,3 +204,26 @@ def test_every_factorisation_sees_one_matrix(rng):
     text = jax.jit(call).lower().compile().as_text()
     assert "lapack_" in text, name
     assert hlo.batched_lapack_calls(text) == [], name
+
+
+def test_information_from_slopes_against_the_exact_bounds(x64, rng):
+  # Oracle: the exact bounds and Gaussian entropies of Σ_n = σ² A_n A_nᵀ + τ² I
+  # built here from the slopes; slope statistics as a caller computes them.
+  n, k, d, sigma, tau = 7, 3, 5, 0.3, 0.05
+  a = rng.normal(size=(n, k, d))
+  means = rng.normal(size=(n, k))
+  gram = a @ a.transpose(0, 2, 1)
+  s = np.linalg.svd(a, compute_uv=False)
+  info = mixture.information_from_slopes(means, gram, s, sigma, d=d,
+                                         output_noise=tau, method="exact")
+  covs = sigma**2 * gram + tau**2 * np.eye(k)
+  exact = mixture.pairwise_bounds_exact(means, covs)
+  h = [0.5 * np.linalg.slogdet(2 * np.pi * np.e * c)[1] for c in covs]
+  np.testing.assert_allclose(info["h_cond"], np.mean(h), rtol=1e-10)
+  for key in ("h_lower", "h_upper", "mi_lower", "mi_upper"):
+    np.testing.assert_allclose(info[key], getattr(exact, key), rtol=1e-9, err_msg=key)
+  np.testing.assert_allclose(info["output_noise"], tau, rtol=1e-12)
+  with pytest.raises(ValueError, match="singular_values"):
+    mixture.information_from_slopes(means, gram, s[:, :2], sigma, d=d)
+  with pytest.raises(ValueError, match="not both"):
+    mixture.check_noise_model(sigma, output_noise=0.1, relative_output_noise=0.1)

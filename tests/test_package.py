@@ -153,12 +153,6 @@ def test_no_import_cycle_inside_sslit():
 
 # (importing file, private name it uses) -> why. Keep this list short.
 PRIVATE_NAME_EXCEPTIONS = {
-    # Temporary: being removed (representation_information moves beside the
-    # functions it needs); delete these rows with that change.
-    ("sslit/cpa.py", "sslit.mixture._check_sigma"): "temporary",
-    ("sslit/cpa.py", "sslit.mixture._check_count"): "temporary",
-    ("sslit/cpa.py", "sslit.mixture._check_model"): "temporary",
-    ("sslit/cpa.py", "sslit.mixture._slope_information"): "temporary",
     # sslit/__init__.py sets the XLA flag before JAX starts, so it cannot import
     # parallel (which imports jax); parallel reads that state from the package.
     ("sslit/parallel.py", "sslit._FLAG_NAME"): "set before JAX starts",
