@@ -237,25 +237,55 @@ def network_verdict(row: dict, sigmas: Sequence[float], sigma: float) -> dict[st
           "conditions": conditions}
 
 
-def _summary(results: dict) -> dict:
-  parts = []
-  for r in results["rows"]:
-    v = r["criterion"]
-    iv = v["stay_interval"]
-    stay = "n/a" if iv is None else (
-        f"stay {iv['mean']:.3f}" + ("" if iv["low"] is None else
-                                    f" (95 % lower bound {iv['low']:.3f})"))
-    cov = "" if "cov_error" not in v else (
-        f", cov error {v['cov_error']:.3f} (limit {v['cov_error_limit']:.3f})")
-    parts.append(f"{r['method']} seed {r['seed']}: {stay}{cov}: {v['verdict']}")
-  result = (f"sigma {results['claim_sigma']:g}, n = {results['num_inputs']}, M = "
-            f"{results['num_samples']}: " + "; ".join(parts))
+_ROW_EVIDENCE = ("method", "seed", "stay_per_input", "stay_mean", "cov_error_median",
+                 "cov_error_floor")
+CLAIM = ("noisy copies stay in their CPA region and the Gaussian noise model's errors "
+         "vanish as sigma -> 0, for SimCLR- and VICReg-trained networks")
+
+
+def evidence_of(results: Mapping[str, Any]) -> dict[str, Any]:
+  """The raw numbers the verdict is computed from (checked in; :func:`summarize`)."""
+  return {"claim_sigma": float(results["claim_sigma"]),
+          "sigmas": [float(s) for s in results["sigmas"]],
+          "num_inputs": int(results["num_inputs"]),
+          "num_samples": int(results["num_samples"]),
+          "rows": [{k: r[k] for k in _ROW_EVIDENCE} for r in results["rows"]]}
+
+
+def _row_text(r: Mapping[str, Any], v: Mapping[str, Any]) -> str:
+  iv = v["stay_interval"]
+  stay = "n/a" if iv is None else (
+      f"stay {iv['mean']:.3f}" + ("" if iv["low"] is None else
+                                  f" (95 % lower bound {iv['low']:.3f})"))
+  cov = "" if "cov_error" not in v else (
+      f", cov error {v['cov_error']:.3f} (limit {v['cov_error_limit']:.3f})")
+  return f"{r['method']} seed {r['seed']}: {stay}{cov}: {v['verdict']}"
+
+
+def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
+  """The verdict, the result line and the controls, from :func:`evidence_of` alone.
+
+  The trained networks decide; each random-init network (same architecture, same
+  inputs, same sigma, no training) is a negative control judged by the same rule.
+  """
+  sigmas, sigma = evidence["sigmas"], evidence["claim_sigma"]
+  decided = [(r, network_verdict(r, sigmas, sigma)) for r in evidence["rows"]]
+  trained = [(r, v) for r, v in decided if r["method"] != "random_init"]
+  verdict = claims_lib.combine([v["verdict"] for _, v in trained])
+  controls = [claims_lib.control(
+      name=f"random_init-seed{r['seed']}",
+      what=("the same architecture at random initialisation (BatchNorm statistics "
+            "calibrated), the same inputs and sigma, judged by the same rule: no "
+            "training"),
+      verdict=v["verdict"], evidence=v)
+      for r, v in decided if r["method"] == "random_init"]
+  result = (f"sigma {sigma:g}, n = {evidence['num_inputs']}, M = "
+            f"{evidence['num_samples']}: "
+            + "; ".join(_row_text(r, v) for r, v in decided))
   return claims_lib.summary(
-      claim="noisy copies stay in their CPA region and the Gaussian noise model's "
-            "errors vanish as sigma -> 0, for SimCLR- and VICReg-trained networks",
-      criterion=CRITERION, verdict=results["verdict"], result=result,
-      evidence={f"{r['method']}-seed{r['seed']}": r["criterion"]
-                for r in results["rows"]})
+      claim=CLAIM, criterion=CRITERION, verdict=verdict, result=result,
+      evidence={f"{r['method']}-seed{r['seed']}": v for r, v in trained},
+      negative_controls=controls)
 
 
 def _plot(results: dict, workdir: str) -> str:
@@ -351,13 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row)
 
   trained_rows = [r for r in rows if r["method"] != "random_init"]
-  verdict = claims_lib.combine([r["criterion"]["verdict"] for r in trained_rows])
   results = {
       "experiment": NAME, "scale": args.scale, "seeds": args.seeds,
       "sigmas": sigmas, "num_inputs": num_inputs, "num_samples": num_samples,
       "methods": methods, "rows": rows, "criterion": CRITERION,
-      "claim_sigma": CLAIM_SIGMA[args.scale], "verdict": verdict,
-      "claim_held": claims_lib.as_flag(verdict),
+      "claim_sigma": CLAIM_SIGMA[args.scale],
       "random_init_verdict": [r["criterion"]["verdict"] for r in rows
                               if r["method"] == "random_init"],
       "claim_held_smallest_sigma": all(r["claim_held_smallest_sigma"]
@@ -370,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
       "configs": run_dirs, "trained_runs": trained,
       "wall_seconds": time.perf_counter() - t0,
   }
-  results["summary"] = _summary(results)
+  results["evidence"] = evidence_of(results)
+  results["summary"] = summarize(results["evidence"])
+  verdict = results["verdict"] = results["summary"]["verdict"]
+  results["claim_held"] = claims_lib.as_flag(verdict)
   results["plot"] = _plot(results, args.workdir)
   common.write_results(args.workdir, results)
 

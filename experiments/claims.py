@@ -106,6 +106,66 @@ def paired_difference(variant: Sequence[float], base: Sequence[float], *,
           "verdict": interval_verdict(interval, min_n=min_n)}
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm's step-down adjusted p-values (family-wise error control).
+
+  The i-th smallest of ``m`` p-values is multiplied by ``m - i`` (i from 0), the
+  running maximum taken so the adjusted values keep the p-values' order, capped at 1.
+  Returned in the input order.
+  """
+  p = np.asarray(pvalues, np.float64)
+  if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
+    raise ValueError(f"p-values must be a 1-d sequence in [0, 1], got {pvalues!r}.")
+  order = np.argsort(p, kind="stable")
+  m = p.size
+  adjusted = np.empty(m)
+  running = 0.0
+  for i, j in enumerate(order):
+    running = max(running, min(1.0, (m - i) * p[j]))
+    adjusted[j] = running
+  return adjusted.tolist()
+
+
+def paired_test(variant: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
+  """Two-sided paired t-test and exact Wilcoxon signed-rank test of variant − base.
+
+  Returns ``{"differences", "interval" (t_interval), "p_t", "p_wilcoxon"}``; the
+  p-values are None with fewer than 2 pairs (or all differences 0 for Wilcoxon).
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  if len(variant) != len(base):
+    raise ValueError(f"paired scores need the same seeds: {len(variant)} variant "
+                     f"values vs {len(base)} base values.")
+  diffs = [float(v) - float(b) for v, b in zip(variant, base)]
+  out = {"differences": diffs, "interval": t_interval(diffs), "p_t": None,
+         "p_wilcoxon": None}
+  if len(diffs) >= 2 and np.std(diffs) > 0:
+    out["p_t"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+  if len(diffs) >= 2 and any(d != 0 for d in diffs):
+    out["p_wilcoxon"] = float(stats.wilcoxon(diffs, method="exact").pvalue)
+  return out
+
+
+def holm_verdicts(tests: Mapping[str, Mapping[str, Any]], *, alpha: float = ALPHA,
+                  min_n: int = 3) -> dict[str, str]:
+  """Per test (a :func:`paired_test`), held / not held / undecided after Holm.
+
+  Held if the Holm-adjusted two-sided t p-value is below ``alpha`` and the mean
+  difference is positive, not held if below ``alpha`` and negative, else undecided
+  (also with fewer than ``min_n`` pairs or no p-value).
+  """
+  names = [n for n, t in tests.items()
+           if t["p_t"] is not None and len(t["differences"]) >= min_n]
+  adjusted = dict(zip(names, holm([tests[n]["p_t"] for n in names]))) if names else {}
+  out = {}
+  for n, t in tests.items():
+    if n not in adjusted or adjusted[n] >= alpha:
+      out[n] = UNDECIDED
+    else:
+      out[n] = HELD if t["interval"]["mean"] > 0 else NOT_HELD
+  return out
+
+
 def _ranks(v: np.ndarray) -> np.ndarray:
   from scipy import stats  # pylint: disable=g-import-not-at-top
   return stats.rankdata(v).astype(np.float64)
@@ -171,13 +231,13 @@ def rank_trend_test(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *,
   rng = None if exact else np.random.default_rng(seed)
   if exact:
     # Every joint ordering: the product of each series' permutations.
-    per = [ry[_orderings(len(x), 0, None)] @ rx for rx, ry in zip(xs, ys)]
+    per = [ry[_orderings(len(rx), 0, None)] @ rx for rx, ry in zip(xs, ys)]
     total = np.zeros(1)
     for rho_s in per:
       total = (total[:, None] + rho_s[None, :]).ravel()
     null = total / len(xs)
   else:
-    null = np.mean([ry[_orderings(len(x), MC_PERMUTATIONS, rng)] @ rx
+    null = np.mean([ry[_orderings(len(rx), MC_PERMUTATIONS, rng)] @ rx
                     for rx, ry in zip(xs, ys)], axis=0)
   tol = 1e-12
   less, greater = int(np.sum(null <= observed + tol)), int(np.sum(null >= observed - tol))
@@ -215,13 +275,47 @@ def trend_verdict(test: Mapping[str, Any], *, direction: str, alpha: float = ALP
   return UNDECIDED
 
 
-def summary(*, claim: str, criterion: str, verdict: str, result: str,
+def control(*, name: str, what: str, verdict: str,
             evidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """One entry of ``summary["negative_controls"]`` (or ``"positive_controls"``).
+
+  Args:
+    name: a short identifier.
+    what: one sentence: the real inputs the control ran on, and why the paper's
+      mechanism is absent there (negative) or known to act (positive).
+    verdict: the verdict of the claim's own criterion function on those inputs.
+    evidence: the numbers the verdict came from.
+  """
+  as_flag(verdict)
+  return {"name": name, "what": what, "verdict": verdict,
+          "evidence": dict(evidence or {})}
+
+
+def summary(*, claim: str, criterion: str, verdict: str, result: str,
+            evidence: Mapping[str, Any] | None = None,
+            negative_controls: Sequence[Mapping[str, Any]] = (),
+            positive_controls: Sequence[Mapping[str, Any]] = (),
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The ``summary`` entry of an experiment's ``results.json``.
 
-  What ``python -m experiments summary`` tabulates: the claim, the criterion, the
-  verdict (``claim_held`` too) and a one-line result with the numbers.
+  What ``python -m experiments summary`` tabulates and recomputes: the claim, the
+  criterion, the verdict (``claim_held`` too), a one-line result with the numbers,
+  the evidence, and the controls (:func:`control` entries) judged by the same
+  criterion function: a negative control (the paper's mechanism absent) must not
+  come out "held"; a positive control (the effect present by construction) should.
+  ``extra``: further entries (e.g. ``superseded``: an earlier criterion and its
+  verdict, kept beside the one of record).
   """
-  return {"claim": claim, "criterion": criterion, "verdict": verdict,
-          "claim_held": as_flag(verdict), "result": result,
-          "evidence": dict(evidence or {})}
+  for c in list(negative_controls) + list(positive_controls):
+    if set(c) != {"name", "what", "verdict", "evidence"}:
+      raise ValueError(f"a control needs exactly name, what, verdict and evidence, "
+                       f"got {sorted(c)}.")
+    as_flag(c["verdict"])
+  out = {"claim": claim, "criterion": criterion, "verdict": verdict,
+         "claim_held": as_flag(verdict), "result": result,
+         "evidence": dict(evidence or {}),
+         "negative_controls": [dict(c) for c in negative_controls]}
+  if positive_controls:
+    out["positive_controls"] = [dict(c) for c in positive_controls]
+  out.update(dict(extra or {}))
+  return out

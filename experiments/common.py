@@ -214,6 +214,13 @@ def cached_json(path: str, key: Mapping[str, Any], compute: Callable[[], Any]) -
   return _from_jsonable(cached["value"])  # the same value computed or reused
 
 
+def cached_json_ready(path: str, key: Mapping[str, Any]) -> bool:
+  """Whether ``path`` holds a value :func:`cached_json` would reuse for ``key``."""
+  key = json.loads(json.dumps(_jsonable(dict(key))))
+  cached = read_json(path)
+  return isinstance(cached, dict) and cached.get("key") == key
+
+
 def _from_jsonable(x: Any) -> Any:
   """Inverse of ``_jsonable`` for the non-finite floats it writes as strings."""
   if isinstance(x, dict):

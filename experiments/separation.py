@@ -56,7 +56,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -268,26 +268,125 @@ def _trend_text(test: Any) -> str:
           f"p(<0) {test['p_less']:.2g}")
 
 
-def _summary(results: dict) -> dict:
-  c = results["criterion_result"]
+CLAIM = "the mixture components separate during training"
+# The controls (docs/experiment_separation.md): networks at random initialisation,
+# no training; "checkpoints" are disjoint input subsets (flat: nothing separates)
+# or a shrinking input-noise sigma on one subset (rising: the ratio grows as 1/sigma
+# by construction). Judged by part (a) of the criterion, the part that decides.
+CONTROL_SEEDS = (100, 101, 102)
+CONTROL_POINTS = 11
+CONTROL_INPUTS = {"smoke": 16, "cpu": 250, "full": 250}
+_ROW_KEYS = ("step", "separation_ratio", "mi_lower", "mi_upper")
+
+
+def evidence_of(results: Mapping[str, Any]) -> dict[str, Any]:
+  """The raw numbers the verdict is computed from (checked in; :func:`summarize`)."""
+  return {"seeds": int(results["seeds"]), "num_inputs": int(results["num_inputs"]),
+          "sigmas": [float(x) for x in results["sigmas"]],
+          "log_n": float(results["log_n"]),
+          "per_seed": [{"seed": p["seed"], "ratio_first": p["ratio_first"],
+                        "ratio_last": p["ratio_last"],
+                        "rows_by_sigma": {sg: [{k: r[k] for k in _ROW_KEYS}
+                                               for r in rows]
+                                          for sg, rows in p["rows_by_sigma"].items()}}
+                       for p in results["per_seed"]],
+          "controls": results.get("controls")}
+
+
+def _control_entries(controls: Mapping[str, Any] | None) -> tuple[list, list]:
+  """(negative, positive) control entries, judged by part (a) of the criterion."""
+  if not controls:
+    return [], []
+  flat = _trend(controls["flat"], "separation_ratio")
+  rising = _trend(controls["rising"], "separation_ratio")
+  n = controls["num_inputs"]
+  negative = [claims_lib.control(
+      name="random_init_disjoint_inputs",
+      what=(f"{len(controls['flat'])} networks at random initialisation (seeds "
+            f"{','.join(map(str, controls['seeds']))}), each a series of "
+            f"{len(controls['flat'][0])} 'checkpoints' that are disjoint sets of "
+            f"{n} test images at sigma {controls['sigma']:g}: no training, nothing "
+            f"can separate; judged by part (a)"),
+      verdict=flat["verdict"], evidence=flat)]
+  positive = [claims_lib.control(
+      name="random_init_shrinking_sigma",
+      what=(f"the same networks on one set of {n} test images, the 'checkpoints' "
+            f"a sigma shrinking from {controls['rising_sigmas'][0]:g} to "
+            f"{controls['rising_sigmas'][-1]:g}: the ratio grows as 1/sigma by "
+            f"construction; part (a) must call it rising"),
+      verdict=rising["verdict"], evidence=rising)]
+  return negative, positive
+
+
+def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
+  """The verdict, the result line and the controls, from :func:`evidence_of` alone."""
+  per_seed = evidence["per_seed"]
+  c = criterion([p["rows_by_sigma"] for p in per_seed], evidence["sigmas"],
+                evidence["log_n"])
   sep = c["separation"]
-  ratios = ", ".join(f"{s['ratio_first']:.3g} -> {s['ratio_last']:.3g}"
-                     for s in results["per_seed"])
+  ratios = ", ".join(f"{p['ratio_first']:.3g} -> {p['ratio_last']:.3g}"
+                     for p in per_seed)
 
   def mi_text(tests, bound):
-    return "; ".join(f"sigma {s}: " + (f"{bound} at log n" if t == "saturated"
-                                       else _trend_text(t))
-                     for s, t in tests.items())
+    return "; ".join(f"sigma {sg}: " + (f"{bound} at log n" if t == "saturated"
+                                        else _trend_text(t))
+                     for sg, t in tests.items())
   sup = c["supplementary"]
-  result = (f"{results['seeds']} seed(s), n = {results['num_inputs']}; separation "
+  negative, positive = _control_entries(evidence.get("controls"))
+  result = (f"{evidence['seeds']} seed(s), n = {evidence['num_inputs']}; separation "
             f"ratio {ratios}, {_trend_text(sep)}: {sep['verdict']}; MI trend "
             f"({mi_text(c['mi'], 'upper')}): {c['mi_verdict']}; supplementary "
             f"lower-bound rule ({mi_text(sup['mi'], 'lower')}): MI "
             f"{sup['mi_verdict']}, claim {sup['verdict']}")
   return claims_lib.summary(
-      claim="the mixture components separate during training",
-      criterion=CRITERION, verdict=c["verdict"], result=result,
-      evidence={"separation": sep, "mi": c["mi"], "supplementary": sup})
+      claim=CLAIM, criterion=CRITERION, verdict=c["verdict"], result=result,
+      evidence={"separation": sep, "mi": c["mi"], "supplementary": sup},
+      negative_controls=negative, positive_controls=positive)
+
+
+def control_series(scale: str, *, sigma: float, rho: float, chunk_size: int,
+                   num_inputs: int | None = None,
+                   seeds: Sequence[int] = CONTROL_SEEDS,
+                   points: int = CONTROL_POINTS) -> dict[str, Any]:
+  """The controls' rows: random-init networks of the scale's architecture.
+
+  ``flat``: per network, the separation ratio at ``sigma`` on ``points`` disjoint
+  seeded subsets of ``num_inputs`` test images (step = the subset's index).
+  ``rising``: per network, on the first subset, at ``points`` sigmas shrinking
+  geometrically from ``4 sigma`` to ``sigma / 4`` (step = the index).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sslit import data, features, runs  # pylint: disable=g-import-not-at-top
+  n = int(num_inputs or CONTROL_INPUTS[scale])
+  config = common.scale_config(scale)
+  runs.start_devices(config)
+  train_ds, test_ds = runs.load_datasets(config)
+  model = runs.build_model(config)
+  if points * n > len(test_ds):
+    raise ValueError(f"{points} disjoint subsets of {n} need {points * n} test "
+                     f"images; the test split has {len(test_ds)}.")
+  order = np.random.default_rng(0).permutation(len(test_ds))[:points * n]
+  subsets = [np.sort(order[i * n:(i + 1) * n]) for i in range(points)]
+  xs = [np.asarray(data.preprocess(np.asarray(test_ds.get(idx)[0]), train_ds.mean,
+                                   train_ds.std)) for idx in subsets]
+  rising_sigmas = np.geomspace(4 * sigma, sigma / 4, points).tolist()
+  flat, rising = [], []
+  for seed in seeds:
+    variables = features.random_init_variables(
+        model, jax.random.key(seed), train_ds,
+        num_batches=int(config.eval.calibration_batches))
+    flat.append([{"step": i, "separation_ratio": information(
+        model, variables, x, sigma=[sigma], rho=rho,
+        chunk_size=chunk_size)["separation_ratio"][0]} for i, x in enumerate(xs)])
+    grid = information(model, variables, xs[0], sigma=rising_sigmas, rho=rho,
+                       chunk_size=chunk_size)
+    rising.append([{"step": i, "separation_ratio": r}
+                   for i, r in enumerate(grid["separation_ratio"])])
+    common.say(f"[{NAME}] control network {seed}: flat ratios "
+               + " ".join(f"{r['separation_ratio']:.3g}" for r in flat[-1]))
+  return {"seeds": list(seeds), "num_inputs": n, "sigma": sigma,
+          "rising_sigmas": rising_sigmas, "flat": flat, "rising": rising,
+          "input_indices": [idx.tolist() for idx in subsets]}
 
 
 def _plot(results: dict, workdir: str) -> str:
@@ -417,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
   first = seed_results[0]
   log_n = float(np.log(num_inputs))
   decided = criterion([s["rows_by_sigma"] for s in seed_results], args.sigmas, log_n)
+  control_key = {"scale": args.scale, "sigma": args.sigmas[0],
+                 "rho": args.relative_output_noise, "seeds": list(CONTROL_SEEDS),
+                 "points": CONTROL_POINTS, "inputs": CONTROL_INPUTS[args.scale]}
+  controls = common.cached_json(
+      os.path.join(args.workdir, "pieces", "controls.json"), control_key,
+      lambda: control_series(args.scale, sigma=args.sigmas[0],
+                             rho=args.relative_output_noise,
+                             chunk_size=args.chunk_size))
   results = {
       "experiment": NAME, "scale": args.scale, "seeds": args.seeds,
       "num_inputs": num_inputs, "sigma": args.sigmas[0], "sigmas": args.sigmas,
@@ -426,15 +533,17 @@ def main(argv: list[str] | None = None) -> int:
       "monitor": first["monitor"], "per_seed": seed_results,
       "criterion": CRITERION, "criterion_result": decided,
       "supplementary_criterion": SUPPLEMENTARY_CRITERION,
-      "verdict": decided["verdict"],
-      "claim_held": claims_lib.as_flag(decided["verdict"]),
+      "controls": controls,
       "claim_held_old": all(s["claim_held_old"] for s in seed_results),
       "claim_old": "the earlier criterion, kept for comparison: separation ratio at "
                    "the last checkpoint > at initialisation, and Spearman(step, "
                    "separation ratio) > 0 (every seed; no significance test)",
       "trained_runs": trained, "wall_seconds": time.perf_counter() - t0,
   }
-  results["summary"] = _summary(results)
+  results["evidence"] = evidence_of(results)
+  results["summary"] = summarize(results["evidence"])
+  results["verdict"] = results["summary"]["verdict"]
+  results["claim_held"] = claims_lib.as_flag(results["verdict"])
   results["plot"] = _plot(results, args.workdir)
   common.write_results(args.workdir, results)
   for s in seed_results:

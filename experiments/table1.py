@@ -160,11 +160,30 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                       "fashion_mnist, cifar10); e.g. cifar100 at the full scale")
   p.add_argument("--eval-steps", type=_positive_int, default=None,
                  help="L-BFGS iterations of the linear probe (default the config's)")
+  p.add_argument("--aa-seeds", type=_seed_list, default=None,
+                 help="seeds of the A/A arm (the negative control: the base method "
+                      "VICReg against itself on other seeds, paired by position), "
+                      "e.g. 3,4,5; 'none' for no A/A arm (default: smoke none, "
+                      "cpu/full the next --seeds seeds)")
   p.add_argument("--coef-grid", type=_coef_grid, default=None,
                  help="multiples of each variant's default entropy weight tried on a "
                       "validation split of the training set (seed 0), e.g. 0.5,1,2; "
                       "'none' keeps the defaults (default: smoke none, cpu/full "
                       "0.5,1,2)")
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+  if text.strip().lower() in ("", "none"):
+    return ()
+  try:
+    seeds = tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--aa-seeds: expected integers, got {text!r}.") \
+        from None
+  if any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+    raise argparse.ArgumentTypeError(
+        f"--aa-seeds: expected distinct non-negative integers, got {text!r}.")
+  return seeds
 
 
 def _coef_grid(text: str) -> tuple[float, ...]:
@@ -219,6 +238,20 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
   if eval_steps is not None:
     out["eval.steps"] = int(eval_steps)
   return out
+
+
+def _aa_seeds(args: Any, seeds: Sequence[int], methods: Sequence[str]) -> list[int]:
+  """The A/A arm's seeds: ``--aa-seeds``, else the next ``len(seeds)`` (cpu/full)."""
+  if AA_METHOD not in methods:
+    return []
+  if args.aa_seeds is not None:
+    chosen = list(args.aa_seeds)
+  else:
+    chosen = [] if args.scale == "smoke" else list(range(len(seeds), 2 * len(seeds)))
+  clash = sorted(set(chosen) & set(seeds))
+  if clash:
+    raise ValueError(f"--aa-seeds must differ from the arms' seeds; both have {clash}.")
+  return chosen
 
 
 def _base_config(scale: str):
@@ -559,18 +592,60 @@ def _aggregate(runs: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
   return {p: v for p, v in out.items() if v}
 
 
-def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
-  parts = []
-  for v, c in results["claims"].items():
-    parts.append(f"{LABELS[v]} {_interval_text(c[PRIMARY_PROBE])} ({c['verdict']})")
-  result = (f"{results['seeds']} seed(s), {results['num_steps']} steps, "
-            f"{DATASET_LABELS.get(results['dataset'], results['dataset'])}; linear-probe"
-            f" Δ vs base, mean [95 % CI]: " + ("; ".join(parts) or "no variant ran "
-                                                "with its base"))
+AA_METHOD = "vicreg"  # the A/A arm's method: the base of the claim of record
+CLAIM = "each information-theoretic variant beats its base method (linear probe)"
+
+
+def evidence_of(results: Mapping[str, Any]) -> dict[str, Any]:
+  """The raw numbers the verdict is computed from (checked in; :func:`summarize`).
+
+  ``per_seed``: ``{probe: {method: [score per seed]}}``; ``aa``: the A/A arm
+  (``{"method", "seeds", "base_seeds", "per_seed": {probe: [score per seed]}}``) or
+  None.
+  """
+  return {"dataset": results["dataset"], "num_steps": int(results["num_steps"]),
+          "seeds": int(results["seeds"]),
+          "per_seed": {p: {m: [float(x) for x in v["per_seed"]] for m, v in by_m.items()}
+                       for p, by_m in results["probes"].items()},
+          "aa": results.get("aa")}
+
+
+def aa_control(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The A/A arm judged by the variants' own function, or None without one."""
+  aa = evidence.get("aa")
+  if not aa:
+    return None
+  base = evidence["per_seed"][PRIMARY_PROBE][aa["method"]]
+  n = min(len(base), len(aa["per_seed"][PRIMARY_PROBE]))
+  d = claims_lib.paired_difference(aa["per_seed"][PRIMARY_PROBE][:n], base[:n],
+                                   min_n=MIN_SEEDS)
+  return claims_lib.control(
+      name="aa_" + aa["method"],
+      what=(f"A/A arm: {LABELS.get(aa['method'], aa['method'])} on seeds "
+            f"{','.join(map(str, aa['seeds'][:n]))} against itself on seeds "
+            f"{','.join(map(str, aa['base_seeds'][:n]))} (paired by position), judged "
+            f"as a variant against its base: no true difference"),
+      verdict=d["verdict"], evidence=d)
+
+
+def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
+  """The verdict, the result line and the controls, from :func:`evidence_of` alone."""
+  paired = paired_claims(evidence["per_seed"])
+  verdict = claim_verdict(paired)
+  parts = [f"{LABELS.get(v, v)} {_interval_text(c[PRIMARY_PROBE])} ({c['verdict']})"
+           for v, c in paired.items()]
+  result = (f"{evidence['seeds']} seed(s), {evidence['num_steps']} steps, "
+            f"{DATASET_LABELS.get(evidence['dataset'], evidence['dataset'])}; "
+            f"linear-probe Δ vs base, mean [95 % CI]: "
+            + ("; ".join(parts) or "no variant ran with its base"))
+  aa = aa_control(evidence)
+  if aa is not None:
+    result += (f"; A/A control ({LABELS.get(evidence['aa']['method'])} vs itself): "
+               f"{_interval_text(aa['evidence'])} ({aa['verdict']})")
   return claims_lib.summary(
-      claim="each information-theoretic variant beats its base method (linear probe)",
-      criterion=CRITERION, verdict=results["verdict"], result=result,
-      evidence={v: c[PRIMARY_PROBE] for v, c in results["claims"].items()})
+      claim=CLAIM, criterion=CRITERION, verdict=verdict, result=result,
+      evidence={v: c[PRIMARY_PROBE] for v, c in paired.items()},
+      negative_controls=[aa] if aa is not None else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,25 +696,55 @@ def main(argv: list[str] | None = None) -> int:
       how = "reused" if was_reused else f"{time.perf_counter() - t0:.0f} s"
       common.say(f"table1: [{i}/{total}] {m} seed {s}: linear top-1 "
                  f"{scores['linear']:.2f} ({how})")
+  try:
+    aa_seeds = _aa_seeds(args, seeds, methods)
+  except ValueError as e:
+    common.say(f"table1: error: {e}")
+    return 2
+  aa = None
+  if aa_seeds:
+    aa_scores = []
+    for s in aa_seeds:
+      run_dir = os.path.join(args.workdir, AA_METHOD, f"seed{s}")
+      overrides = run_overrides(AA_METHOD, s, scale=args.scale, steps=args.steps,
+                                dataset=args.dataset, eval_steps=args.eval_steps)
+      result, was_reused, error = _train_or_reuse(
+          run_dir, overrides, scale=args.scale, label=f"[A/A] {AA_METHOD} seed {s}")
+      if error:
+        common.say(f"table1: error: {error[1]}")
+        return error[0]
+      reused += was_reused
+      trained += not was_reused
+      scores = {"linear": float(result["trained"]["linear_top1"]),
+                "knn": result["trained"].get(f"knn{KNN_K}_top1")}
+      low = low_label_probes(run_dir, seed=s, **_probe_settings(result, run_dir))
+      scores.update({k: v["top1"] for k, v in low.items()})
+      aa_scores.append(scores)
+      common.say(f"table1: [A/A] {AA_METHOD} seed {s}: linear top-1 "
+                 f"{scores['linear']:.2f}")
+    aa = {"method": AA_METHOD, "seeds": list(aa_seeds), "base_seeds": list(seeds),
+          "per_seed": {p: [sc[p] for sc in aa_scores] for p in PROBES
+                       if all(sc.get(p) is not None for sc in aa_scores)}}
   probes = _aggregate(runs, methods, seeds)
   accuracy = probes["linear"]
   first = runs[methods[0]]["seed0"]["config"]
   paired = paired_claims({p: {m: v["per_seed"] for m, v in by_m.items()}
                           for p, by_m in probes.items()})
-  verdict = claim_verdict(paired)
   results = {
       "experiment": NAME, "scale": args.scale, "dataset": first["dataset"],
       "num_steps": int(first["num_steps"]), "seeds": len(seeds), "methods": methods,
       "accuracy": accuracy, "probes": probes, "runs": runs, "claims": paired,
-      "criterion": CRITERION, "verdict": verdict,
-      "claim_held": claims_lib.as_flag(verdict),
+      "criterion": CRITERION, "aa": aa,
       "claims_mean_difference": claims(accuracy),
       "coefficients": coefficients, "coef_grid": list(grid),
       "sanity_targets": SANITY_TARGETS,
       "runs_trained": trained, "runs_reused": reused,
       "wall_seconds": time.perf_counter() - t_start,
   }
-  results["summary"] = _summary(results)
+  results["evidence"] = evidence_of(results)
+  results["summary"] = summarize(results["evidence"])
+  verdict = results["verdict"] = results["summary"]["verdict"]
+  results["claim_held"] = claims_lib.as_flag(verdict)
   table = markdown_table(results)
   with open(os.path.join(args.workdir, "table1.md"), "w") as f:
     f.write(table)

@@ -34,7 +34,7 @@ def test_readme_table_equals_the_summary_of_the_checked_in_results(monkeypatch):
         f"experiments/results --scale cpu --readme README.md --readme "
         f"experiments/README.md")
   # Both name the same verdicts (the compact table drops only the result column).
-  verdicts = lambda t: [line.split("|")[-3].strip().replace(summary.NOT_RUN, "–")
+  verdicts = lambda t: [line.split("|")[-5].strip().replace(summary.NOT_RUN, "–")
                         for line in t.splitlines() if line.startswith("| `")]
   assert verdicts(summary.render(root, "cpu")) == verdicts(
       summary.render(root, "cpu", compact=True))
@@ -95,13 +95,13 @@ def test_command_prints_updates_and_checks_a_readme(tmp_path, capsys):
   readme = tmp_path / "README.md"
   readme.write_text(f"intro\n{summary.START}\nold\n{summary.END}\nend\n")
   root = str(tmp_path / "runs")
-  assert cli.main(["summary", "--root", root, "--check", str(readme)]) == 1
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--check", str(readme)]) == 1
   assert "differs" in capsys.readouterr().err
-  assert cli.main(["summary", "--root", root, "--readme", str(readme)]) == 0
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--readme", str(readme)]) == 0
   printed = capsys.readouterr().out
   assert "**not held**" in printed
   assert readme.read_text() == f"intro\n{summary.START}\n{printed}{summary.END}\nend\n"
-  assert cli.main(["summary", "--root", root, "--check", str(readme)]) == 0
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--check", str(readme)]) == 0
 
 
 def test_compact_block_and_several_files(tmp_path, capsys):
@@ -110,7 +110,7 @@ def test_compact_block_and_several_files(tmp_path, capsys):
   full, top = tmp_path / "full.md", tmp_path / "top.md"
   full.write_text(f"{summary.START}\n{summary.END}\n")
   top.write_text(f"x\n{summary.START_COMPACT}\nold\n{summary.END}\n")
-  assert cli.main(["summary", "--root", root, "--readme", str(full),
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--readme", str(full),
                    "--readme", str(top)]) == 0
   capsys.readouterr()
   compact = top.read_text()
@@ -118,10 +118,10 @@ def test_compact_block_and_several_files(tmp_path, capsys):
   assert "[doc](docs/experiment_bound.md)" in compact     # linked from the root
   assert "r r" in full.read_text() and "(../docs/experiment_bound.md)" in full.read_text()
   assert summary.NOT_RUN in compact  # the experiments without results say so
-  assert cli.main(["summary", "--root", root, "--check", str(full),
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--check", str(full),
                    "--check", str(top)]) == 0
   top.write_text(compact.replace("**held**", "**not held**"))
-  assert cli.main(["summary", "--root", root, "--check", str(full),
+  assert cli.main(["summary", "--docs", "none", "--root", root, "--check", str(full),
                    "--check", str(top)]) == 1
 
 
@@ -133,7 +133,115 @@ def test_bad_input_fails_clearly(tmp_path, capsys):
   readme = tmp_path / "R.md"
   readme.write_text("no markers")
   (tmp_path / "bound-cpu" / "results.json").write_text("{}")
-  assert cli.main(["summary", "--root", str(tmp_path), "--check", str(readme)]) == 2
+  assert cli.main(["summary", "--docs", "none", "--root", str(tmp_path), "--check", str(readme)]) == 2
   assert "summary:start" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["summary", "--scale", "huge"])
+
+
+# ---------------------------------------------------------------------------
+# Verdicts recomputed from the checked-in evidence.
+
+RESULTS = os.path.join(REPO, "experiments", "results")
+
+
+def _copy_results(tmp_path):
+  import shutil
+  root = tmp_path / "results"
+  shutil.copytree(RESULTS, root, ignore=shutil.ignore_patterns("pieces"))
+  return root
+
+
+def test_the_checked_in_verdicts_and_docs_are_what_the_evidence_gives(monkeypatch,
+                                                                      capsys):
+  """The repository's own command: tables, stored summaries and doc paragraphs."""
+  monkeypatch.chdir(REPO)
+  code = cli.main(["summary", "--root", os.path.join("experiments", "results"),
+                   "--scale", "cpu", "--check", "README.md", "--check",
+                   os.path.join("experiments", "README.md")])
+  assert code == 0, capsys.readouterr().err
+
+
+def _tamper_and_check(tmp_path, capsys, name, edit):
+  root = _copy_results(tmp_path)
+  path = root / f"{name}-cpu.json"
+  with open(path) as f:
+    results = json.load(f)
+  assert summary.recompute(name, results) is not None, f"{name} has no evidence"
+  assert summary.verify(name, results) == []
+  edit(results["evidence"])
+  with open(path, "w") as f:
+    json.dump(results, f)
+  code = cli.main(["summary", "--docs", "none", "--root", str(root), "--scale",
+                   "cpu", "--check", os.path.join(REPO, "experiments", "README.md")])
+  return code, capsys.readouterr().err, results
+
+
+def test_tampered_table1_evidence_fails_the_check(tmp_path, capsys):
+  """Differences edited to +5, +5, +5 with the stored verdict left alone."""
+  def edit(ev):
+    linear = ev["per_seed"]["linear"]
+    for variant, base in (("vicreg+logdet", "vicreg"), ("vicreg+pairdist", "vicreg"),
+                          ("byol+logdet", "byol"), ("byol+pairdist", "byol")):
+      linear[variant] = [b + 5.0 for b in linear[base]]
+  code, err, results = _tamper_and_check(tmp_path, capsys, "table1", edit)
+  assert code == 1
+  assert "table1: verdict is 'undecided', the evidence gives 'held'" in err
+  assert summary.recompute("table1", results)["verdict"] == "held"
+
+
+def test_tampered_assumptions_evidence_fails_the_check(tmp_path, capsys):
+  """A trained network whose noisy copies mostly leave their region."""
+  def edit(ev):
+    row = next(r for r in ev["rows"] if r["method"] == "vicreg")
+    row["stay_per_input"][0] = [0.5] * len(row["stay_per_input"][0])
+  code, err, _ = _tamper_and_check(tmp_path, capsys, "assumptions", edit)
+  assert code == 1 and "assumptions: verdict is 'held'" in err
+
+
+def test_tampered_control_evidence_fails_the_check(tmp_path, capsys):
+  """The controls are recomputed too: an A/A arm 5 points above its base."""
+  def edit(ev):
+    base = ev["per_seed"]["linear"][ev["aa"]["method"]]
+    ev["aa"]["per_seed"]["linear"] = [b + 5.0 + 0.1 * i for i, b in enumerate(base)]
+  code, err, results = _tamper_and_check(tmp_path, capsys, "table1", edit)
+  assert code == 1 and "negative_controls" in err
+  new = summary.recompute("table1", results)
+  assert new["negative_controls"][0]["verdict"] == "held"
+
+
+def test_every_checked_in_negative_control_is_not_held():
+  for name in REGISTRY:
+    with open(os.path.join(RESULTS, f"{name}-cpu.json")) as f:
+      results = json.load(f)
+    s = summary.recompute(name, results) or results["summary"]
+    for c in s.get("negative_controls", []):
+      assert c["verdict"] != "held", (name, c["name"])
+      assert set(c) == {"name", "what", "verdict", "evidence"}
+
+
+def test_doc_paragraphs_are_generated_and_checked(tmp_path, capsys):
+  root = _copy_results(tmp_path)
+  docs = tmp_path / "docs"
+  docs.mkdir()
+  doc = docs / "experiment_table1.md"
+  doc.write_text(f"intro\n{summary.DOC_START}\nold words\n{summary.DOC_END}\nend\n")
+  readme = tmp_path / "R.md"
+  readme.write_text(f"{summary.START}\n{summary.END}\n")
+  args = ["summary", "--root", str(root), "--docs", str(docs)]
+  assert cli.main(args + ["--check", str(readme)]) == 1
+  assert "verdict paragraph differs" in capsys.readouterr().err
+  assert cli.main(args + ["--readme", str(readme)]) == 0
+  text = doc.read_text()
+  assert "old words" not in text and "**Verdict (cpu scale" in text
+  assert "Negative control `aa_vicreg`" in text
+  assert cli.main(args + ["--check", str(readme)]) == 0
+  doc.write_text(text.replace("undecided.**", "held.**"))
+  assert cli.main(args + ["--check", str(readme)]) == 1
+
+
+def test_differences_name_the_path_and_tolerate_rounding():
+  assert summary.differences({"a": [1.0, 2.0]}, {"a": [1.0, 2.0 + 1e-13]}) == []
+  diff = summary.differences({"a": {"b": 1}}, {"a": {"b": 2}})
+  assert diff == [".a.b: stored 1, recomputed 2"]
+  assert summary.differences({"a": 1}, {}) == [".a: extra in the stored copy"]
