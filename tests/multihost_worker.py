@@ -101,7 +101,7 @@ def _checkpoint_mode(args) -> None:
   import warnings  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from sslit import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from sslit import checkpoint, loader, parallel  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.make_mesh()
 
@@ -110,7 +110,9 @@ def _checkpoint_mode(args) -> None:
     return parallel.replicate(tree, mesh)
 
   m = checkpoint.CheckpointManager(args.workdir, max_to_keep=3)
-  m.save(1, state(1), meta={"data_step": 1})
+  # Each process's data iterator state: one file per process in the step.
+  m.save(1, state(1), meta={"data_step": 1},
+         data_state=f"iterator of process {jax.process_index()}".encode())
   m.save(2, state(2), meta={"data_step": 2})
   multihost_utils.sync_global_devices("saved")
   if jax.process_index() == 0:
@@ -130,6 +132,7 @@ def _checkpoint_mode(args) -> None:
                         parallel.to_host(t))[0]}
   np.savez(f"{args.out}.{jax.process_index()}.npz", step=step, step_again=step_again,
            data_step=meta["data_step"], warned=np.array(warned, dtype=str),
+           data_state=loader.saved_state(args.workdir, 1).decode(),
            listed=np.array(listed, dtype=str), steps_after=np.array(steps_after),
            **{"fallback/" + k: v for k, v in host(fallback).items()},
            **{"again/" + k: v for k, v in host(again).items()})

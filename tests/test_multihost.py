@@ -179,7 +179,8 @@ def test_two_processes_killed_mid_save_resume_from_the_newest_complete_checkpoin
 
 
 def test_two_processes_fall_back_together_from_a_corrupt_newest_checkpoint(tmp_path):
-  # The worker saves small_state(1), small_state(2) as steps 1, 2; process 0
+  # The worker saves small_state(1) (with each process's data iterator state),
+  # small_state(2) as steps 1, 2; process 0
   # garbles step 2; both restore, save step 2 again and restore it.
   procs, logs = _launch(tmp_path, "ckpt", mode="checkpoint")
   _wait(procs, logs)
@@ -188,6 +189,7 @@ def test_two_processes_fall_back_together_from_a_corrupt_newest_checkpoint(tmp_p
     got = np.load(tmp_path / f"out.npz.{i}.npz")
     # Both processes resumed from step 1 with its meta and said why.
     assert int(got["step"]) == 1 and int(got["data_step"]) == 1
+    assert str(got["data_state"]) == f"iterator of process {i}"  # its own file
     (warned,) = got["warned"]
     assert "step 2" in warned and "could not be restored" in warned
     assert list(got["listed"]) == ["1", "2.corrupt"]  # moved aside, not deleted
