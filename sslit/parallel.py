@@ -117,6 +117,14 @@ def per_matrix(f: Callable[..., Any], *xs: Any) -> Any:
   again. Used by ``cpa``, ``mixture`` and ``estimators`` for every decomposition of
   a batch of matrices.
 
+  Speed: jaxlib's CPU LAPACK kernels call SciPy's OpenBLAS, whose own threads
+  synchronise inside every call; for one ``k × k`` matrix at a time (k in the
+  hundreds) that costs more than it gains, and on a shared CPU it cost 3–20×
+  (``bench/information.py``, docs/cpa.md). So the first use sets that OpenBLAS
+  (SciPy's copy only; NumPy's and XLA's own threads are untouched) to one thread
+  for the rest of the process, unless ``OPENBLAS_NUM_THREADS`` is set (the user's
+  choice wins). ``scipy.linalg`` in the same process then runs single-threaded too.
+
   Args:
     f: function of one item of each of ``xs`` (their slices ``x[i]``).
     *xs: arrays (or pytrees) with a common leading axis ``[m, ...]``.
@@ -124,7 +132,35 @@ def per_matrix(f: Callable[..., Any], *xs: Any) -> Any:
   Returns:
     ``f``'s outputs stacked along a new leading axis ``[m, ...]``.
   """
+  _single_threaded_lapack_blas()
   return jax.lax.map(lambda args: f(*args), xs)
+
+
+@functools.cache
+def _single_threaded_lapack_blas() -> bool:
+  """One thread for the OpenBLAS that jaxlib's CPU LAPACK kernels call (SciPy's).
+
+  Returns:
+    True if it was set here.
+  """
+  if "OPENBLAS_NUM_THREADS" in os.environ:
+    return False
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    import glob  # pylint: disable=g-import-not-at-top
+    import scipy  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+  for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*"))):
+    try:
+      setter = getattr(ctypes.CDLL(path), "scipy_openblas_set_num_threads", None)
+    except OSError:
+      continue
+    if setter is not None:
+      setter(1)
+      return True
+  return False
 
 
 def shard_rows(body: Callable[..., Any], mesh: Mesh | None, rows: Any,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec
 
 from sslit import parallel
+from tests.reference import hlo
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +224,62 @@ def test_adamw_training_on_two_devices_equals_one_device():
   diffs = _max_rel_diff(two, one)
   worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:4]
   assert max(diffs.values()) < 1e-4, f"largest relative differences: {worst}"
+
+
+def test_per_matrix_equals_vmap_one_matrix_per_lapack_call(rng):
+  a = rng.standard_normal((5, 4, 4))
+  spd = jnp.asarray(a @ np.swapaxes(a, 1, 2) + 4 * np.eye(4), jnp.float32)
+  rhs = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
+
+  def solve(c, b):
+    return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(c), True), b)
+
+  got = jax.jit(lambda c, b: parallel.per_matrix(solve, c, b))
+  np.testing.assert_allclose(got(spd, rhs), np.linalg.solve(spd, rhs[..., None])[..., 0],
+                             rtol=1e-4, atol=1e-5)
+  text = got.lower(spd, rhs).compile().as_text()
+  assert "lapack_" in text and hlo.batched_lapack_calls(text) == []
+  grad = jax.grad(lambda c: jnp.sum(parallel.per_matrix(solve, c, rhs)))(spd)
+  want = jax.grad(lambda c: jnp.sum(jax.vmap(solve)(c, rhs)))(spd)
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5)
+
+
+_OPENBLAS_THREADS = """
+import ctypes, glob, os, scipy, jax.numpy as jnp
+from sslit import parallel
+lib = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)),
+                             "scipy.libs", "libscipy_openblas*"))[0]
+get = ctypes.CDLL(lib).scipy_openblas_get_num_threads
+before = get()
+parallel.per_matrix(jnp.linalg.cholesky, jnp.eye(3)[None])
+print(before, get())
+"""
+
+
+@pytest.mark.parametrize("given", [None, "2"])
+def test_per_matrix_makes_scipys_openblas_single_threaded_unless_told(given):
+  pytest.importorskip("scipy")
+  env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+  env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[1])
+  if given is not None:
+    env["OPENBLAS_NUM_THREADS"] = given
+  out = subprocess.run([sys.executable, "-c", _OPENBLAS_THREADS], env=env,
+                       capture_output=True, text=True, timeout=300, check=True)
+  before, after = (int(v) for v in out.stdout.split()[-2:])
+  assert after == (1 if given is None else before)
+  if given is not None:
+    assert before == int(given)
+
+
+def test_shard_rows_equals_the_unsharded_body(mesh):
+  body = lambda rows, w: (rows @ w, jnp.sum(rows, axis=1))
+  w = jnp.arange(6.0).reshape(3, 2)
+  for m in (4, 5):  # divisible by 2 devices, and padded
+    rows = jnp.arange(3.0 * m).reshape(m, 3)
+    want = body(rows, w)
+    got = parallel.shard_rows(body, mesh, rows, w, pad=True)
+    for g, v in zip(got, want):
+      np.testing.assert_allclose(g, v)
+  with pytest.raises(ValueError, match="x's batch size 5 must be divisible by the mesh"):
+    parallel.shard_rows(body, mesh, rows, w, name="x")
+  assert parallel.shard_rows(body, None, rows, w)[0].shape == (5, 2)
