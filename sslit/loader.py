@@ -12,8 +12,8 @@ JAX process through ``grain.ShardOptions``. grain hands sampler positions to its
 workers round robin (worker ``w`` of ``W`` reads positions ``w, w+W, ...`` of this
 process's shard and batches them), and returns the workers' batches in turn; the
 sampler maps positions to records so that output batch ``s`` is exactly global step
-``s``'s rows for this host, whatever ``W``. Batches are therefore the same with 0,
-1 or 8 workers, on one process or several, and equal to the in-memory path's.
+``s``'s rows for this host, whatever ``W``. Batches are therefore the same with any
+number of workers, and equal to the in-memory path's (``tests/test_loader.py``).
 
 The iterator state is grain's own (``DataLoaderIterator.get_state()``, JSON
 bytes). ``fit`` stores the state reached after the last batch consumed by a
