@@ -77,11 +77,15 @@ def scale_config(scale: str, overrides: Mapping[str, Any] | None = None):
   from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
   if scale not in SCALES:
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
-  name = SCALE_CONFIG[scale]
+  return config_lib.apply_overrides(named_config(SCALE_CONFIG[scale]), overrides or {})
+
+
+def named_config(name: str):
+  """A config by name: ``experiments/configs/<name>.py`` or a shipped one."""
+  from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
   local = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                        name + ".py")
-  config = config_lib.load_config(local if os.path.isfile(local) else name)
-  return config_lib.apply_overrides(config, overrides or {})
+  return config_lib.load_config(local if os.path.isfile(local) else name)
 
 
 def train_run(workdir: str, *, scale: str, overrides: Mapping[str, Any] | None = None,

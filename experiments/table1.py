@@ -160,6 +160,23 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                       "fashion_mnist, cifar10); e.g. cifar100 at the full scale")
   p.add_argument("--eval-steps", type=_positive_int, default=None,
                  help="L-BFGS iterations of the linear probe (default the config's)")
+  p.add_argument("--config", default=None,
+                 help="base config of every run, a shipped name (e.g. default, the "
+                      "main job) or one of experiments/configs/ (default: the "
+                      "scale's); with --steps to keep its length")
+  p.add_argument("--first-seed", type=int, default=0,
+                 help="the arms' seeds are first-seed .. first-seed + seeds - 1 "
+                      "(default 0)")
+  p.add_argument("--criterion", choices=("interval", "holm"), default="interval",
+                 help="'interval': each variant's 95 %% t-interval (the 3-seed "
+                      "criterion); 'holm': paired t-tests with Holm's correction over "
+                      "the variants (the pre-registered 10-seed plan)")
+  p.add_argument("--select-seeds", type=_seed_list, default=(0,),
+                 help="seeds of the validation runs that choose each variant's "
+                      "entropy weight, their top-1 averaged (default 0)")
+  p.add_argument("--widen-grid", action="store_true",
+                 help="while a variant's pick is at an edge of --coef-grid, extend "
+                      "the grid by a factor 4 beyond that edge (validation only)")
   p.add_argument("--aa-seeds", type=_seed_list, default=None,
                  help="seeds of the A/A arm (the negative control: the base method "
                       "VICReg against itself on other seeds, paired by position), "
@@ -202,7 +219,8 @@ def _coef_grid(text: str) -> tuple[float, ...]:
 
 def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = None,
                   dataset: str | None = None, eval_steps: int | None = None,
-                  entropy_coeff: float | None = None) -> dict[str, Any]:
+                  entropy_coeff: float | None = None,
+                  config: str | None = None) -> dict[str, Any]:
   """The config overrides of one (method, seed) run of the table.
 
   Args:
@@ -213,6 +231,7 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
     dataset: data set name (None: the config's).
     eval_steps: probe iterations (None: the config's).
     entropy_coeff: a variant's entropy weight (None: the library's default).
+    config: the base config's name (None: the scale's, ``common.SCALE_CONFIG``).
 
   Returns:
     ``{field: value}`` for ``common.train_run``.
@@ -230,7 +249,7 @@ def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = Non
   steps = steps if steps is not None else DEFAULT_STEPS[scale]
   if steps is not None:
     out["num_steps"] = int(steps)
-    base = _base_config(scale)
+    base = _base_config(scale, config)
     # Keep the warm-up inside short budgets (the schedule needs warmup <= steps).
     out["warmup_steps"] = min(int(base.warmup_steps), max(int(steps) // 10, 0))
   if dataset is not None:
@@ -247,21 +266,25 @@ def _aa_seeds(args: Any, seeds: Sequence[int], methods: Sequence[str]) -> list[i
   if args.aa_seeds is not None:
     chosen = list(args.aa_seeds)
   else:
-    chosen = [] if args.scale == "smoke" else list(range(len(seeds), 2 * len(seeds)))
+    start = max(seeds) + 1
+    chosen = [] if args.scale == "smoke" else list(range(start, start + len(seeds)))
   clash = sorted(set(chosen) & set(seeds))
   if clash:
     raise ValueError(f"--aa-seeds must differ from the arms' seeds; both have {clash}.")
   return chosen
 
 
-def _base_config(scale: str):
-  return common.scale_config(scale)
+def _base_config(scale: str, config: str | None = None):
+  """The runs' base config: ``config`` (a shipped or experiments/configs name) or the
+  scale's."""
+  return common.scale_config(scale) if config is None else common.named_config(config)
 
 
-def _resolved_config(scale: str, overrides: Mapping[str, Any]) -> dict:
+def _resolved_config(scale: str, overrides: Mapping[str, Any],
+                     config: str | None = None) -> dict:
   """The ``config.json`` that ``sslit train`` writes for these overrides."""
   from sslit import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.apply_overrides(_base_config(scale), overrides)
+  config = config_lib.apply_overrides(_base_config(scale, config), overrides)
   return json.loads(json.dumps(config.to_dict()))
 
 
@@ -517,13 +540,14 @@ def _plot(results: Mapping[str, Any], workdir: str) -> str:
 
 
 def _train_or_reuse(run_dir: str, overrides: Mapping[str, Any], *, scale: str,
-                    label: str) -> tuple[dict | None, bool, tuple[int, str] | None]:
+                    label: str, config: str | None = None
+                    ) -> tuple[dict | None, bool, tuple[int, str] | None]:
   """``(run results, reused, error)`` of one run: reused when finished, else trained.
 
   ``error`` is None or ``(exit status, message)``.
   """
   try:
-    expected = _resolved_config(scale, overrides)
+    expected = _resolved_config(scale, overrides, config)
   except ValueError as e:
     return None, False, (2, str(e))
   result = finished_result(run_dir, expected)
@@ -531,7 +555,8 @@ def _train_or_reuse(run_dir: str, overrides: Mapping[str, Any], *, scale: str,
     return result, True, None
   common.say(f"table1: {label}: training {expected['num_steps']} steps in {run_dir}")
   try:
-    common.train_run(run_dir, scale=scale, overrides=overrides)
+    common.train_run(run_dir, scale=scale, overrides=overrides,
+                     config=_base_config(scale, config))
   except RuntimeError as e:
     return None, False, (1, str(e))
   result = finished_result(run_dir, expected)
@@ -547,33 +572,62 @@ def _probe_settings(result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
           "steps": int(config["eval"]["steps"])}
 
 
+def widened(grid: Sequence[float], chosen: float) -> list[float]:
+  """The grid extended by a factor 4 beyond the edge ``chosen`` sits on (else as is)."""
+  g = sorted(grid)
+  if len(g) > 1 and chosen == g[0]:
+    return [g[0] / 4] + g
+  if len(g) > 1 and chosen == g[-1]:
+    return g + [g[-1] * 4]
+  return g
+
+
 def select_coefficients(args: Any, variants: Sequence[str], grid: Sequence[float]
                         ) -> tuple[dict[str, dict], tuple[int, str] | None]:
   """Each variant's entropy weight: the grid multiple best on the validation split.
 
-  Seed-0 runs in ``<workdir>/select/<variant>/x<multiple>``; returns
+  One run per multiple and ``--select-seeds`` seed, in
+  ``<workdir>/select/<variant>/x<multiple>`` (seed 0) or ``...x<multiple>-seed<s>``;
+  the validation top-1 averaged over the seeds decides. With ``--widen-grid`` the
+  grid grows by a factor 4 beyond an edge as long as the pick sits on it. Returns
   ``({variant: {"grid", "val_top1", "chosen_multiple", "entropy_coeff"}}, error)``.
   """
   out: dict[str, dict] = {}
+  sel_seeds = list(getattr(args, "select_seeds", (0,)) or (0,))
   for v in variants:
     base_coeff = default_entropy_coeff(v)
-    scores = {}
-    for mult in grid:
-      run_dir = os.path.join(args.workdir, "select", v, f"x{mult:g}")
-      overrides = run_overrides(v, 0, scale=args.scale, steps=args.steps,
-                                dataset=args.dataset, eval_steps=args.eval_steps,
-                                entropy_coeff=mult * base_coeff)
-      result, _, error = _train_or_reuse(run_dir, overrides, scale=args.scale,
-                                         label=f"select {v} x{mult:g}")
-      if error:
-        return out, error
-      scores[mult] = validation_top1(run_dir, **_probe_settings(result, run_dir))
-      common.say(f"table1: select {v} x{mult:g} (entropy weight "
-                 f"{mult * base_coeff:g}): validation top-1 {scores[mult]:.2f}")
-    chosen = choose_coefficient(scores)
-    out[v] = {"grid": list(grid), "val_top1": {f"{m:g}": sc for m, sc in scores.items()},
+    scores: dict[float, float] = {}
+    todo = sorted(grid)
+    while True:
+      for mult in todo:
+        if mult in scores:
+          continue
+        per_seed = []
+        for sel_seed in sel_seeds:
+          tail = "" if sel_seed == 0 else f"-seed{sel_seed}"
+          run_dir = os.path.join(args.workdir, "select", v, f"x{mult:g}{tail}")
+          overrides = run_overrides(v, sel_seed, scale=args.scale, steps=args.steps,
+                                    dataset=args.dataset, eval_steps=args.eval_steps,
+                                    entropy_coeff=mult * base_coeff,
+                                    config=getattr(args, "config", None))
+          result, _, error = _train_or_reuse(
+              run_dir, overrides, scale=args.scale, label=f"select {v} x{mult:g}",
+              config=getattr(args, "config", None))
+          if error:
+            return out, error
+          per_seed.append(validation_top1(run_dir, **_probe_settings(result, run_dir)))
+        scores[mult] = float(np.mean(per_seed))
+        common.say(f"table1: select {v} x{mult:g} (entropy weight "
+                   f"{mult * base_coeff:g}): validation top-1 {scores[mult]:.2f}")
+      chosen = choose_coefficient(scores)
+      wider = widened(list(scores), chosen)
+      if not getattr(args, "widen_grid", False) or len(wider) == len(scores):
+        break
+      todo = wider
+    out[v] = {"grid": sorted(scores), "val_top1": {f"{m:g}": sc
+                                                  for m, sc in sorted(scores.items())},
               "chosen_multiple": chosen, "entropy_coeff": chosen * base_coeff,
-              "default_entropy_coeff": base_coeff}
+              "default_entropy_coeff": base_coeff, "select_seeds": sel_seeds}
   return out, None
 
 
@@ -605,6 +659,7 @@ def evidence_of(results: Mapping[str, Any]) -> dict[str, Any]:
   """
   return {"dataset": results["dataset"], "num_steps": int(results["num_steps"]),
           "seeds": int(results["seeds"]),
+          "criterion": results.get("criterion_name", "interval"),
           "per_seed": {p: {m: [float(x) for x in v["per_seed"]] for m, v in by_m.items()}
                        for p, by_m in results["probes"].items()},
           "aa": results.get("aa")}
@@ -628,8 +683,29 @@ def aa_control(evidence: Mapping[str, Any]) -> dict[str, Any] | None:
       verdict=d["verdict"], evidence=d)
 
 
+def holm_claims(per_seed: Mapping[str, Mapping[str, Sequence[float]]]
+                ) -> dict[str, dict]:
+  """The pre-registered 10-seed criterion (``HOLM_CRITERION``) per variant.
+
+  Returns ``{variant: {"base", "test" (claims.paired_test), "interval",
+  "verdict"}}`` for the variants whose base ran, Holm over all of them.
+  """
+  primary = per_seed[PRIMARY_PROBE]
+  tests = {v: claims_lib.paired_test(primary[v], primary[b])
+           for v, b in VARIANTS.items() if v in primary and b in primary}
+  verdicts = claims_lib.holm_verdicts(tests, min_n=MIN_SEEDS)
+  return {v: {"base": VARIANTS[v], "test": t, "interval": t["interval"],
+              "verdict": verdicts[v]} for v, t in tests.items()}
+
+
 def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
-  """The verdict, the result line and the controls, from :func:`evidence_of` alone."""
+  """The verdict, the result line and the controls, from :func:`evidence_of` alone.
+
+  ``evidence["criterion"]``: ``"interval"`` (``CRITERION``) or ``"holm"``
+  (``HOLM_CRITERION``, the pre-registered 10-seed plan).
+  """
+  if evidence.get("criterion", "interval") == "holm":
+    return _summarize_holm(evidence)
   paired = paired_claims(evidence["per_seed"])
   verdict = claim_verdict(paired)
   parts = [f"{LABELS.get(v, v)} {_interval_text(c[PRIMARY_PROBE])} ({c['verdict']})"
@@ -648,13 +724,95 @@ def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
       negative_controls=[aa] if aa is not None else [])
 
 
+HOLM_CRITERION = (
+    "per variant, the paired differences (variant - base) of the full-label linear "
+    "probe's test top-1 over the seeds, two-sided paired t-test; Holm's step-down "
+    "correction over the variants at alpha = 0.05: a variant holds if its adjusted "
+    "p < 0.05 and the mean difference is > 0, fails if the adjusted p < 0.05 and "
+    "the mean is < 0, else undecided (also with fewer than 3 seeds); the claim holds "
+    "if every variant holds, fails if any fails, else undecided; the A/A arm (the "
+    "base against itself on other seeds), judged by the same test with the same "
+    "family size, is the negative control")
+
+
+def _summarize_holm(evidence: Mapping[str, Any]) -> dict[str, Any]:
+  per_seed = evidence["per_seed"]
+  decided = holm_claims(per_seed)
+  verdict = claims_lib.combine([c["verdict"] for c in decided.values()])
+  parts = [f"{LABELS.get(v, v)} {_interval_text(c)} (Holm-adjusted family, t p = "
+           f"{c['test']['p_t']:.3g}, Wilcoxon p = {c['test']['p_wilcoxon']:.3g}: "
+           f"{c['verdict']})" if c["test"]["p_t"] is not None and
+           c["test"]["p_wilcoxon"] is not None else
+           f"{LABELS.get(v, v)} {_interval_text(c)} ({c['verdict']})"
+           for v, c in decided.items()]
+  result = (f"{evidence['seeds']} seed(s), {evidence['num_steps']} steps, "
+            f"{DATASET_LABELS.get(evidence['dataset'], evidence['dataset'])}; "
+            f"linear-probe Δ vs base, mean [95 % CI]: "
+            + ("; ".join(parts) or "no variant ran with its base"))
+  controls = []
+  aa = evidence.get("aa")
+  if aa:
+    base = per_seed[PRIMARY_PROBE][aa["method"]]
+    n = min(len(base), len(aa["per_seed"][PRIMARY_PROBE]))
+    # The same test in the same family: the A/A arm's p-value takes the place of
+    # the smallest variant's in Holm's correction (the most lenient position).
+    test = claims_lib.paired_test(aa["per_seed"][PRIMARY_PROBE][:n], base[:n])
+    family = {"aa": test, **{f"variant{i}": {"p_t": 1.0, "differences": [0.0] * n,
+                                             "interval": {"mean": 0.0}}
+                             for i in range(max(len(decided) - 1, 0))}}
+    v = claims_lib.holm_verdicts(family, min_n=MIN_SEEDS)["aa"]
+    controls.append(claims_lib.control(
+        name="aa_" + aa["method"],
+        what=(f"A/A arm: {LABELS.get(aa['method'], aa['method'])} on seeds "
+              f"{','.join(map(str, aa['seeds'][:n]))} against itself on seeds "
+              f"{','.join(map(str, aa['base_seeds'][:n]))}, judged by the same test "
+              f"with the same Holm family size: no true difference"),
+        verdict=v, evidence=test))
+    result += f"; A/A control: {_interval_text(test)} ({v})"
+  return claims_lib.summary(
+      claim=CLAIM, criterion=HOLM_CRITERION, verdict=verdict, result=result,
+      evidence={v: c["test"] for v, c in decided.items()}, negative_controls=controls)
+
+
+def differences_figure(evidence: Mapping[str, Any], workdir: str) -> str:
+  """``table1_differences.png``: per-seed differences to the base, mean and 95 %
+  interval per variant, and the A/A arm (``sslit.figures.interval_dots``)."""
+  from sslit import figures  # pylint: disable=g-import-not-at-top
+  linear = evidence["per_seed"][PRIMARY_PROBE]
+  rows = {}
+  for v, b in VARIANTS.items():
+    if v in linear and b in linear:
+      d = claims_lib.paired_difference(linear[v], linear[b], min_n=MIN_SEEDS)
+      iv = d["interval"]
+      rows[f"{LABELS.get(v, v)} − {LABELS.get(b, b)}"] = {
+          "values": d["differences"], "estimate": iv["mean"],
+          **({"interval": (iv["low"], iv["high"])} if iv["low"] is not None else {})}
+  aa = evidence.get("aa")
+  if aa:
+    base = linear[aa["method"]]
+    n = min(len(base), len(aa["per_seed"][PRIMARY_PROBE]))
+    d = claims_lib.paired_difference(aa["per_seed"][PRIMARY_PROBE][:n], base[:n],
+                                     min_n=MIN_SEEDS)
+    iv = d["interval"]
+    rows[f"A/A: {LABELS.get(aa['method'])} − itself"] = {
+        "values": d["differences"], "estimate": iv["mean"], "color": "0.4",
+        **({"interval": (iv["low"], iv["high"])} if iv["low"] is not None else {})}
+  if not rows:
+    return ""
+  fig = figures.interval_dots(
+      rows, xlabel="difference in linear-probe top-1 (points)",
+      title="Does each variant beat its base? (per seed, mean, 95 % interval)",
+      reference=0.0)
+  return str(figures.save(fig, os.path.join(workdir, "table1_differences.png")))
+
+
 def main(argv: list[str] | None = None) -> int:
   """``sslit reproduce table1``: train every (method, seed), probe, tabulate, plot."""
   args = common.parse_args(NAME, argv, description=__doc__.split("\n\n")[0],
                            add_arguments=_add_arguments)
   t_start = time.perf_counter()
   methods = list(args.methods)
-  seeds = list(range(args.seeds))
+  seeds = list(range(args.first_seed, args.first_seed + args.seeds))
   grid = DEFAULT_COEF_GRID[args.scale] if args.coef_grid is None else args.coef_grid
   coefficients, error = select_coefficients(
       args, [m for m in methods if m in VARIANTS], grid) if grid else ({}, None)
@@ -673,10 +831,11 @@ def main(argv: list[str] | None = None) -> int:
       coeff = coefficients.get(m, {}).get("entropy_coeff")
       overrides = run_overrides(m, s, scale=args.scale, steps=args.steps,
                                 dataset=args.dataset, eval_steps=args.eval_steps,
-                                entropy_coeff=coeff)
+                                entropy_coeff=coeff, config=args.config)
       t0 = time.perf_counter()
       result, was_reused, error = _train_or_reuse(run_dir, overrides, scale=args.scale,
-                                                  label=f"[{i}/{total}] {m} seed {s}")
+                                                  label=f"[{i}/{total}] {m} seed {s}",
+                                                  config=args.config)
       if error:
         common.say(f"table1: error: {error[1]}")
         return error[0]
@@ -707,9 +866,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in aa_seeds:
       run_dir = os.path.join(args.workdir, AA_METHOD, f"seed{s}")
       overrides = run_overrides(AA_METHOD, s, scale=args.scale, steps=args.steps,
-                                dataset=args.dataset, eval_steps=args.eval_steps)
+                                dataset=args.dataset, eval_steps=args.eval_steps,
+                                config=args.config)
       result, was_reused, error = _train_or_reuse(
-          run_dir, overrides, scale=args.scale, label=f"[A/A] {AA_METHOD} seed {s}")
+          run_dir, overrides, scale=args.scale, label=f"[A/A] {AA_METHOD} seed {s}",
+          config=args.config)
       if error:
         common.say(f"table1: error: {error[1]}")
         return error[0]
@@ -727,14 +888,15 @@ def main(argv: list[str] | None = None) -> int:
                        if all(sc.get(p) is not None for sc in aa_scores)}}
   probes = _aggregate(runs, methods, seeds)
   accuracy = probes["linear"]
-  first = runs[methods[0]]["seed0"]["config"]
+  first = runs[methods[0]][f"seed{seeds[0]}"]["config"]
   paired = paired_claims({p: {m: v["per_seed"] for m, v in by_m.items()}
                           for p, by_m in probes.items()})
   results = {
       "experiment": NAME, "scale": args.scale, "dataset": first["dataset"],
       "num_steps": int(first["num_steps"]), "seeds": len(seeds), "methods": methods,
       "accuracy": accuracy, "probes": probes, "runs": runs, "claims": paired,
-      "criterion": CRITERION, "aa": aa,
+      "criterion": CRITERION if args.criterion == "interval" else HOLM_CRITERION,
+      "criterion_name": args.criterion, "aa": aa,
       "claims_mean_difference": claims(accuracy),
       "coefficients": coefficients, "coef_grid": list(grid),
       "sanity_targets": SANITY_TARGETS,
@@ -751,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
   results["table_markdown"] = table
   common.write_results(args.workdir, results)
   plot = _plot(results, args.workdir)
+  differences_figure(results["evidence"], args.workdir)
   if args.scale == "full":
     common.say(_target_header(results["dataset"]))
   common.say(table)

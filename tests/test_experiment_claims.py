@@ -162,3 +162,38 @@ def test_collect_takes_the_complete_seeds_and_trains_nothing(tmp_path):
       "logdet_corr_f64": [1.0, 2.0, 3.0], "entropy_logdet": [1.0, 2.0, 3.0]}}}],
       "feature_control": None, "intervention": ev})["result"]
   assert "1 seed(s) (of 2 pre-registered)" in text
+
+
+def test_table1_holm_criterion_and_its_aa_control():
+  from experiments import table1
+  base = [89.0, 88.6, 89.3, 88.9, 89.2, 88.8, 89.1, 89.0, 88.7, 89.4]
+  lift = [0.5, 0.6, 0.4, 0.7, 0.5, 0.45, 0.55, 0.6, 0.5, 0.65]
+  noise = [0.3, -0.4, 0.1, -0.2, 0.25, -0.1, 0.0, -0.3, 0.2, 0.05]
+  ev = {"dataset": "fashion_mnist", "num_steps": 2650, "seeds": 10,
+        "criterion": "holm",
+        "per_seed": {"linear": {"vicreg": base,
+                                "vicreg+logdet": [b + d for b, d in zip(base, lift)],
+                                "vicreg+pairdist": [b + d for b, d in zip(base, noise)]}},
+        "aa": {"method": "vicreg", "seeds": list(range(20, 30)),
+               "base_seeds": list(range(10, 20)),
+               "per_seed": {"linear": [b + d for b, d in zip(base, noise[::-1])]}}}
+  s = table1.summarize(ev)
+  assert s["criterion"] == table1.HOLM_CRITERION
+  p = {v: stats.ttest_rel(ev["per_seed"]["linear"][v], base).pvalue
+       for v in ("vicreg+logdet", "vicreg+pairdist")}
+  adjusted = claims.holm([p["vicreg+logdet"], p["vicreg+pairdist"]])
+  assert adjusted[0] < 0.05 < adjusted[1]
+  assert s["evidence"]["vicreg+logdet"]["p_t"] == pytest.approx(p["vicreg+logdet"])
+  assert s["verdict"] == "undecided"  # pairdist undecided, logdet held
+  assert [c["verdict"] for c in s["negative_controls"]] == ["undecided"]
+  ev["per_seed"]["linear"]["vicreg+pairdist"] = [b + d for b, d in zip(base, lift)]
+  assert table1.summarize(ev)["verdict"] == "held"
+  ev["aa"]["per_seed"]["linear"] = [b + d for b, d in zip(base, lift)]
+  assert table1.summarize(ev)["negative_controls"][0]["verdict"] == "held"
+
+
+def test_table1_grid_widens_beyond_the_edge_it_picked():
+  from experiments import table1
+  assert table1.widened([0.5, 1.0, 2.0], 2.0) == [0.5, 1.0, 2.0, 8.0]
+  assert table1.widened([0.5, 1.0, 2.0], 0.5) == [0.125, 0.5, 1.0, 2.0]
+  assert table1.widened([0.5, 1.0, 2.0], 1.0) == [0.5, 1.0, 2.0]

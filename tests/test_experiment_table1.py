@@ -252,11 +252,12 @@ def test_select_coefficients_trains_the_grid_and_keeps_the_best(monkeypatch, tmp
   import argparse
   trained = []
 
-  def fake_train(run_dir, overrides, *, scale, label):
-    del scale, label
+  def fake_train(run_dir, overrides, *, scale, label, config=None):
+    del scale, label, config
     trained.append((run_dir, overrides["objective_kwargs"]["entropy_coeff"]))
     return {"step": 5}, False, None
-  scores = {"x0.5": 70.0, "x1": 71.0, "x2": 72.5}
+  scores = {"x0.5": 70.0, "x1": 71.0, "x2": 72.5, "x8": 72.0, "x2-seed1": 71.5,
+            "x8-seed1": 71.0}
   monkeypatch.setattr(table1, "_train_or_reuse", fake_train)
   monkeypatch.setattr(table1, "_probe_settings", lambda result, run_dir: {})
   monkeypatch.setattr(table1, "validation_top1",
@@ -271,6 +272,15 @@ def test_select_coefficients_trains_the_grid_and_keeps_the_best(monkeypatch, tmp
   c = out["vicreg+logdet"]
   assert c["chosen_multiple"] == 2.0 and c["entropy_coeff"] == 2 * base
   assert c["val_top1"] == {"0.5": 70.0, "1": 71.0, "2": 72.5}
+  # --widen-grid: the pick 2 is the grid's top edge, so x8 is tried (validation
+  # only) and, lower, leaves 2 as an interior pick; --select-seeds averages seeds.
+  trained.clear()
+  args.widen_grid, args.select_seeds = True, (0, 1)
+  scores.update({"x0.5-seed1": 70.0, "x1-seed1": 71.0})
+  out, error = table1.select_coefficients(args, ["vicreg+logdet"], (0.5, 1.0, 2.0))
+  c = out["vicreg+logdet"]
+  assert c["grid"] == [0.5, 1.0, 2.0, 8.0] and c["chosen_multiple"] == 2.0
+  assert c["val_top1"]["2"] == pytest.approx(72.0) and len(trained) == 8
 
 
 def test_coefficient_override_reaches_the_objective():
