@@ -344,6 +344,22 @@ def summarize(evidence: Mapping[str, Any]) -> dict[str, Any]:
       negative_controls=negative, positive_controls=positive)
 
 
+def information_figure(evidence: Mapping[str, Any], workdir: str) -> str:
+  """``separation_information.png``: seed 0's MI bounds over training per sigma,
+  the ``log n`` ceiling, random init at step 0 (``sslit.figures.information_plane``)."""
+  from sslit import figures  # pylint: disable=g-import-not-at-top
+  rows = evidence["per_seed"][0]["rows_by_sigma"]
+  outputs = {}
+  for sigma, r in rows.items():
+    outputs[f"sigma {sigma} (seed {evidence['per_seed'][0]['seed']})"] = {
+        "steps": [x["step"] for x in r], "mi_lower": [x["mi_lower"] for x in r],
+        "mi_upper": [x["mi_upper"] for x in r], "ceiling": evidence["log_n"],
+        "init": {"mi_lower": r[0]["mi_lower"], "mi_upper": r[0]["mi_upper"]}}
+  fig = figures.information_plane(
+      outputs, title="Did the components separate?")
+  return str(figures.save(fig, os.path.join(workdir, "separation_information.png")))
+
+
 def control_series(scale: str, *, sigma: float, rho: float, chunk_size: int,
                    num_inputs: int | None = None,
                    seeds: Sequence[int] = CONTROL_SEEDS,
@@ -545,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
   results["verdict"] = results["summary"]["verdict"]
   results["claim_held"] = claims_lib.as_flag(results["verdict"])
   results["plot"] = _plot(results, args.workdir)
+  information_figure(results["evidence"], args.workdir)
   common.write_results(args.workdir, results)
   for s in seed_results:
     common.say(f"[{NAME}] seed {s['seed']}: separation ratio {s['ratio_first']:.3f} "

@@ -102,7 +102,9 @@ def new_figure(nrows: int, ncols: int, *, panel: tuple[float, float] = (3.4, 2.5
   """
   if nrows < 1 or ncols < 1:
     raise ValueError(f"nrows and ncols must be >= 1, got {nrows} and {ncols}.")
-  fig = Figure(figsize=(panel[0] * ncols + 1.6, panel[1] * nrows + 0.6),
+  # 2.6 inches beside the panels hold the legend outside them (constrained layout
+  # gives up, and the legend covers the titles, when it does not fit).
+  fig = Figure(figsize=(panel[0] * ncols + 2.6, panel[1] * nrows + 0.6),
                layout="constrained")
   FigureCanvasAgg(fig)
   axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False))
@@ -150,7 +152,7 @@ def _legend_outside(fig: Figure, axes: Sequence) -> None:
         handles[l] = h
         labels.append(l)
   if labels:
-    fig.legend([handles[l] for l in labels], labels, loc="outside right upper",
+    fig.legend([handles[l] for l in labels], labels, loc="outside right center",
                fontsize=_FONT - 1, frameon=False)
 
 
@@ -213,6 +215,14 @@ def information_plane(outputs: Mapping[str, Mapping[str, Any]], *,
       if point.get("ceiling") is not None:
         ax.axhline(float(point["ceiling"]), color=c, linestyle=":", linewidth=1.2,
                    label=f"ceiling log n = {float(point['ceiling']):.2f} ({label})")
+    # Bounds that sit at the ceiling differ from it by float rounding only: keep a
+    # visible span (5 % of log n) and no offset label, so the ceiling reads right.
+    y0, y1 = ax.get_ylim()
+    span = 0.05 * max(abs(float(ceiling)) if ceiling is not None else 1.0, 1e-3)
+    if y1 - y0 < span:
+      mid = (y0 + y1) / 2
+      ax.set_ylim(mid - span, mid + span)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(f"{name}: information about the example", fontsize=_FONT + 1)
     ax.set_xlabel("training step", fontsize=_FONT)
     ax.set_ylabel("I(Z; example) (nats)\nhigher = more kept", fontsize=_FONT)
