@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def compute_feature_control():
     from sslit import runs as runs_lib  # pylint: disable=g-import-not-at-top
-    run = runs_lib.open_run(runs[f"vicreg-seed0"]["workdir"])
+    run = runs_lib.open_run(runs["vicreg-seed0"]["workdir"])
     images, _ = common.held_out_inputs(run, settings_fc["examples"], 0)
     return {"settings": settings_fc, "series": feature_control(images,
                                                                settings=settings_fc)}

@@ -207,7 +207,7 @@ def jacobian(fn: Callable[[Array], Array], x: Array, *, mode: str = "fwd",
   _validate.check_choice(mode, _MODES, "mode")
   _check_chunk_size(chunk_size)
   (k,) = _output_shape(fn, x)
-  n, d = x.shape[0], math.prod(x.shape[1:])
+  d = math.prod(x.shape[1:])
   if mode == "auto":
     mode = "rev" if k < d else "fwd"
   g = _flat_fn(fn, tuple(x.shape[1:]))

@@ -80,15 +80,6 @@ def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
   return out
 
 
-
-
-def images_to_float(images: jax.Array) -> jax.Array:
-  """uint8 images -> float32 in [0, 1]; float images are passed through as float32."""
-  if jnp.issubdtype(images.dtype, jnp.integer):
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
 def init_ema_params(method: methods_lib.Method | str, params: Any, outputs: Mapping, *,
                     queue_length: int = 0, average: bool = False,
                     settings: methods_lib.Settings | None = None) -> Any:

@@ -233,7 +233,7 @@ def test_smoke_run_report_structure(tmp_path):
   assert re.search(re.escape(f"Margin trained network − random init: {margin:+.2f} "
                              "points, ") + r"95 % interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]", head)
   timings = json.loads((workdir / "timings.json").read_text())
-  assert f"30 steps of batch 64 in " in head and timings["cpu"] in head
+  assert "30 steps of batch 64 in " in head and timings["cpu"] in head
   # No inline dump of metric names; every metric is in metrics.csv.
   assert "monitor/rep/entropy_logdet" not in text and "linear_l2" not in text
   assert "monitor/rep/entropy_logdet" in (workdir / "metrics.csv").read_text()

@@ -487,7 +487,7 @@ def test_without_tensorboard_fit_writes_metrics_only(tmp_path, digits, fast_comp
     monkeypatch.setitem(sys.modules, name, None)
   monkeypatch.setitem(sys.modules, "tensorboard", None)
   with pytest.raises(ImportError):
-    import tensorboard.summary.writer.event_file_writer  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorboard.summary.writer.event_file_writer  # noqa: F401  (must fail)
   caplog.set_level("INFO")
   res = run_fit(model=tiny_model(), dataset=digits, workdir=tmp_path / "missing", **kw)
   assert sorted(f for f in os.listdir(tmp_path / "missing") if f != ".lock") == [

@@ -9,6 +9,8 @@ conditional one). Pure functions of the global batch returning ``(loss, aux)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
