@@ -25,7 +25,9 @@ _SUBMODULES = (
 # batch) split their batch over XLA's CPU thread pool and block waiting for it; when
 # XLA's concurrency-optimised (breadth-first) schedule runs as many of them at once
 # as the pool has threads, every thread waits and the program hangs. XLA's other
-# (depth-first, memory-minimising) schedule does not run them side by side.
+# (depth-first, memory-minimising) schedule makes that rarer but does not prevent it
+# (loops beside their remainders still overlap); what prevents it is one matrix per
+# LAPACK call, sslit.parallel.per_matrix (docs/training.md).
 SERIAL_LAPACK_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 _FLAG_NAME = "xla_cpu_enable_concurrency_optimized_scheduler"
 _warned = False
