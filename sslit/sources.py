@@ -355,23 +355,29 @@ def resize_center_crop(image: np.ndarray, shape: tuple[int, int, int]) -> np.nda
   return out.reshape(shape) if out.ndim == 2 else out
 
 
-def decode_image(path: str, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+def _decode(source, shape: tuple[int, int, int], resize: bool, where: str,
+            what: str, hint: str) -> np.ndarray:
+  """Open ``source`` (a path or a file object) with PIL, to ``shape``."""
   from PIL import Image, UnidentifiedImageError
   try:
-    with Image.open(path) as pil:
-      pil = pil.convert("L" if shape[-1] == 1 else "RGB")
-      image = np.asarray(pil)
+    with Image.open(source) as pil:
+      image = np.asarray(pil.convert("L" if shape[-1] == 1 else "RGB"))
   except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-    raise ValueError(f"{path}: cannot decode image ({e}); the file is truncated or "
-                     f"not an image.") from e
+    raise ValueError(f"{where}: cannot decode {what} ({e}); {hint}") from e
   if image.ndim == 2:
     image = image[..., None]
   if image.shape != shape:
     if not resize:
-      raise ValueError(f"{path}: image has shape {image.shape}, expected {shape} "
-                       f"(the first image's); pass image_size= to resize every image.")
+      raise ValueError(f"{where}: image has shape {image.shape}, expected {shape}; "
+                       f"pass image_size= to resize every image.")
     image = resize_center_crop(image, shape)
   return image
+
+
+def decode_image(path: str, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+  """Decode an image file to ``shape`` (grey or RGB by ``shape[-1]``)."""
+  return _decode(path, shape, resize, path, "image",
+                 "the file is truncated or not an image.")
 
 
 def list_images(directory: pathlib.Path) -> list[pathlib.Path]:
@@ -497,22 +503,8 @@ def decode_bytes(data: bytes, shape: tuple[int, int, int], resize: bool,
                  where: str = "") -> np.ndarray:
   """Decode an encoded image (JPEG, PNG) to ``shape`` (grey or RGB by ``shape[-1]``)."""
   import io
-
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(io.BytesIO(data)) as pil:
-      image = np.asarray(pil.convert("L" if shape[-1] == 1 else "RGB"))
-  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-    raise ValueError(f"{where}: cannot decode an image record ({e}); the data set "
-                     f"is corrupt.") from e
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape != shape:
-    if not resize:
-      raise ValueError(f"{where}: image has shape {image.shape}, expected {shape}; "
-                       f"pass image_size= to resize every image.")
-    image = resize_center_crop(image, shape)
-  return image
+  return _decode(io.BytesIO(data), shape, resize, where, "an image record",
+                 "the data set is corrupt.")
 
 
 # ----------------------------------------------------------------------------

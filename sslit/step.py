@@ -68,16 +68,6 @@ def images_to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32)
 
 
-def _representation_stats(rep: jax.Array, proj: jax.Array | None) -> dict:
-  rep = rep.astype(jnp.float32)
-  std = jnp.std(rep, axis=0)
-  out = {"rep_std_mean": jnp.mean(std), "rep_std_min": jnp.min(std),
-         "rep_effective_rank": estimators.effective_rank(rep)}
-  if proj is not None:
-    pstd = jnp.std(proj.astype(jnp.float32), axis=0)
-    out["proj_std_mean"] = jnp.mean(pstd)
-    out["proj_std_min"] = jnp.min(pstd)
-  return out
 
 
 def init_ema_params(method: methods_lib.Method | str, params: Any, outputs: Mapping, *,
