@@ -189,32 +189,28 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                       "0.5,1,2)")
 
 
-def _seed_list(text: str) -> tuple[int, ...]:
+def _list_arg(text: str, option: str, cast, ok, expected: str) -> tuple:
+  """A comma-separated option value: ``()`` for ''/'none', else distinct values
+  passing ``ok`` (an argparse error naming ``option`` otherwise)."""
   if text.strip().lower() in ("", "none"):
     return ()
   try:
-    seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    values = tuple(cast(v) for v in text.split(",") if v.strip())
   except ValueError:
-    raise argparse.ArgumentTypeError(f"--aa-seeds: expected integers, got {text!r}.") \
+    raise argparse.ArgumentTypeError(f"{option}: expected {expected}, got {text!r}.") \
         from None
-  if any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+  if not values or not all(ok(v) for v in values) or len(set(values)) != len(values):
     raise argparse.ArgumentTypeError(
-        f"--aa-seeds: expected distinct non-negative integers, got {text!r}.")
-  return seeds
+        f"{option}: expected distinct {expected}, got {text!r}.")
+  return values
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+  return _list_arg(text, "seeds", int, lambda v: v >= 0, "non-negative integers")
 
 
 def _coef_grid(text: str) -> tuple[float, ...]:
-  if text.strip().lower() in ("", "none"):
-    return ()
-  try:
-    grid = tuple(float(v) for v in text.split(",") if v.strip())
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--coef-grid: expected numbers, got {text!r}.") \
-        from None
-  if not grid or not all(v > 0 for v in grid) or len(set(grid)) != len(grid):
-    raise argparse.ArgumentTypeError(
-        f"--coef-grid: expected distinct positive numbers, got {text!r}.")
-  return grid
+  return _list_arg(text, "--coef-grid", float, lambda v: v > 0, "positive numbers")
 
 
 def run_overrides(method: str, seed: int, *, scale: str, steps: int | None = None,

@@ -6,6 +6,8 @@ so each test states only the options it varies.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 
 from sslit import train
@@ -21,3 +23,16 @@ def run_fit(**kwargs) -> train.FitResult:
   options = {k: v for k, v in kwargs.items() if k in OPTION_FIELDS}
   args = {k: v for k, v in kwargs.items() if k in _FIT_ARGS}
   return train.fit(options=train.FitOptions(**options), **args)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**extra) -> dict:
+  """The environment of an ``sslit`` subprocess in the tests: this checkout on
+  PYTHONPATH, CPU only, no inherited XLA_FLAGS; ``extra`` added."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  env["JAX_PLATFORMS"] = "cpu"
+  env.update(extra)
+  return env

@@ -7,6 +7,8 @@ an interpreter that has neither the conftest's XLA_FLAGS nor its call of
 
 from __future__ import annotations
 
+from tests.fit_utils import subprocess_env
+
 import json
 import os
 import signal
@@ -23,12 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-  env["JAX_PLATFORMS"] = "cpu"
-  env.update(extra)
-  return env
+_env = subprocess_env  # this checkout, CPU only (tests/fit_utils.py)
 
 
 HOLDER = """

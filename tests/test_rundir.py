@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sslit import checkpoint, cli, data, objectives, rundir, train
-from tests.fit_utils import run_fit
+from tests.fit_utils import run_fit, subprocess_env
 from tests.multihost_worker import DigitsDataset, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,12 +32,7 @@ QUICK = ["--config.monitor_every=0", "--config.eval.enabled=false",
 SAME = ["--config.num_steps=10", "--config.checkpoint_every=5", "--config.log_every=5"]
 
 
-def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-  env["JAX_PLATFORMS"] = "cpu"
-  env.update(extra)
-  return env
+_env = subprocess_env  # this checkout, CPU only (tests/fit_utils.py)
 
 
 def _sslit(*argv, **env):
